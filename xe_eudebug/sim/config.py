@@ -12,9 +12,11 @@ import dataclasses
 import os
 from typing import Mapping
 
-__all__ = ["SimConfig", "ENV_PREFIX"]
+__all__ = ["SimConfig", "ENV_PREFIX", "SOCKET_ENV", "default_socket_dir", "default_socket_path"]
 
 ENV_PREFIX = "XE_EUDEBUG_SIM_"
+#: Socket of the simulator instance to use (set by test harnesses and private instances).
+SOCKET_ENV = "XE_EUDEBUG_SIM_SOCKET"
 
 _TRUE = {"1", "y", "yes", "t", "true", "on"}
 _FALSE = {"0", "n", "no", "f", "false", "off", ""}
@@ -33,6 +35,9 @@ class SimConfig:
     enable_default:     initial value of each device's ``enable_eudebug`` toggle (kernel: 0).
     idle_exit:          seconds the server keeps running with no control connection and no
                         open simulated file; 0 or less never exits on idleness.
+    memory_access:      how the server reaches a blocked caller's memory: "auto" (direct
+                        process_vm_readv/writev when permitted, else ask the caller), "caller"
+                        (always ask the caller's side of the control connection).
     """
 
     devices: int = 1
@@ -42,6 +47,7 @@ class SimConfig:
     fifo_capacity: int = 64
     enable_default: bool = False
     idle_exit: float = 30.0
+    memory_access: str = "auto"
 
     def __post_init__(self) -> None:
         if int(self.devices) < 1:
@@ -51,6 +57,8 @@ class SimConfig:
                 raise ValueError(f"SimConfig.{name} must be >= 0")
         if int(self.fifo_capacity) < 1:
             raise ValueError("SimConfig.fifo_capacity must be >= 1")
+        if self.memory_access not in ("auto", "caller"):
+            raise ValueError(f"SimConfig.memory_access must be 'auto' or 'caller', got {self.memory_access!r}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> "SimConfig":
@@ -91,6 +99,23 @@ def _parse(name: str, kind: object, raw: str) -> object:
             raise ValueError(text)
         if kind_name == "int":
             return int(text, 0)
+        if kind_name == "str":
+            return text
         return float(text)
     except ValueError:
         raise ValueError(f"{ENV_PREFIX}{name.upper()}={raw!r}: not a valid {kind_name}") from None
+
+
+def default_socket_dir() -> str:
+    """Per-user directory of the shared simulator instance (created with mode 0700 on use)."""
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    if base and os.path.isdir(base):
+        return os.path.join(base, "xe_eudebug-sim")
+    import tempfile
+
+    return os.path.join(tempfile.gettempdir(), f"xe_eudebug-sim-{os.getuid()}")
+
+
+def default_socket_path() -> str:
+    """The socket `open_device('sim')` uses when ``XE_EUDEBUG_SIM_SOCKET`` is not set."""
+    return os.path.join(default_socket_dir(), "sock")

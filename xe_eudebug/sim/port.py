@@ -1,0 +1,842 @@
+"""Client side of the simulator: the seam backend for simulated file descriptors.
+
+A simulated fd (device, debugger or VM file) is the caller's end of a Unix socketpair whose other
+end is held by the simulator server.  This module recognises such fds (their peer is a known
+simulator process), forwards every system call made through `xe_eudebug.ioctl` to the server over
+a per-thread control connection, and serves the server's requests to read and write this
+process's memory while the call is blocked (copy_from_user / copy_to_user).
+
+The wire format is shared with `sim/server.py`: every message is a 32-byte header
+``<IHHQQQ`` (payload length, kind, flags, a, b, c) followed by the payload; file descriptors travel
+as ``SCM_RIGHTS`` on the first byte of a message.  One request is in flight per connection.
+"""
+
+from __future__ import annotations
+
+import array
+import ctypes
+import errno as _errno
+import json
+import logging
+import mmap as _mmap
+import os
+import socket
+import stat
+import struct
+import threading
+import time
+from typing import Any, Callable
+
+from .config import SOCKET_ENV, default_socket_dir, default_socket_path
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "SimBackend",
+    "backend",
+    "open_device",
+    "connect",
+    "is_simulated",
+    "server_pid_of",
+    "SimulatorConnectionLost",
+]
+
+# --------------------------------------------------------------------------------------------
+# Wire format (shared with server.py)
+
+HEADER = struct.Struct("<IHHQQQ")
+HEADER_SIZE = HEADER.size
+MAX_PAYLOAD = 1 << 30
+MASK64 = (1 << 64) - 1
+PROTOCOL_VERSION = 1
+
+# port -> server requests
+OP_OPEN = 1          # a = device index                         -> new fd
+OP_IOCTL = 2         # fd; a = request, b = arg address; payload = struct bytes (or none)
+OP_READ = 3          # fd; a = size                              -> payload
+OP_PREAD = 4         # fd; a = size, b = offset                  -> payload
+OP_PWRITE = 5        # fd; b = offset; payload = data            -> a = count
+OP_LSEEK = 6         # fd; a = offset, b = whence                -> a = position
+OP_FSYNC = 7         # fd
+OP_MMAP = 8          # fd; a = length, b = offset                -> memfd, a = offset in it
+OP_POLL = 9          # fd                                        -> a = poll mask
+OP_GET_ENABLED = 10  # fd (device)                               -> a = 0/1
+OP_SET_ENABLED = 11  # fd (device); a = value                    -> a = previous
+OP_CLONE = 12        #                                           -> a new control connection fd
+OP_INFO = 13         #                                           -> payload JSON
+OP_FILE_INFO = 14    # fd                                        -> a = device index, b = kind
+MAX_OP = OP_FILE_INFO
+
+# port -> server answers to memory requests
+M_DATA = 32          # a = errno (0 ok); payload = bytes read
+M_DONE = 33          # a = errno (0 ok)
+
+# server -> port
+R_REPLY = 64         # a = result, b = errno, c = readiness bytes to drain; payload; maybe an fd
+R_MEMREAD = 65       # a = address, b = size
+R_MEMWRITE = 66      # a = address; payload = data
+
+# reply flags
+F_FD = 1             # an fd is attached
+F_CLOEXEC = 2        # set FD_CLOEXEC on the attached fd
+
+# file kinds (OP_FILE_INFO)
+KIND_DEVICE = 1
+KIND_DEBUGGER = 2
+KIND_VM = 3
+KIND_OTHER = 4
+
+_FDS_ANC = socket.CMSG_SPACE(4 * array.array("i").itemsize)
+
+
+def to_u64(value: int) -> int:
+    return value & MASK64
+
+
+def to_s64(value: int) -> int:
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+class ProtocolError(Exception):
+    """A peer sent bytes that are not a valid message."""
+
+
+def send_msg(sock: socket.socket, kind: int, flags: int = 0, a: int = 0, b: int = 0, c: int = 0,
+             payload: bytes | bytearray | memoryview = b"", fd: int = -1) -> None:
+    """Send one message (one sendmsg call in the common case)."""
+    header = HEADER.pack(len(payload), kind, flags, a, b, c)
+    data: list[Any] = [header, payload] if payload else [header]
+    total = HEADER_SIZE + len(payload)
+    if fd >= 0:
+        sent = sock.sendmsg(data, [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", (fd,)))])
+    else:
+        sent = sock.sendmsg(data)
+    if sent < total:
+        rest = (header + bytes(payload))[sent:]
+        sock.sendall(rest)
+
+
+def _close_fds(fds: list[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def recv_msg(sock: socket.socket, buf: bytearray, flags: int = socket.MSG_CMSG_CLOEXEC
+             ) -> tuple[int, int, int, int, int, bytes, list[int]] | None:
+    """Receive one message into `buf` (grown as needed). None on a clean end of file.
+
+    Raises ProtocolError on a truncated or oversized message; received fds are returned (the
+    caller owns them) or closed when the message is malformed.
+    """
+    view = memoryview(buf)
+    nbytes, ancdata, msg_flags, _ = sock.recvmsg_into([view], _FDS_ANC, flags)
+    fds: list[int] = []
+    for level, ctype, cdata in ancdata:
+        if level == socket.SOL_SOCKET and ctype == socket.SCM_RIGHTS:
+            arr = array.array("i")
+            arr.frombytes(cdata[: len(cdata) - (len(cdata) % arr.itemsize)])
+            fds.extend(arr)
+    if msg_flags & socket.MSG_CTRUNC:
+        _close_fds(fds)
+        raise ProtocolError("control data truncated")
+    if nbytes == 0:
+        _close_fds(fds)
+        return None
+    try:
+        while nbytes < HEADER_SIZE:
+            got = sock.recv_into(view[nbytes:HEADER_SIZE])
+            if got == 0:
+                raise ProtocolError("end of file inside a message header")
+            nbytes += got
+        length, kind, mflags, a, b, c = HEADER.unpack_from(buf)
+        if length > MAX_PAYLOAD:
+            raise ProtocolError(f"payload of {length} bytes")
+        total = HEADER_SIZE + length
+        if nbytes > total:
+            raise ProtocolError("unexpected bytes after a message")
+        if total > len(buf):
+            view.release()
+            buf.extend(bytes(total - len(buf)))
+            view = memoryview(buf)
+        while nbytes < total:
+            got = sock.recv_into(view[nbytes:total])
+            if got == 0:
+                raise ProtocolError("end of file inside a message")
+            nbytes += got
+        payload = bytes(view[HEADER_SIZE:total]) if length else b""
+    except BaseException:
+        _close_fds(fds)
+        raise
+    finally:
+        view.release()
+    return kind, mflags, a, b, c, payload, fds
+
+
+# --------------------------------------------------------------------------------------------
+# Safe access to this process's memory (a bad address gives EFAULT, never a crash)
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class _iovec(ctypes.Structure):
+    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
+
+
+_pvm_read = getattr(_libc, "process_vm_readv", None)
+_pvm_write = getattr(_libc, "process_vm_writev", None)
+for _fn in (_pvm_read, _pvm_write):
+    if _fn is not None:
+        _fn.restype = ctypes.c_ssize_t
+        _fn.argtypes = [ctypes.c_int, ctypes.POINTER(_iovec), ctypes.c_ulong,
+                        ctypes.POINTER(_iovec), ctypes.c_ulong, ctypes.c_ulong]
+
+_getsockopt = _libc.getsockopt
+_getsockopt.restype = ctypes.c_int
+_getsockopt.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
+                        ctypes.POINTER(ctypes.c_uint32)]
+
+
+class _ucred(ctypes.Structure):
+    _fields_ = [("pid", ctypes.c_int32), ("uid", ctypes.c_uint32), ("gid", ctypes.c_uint32)]
+
+
+def vm_read(pid: int, addr: int, size: int) -> bytes:
+    """Read `size` bytes at `addr` of process `pid`; OSError(EFAULT/EPERM/ESRCH...) on failure."""
+    if size == 0:
+        return b""
+    if addr < 0 or size < 0 or addr + size > MASK64 + 1:
+        raise OSError(_errno.EFAULT, os.strerror(_errno.EFAULT))
+    out = ctypes.create_string_buffer(size)
+    if _pvm_read is None:
+        return _procmem(pid, addr, size, None)
+    local = _iovec(ctypes.addressof(out), size)
+    remote = _iovec(addr, size)
+    done = _pvm_read(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+    if done == size:
+        return out.raw
+    if done < 0:
+        err = ctypes.get_errno()
+        if err == _errno.ENOSYS:
+            return _procmem(pid, addr, size, None)
+        raise OSError(err, os.strerror(err))
+    raise OSError(_errno.EFAULT, os.strerror(_errno.EFAULT))
+
+
+def vm_write(pid: int, addr: int, data: bytes | bytearray | memoryview) -> None:
+    """Write `data` at `addr` of process `pid`; OSError(EFAULT/EPERM/ESRCH...) on failure."""
+    size = len(data)
+    if size == 0:
+        return
+    if addr < 0 or addr + size > MASK64 + 1:
+        raise OSError(_errno.EFAULT, os.strerror(_errno.EFAULT))
+    if _pvm_write is None:
+        _procmem(pid, addr, size, bytes(data))
+        return
+    src = (ctypes.c_char * size).from_buffer_copy(data)
+    local = _iovec(ctypes.addressof(src), size)
+    remote = _iovec(addr, size)
+    done = _pvm_write(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+    if done == size:
+        return
+    if done < 0:
+        err = ctypes.get_errno()
+        if err == _errno.ENOSYS:
+            _procmem(pid, addr, size, bytes(data))
+            return
+        raise OSError(err, os.strerror(err))
+    raise OSError(_errno.EFAULT, os.strerror(_errno.EFAULT))
+
+
+def _procmem(pid: int, addr: int, size: int, data: bytes | None) -> bytes:
+    """Fallback through /proc/PID/mem when process_vm_* are unavailable."""
+    try:
+        fd = os.open(f"/proc/{pid}/mem", os.O_RDWR if data is not None else os.O_RDONLY)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror) from None
+    try:
+        if data is None:
+            got = os.pread(fd, size, addr)
+            if len(got) != size:
+                raise OSError(_errno.EFAULT, os.strerror(_errno.EFAULT))
+            return got
+        if os.pwrite(fd, data, addr) != size:
+            raise OSError(_errno.EFAULT, os.strerror(_errno.EFAULT))
+        return b""
+    except OSError as exc:
+        if exc.errno in (_errno.EIO, _errno.EINVAL, _errno.EOVERFLOW):
+            raise OSError(_errno.EFAULT, os.strerror(_errno.EFAULT)) from None
+        raise
+    finally:
+        os.close(fd)
+
+
+def peer_pid(fd: int) -> int:
+    """SO_PEERCRED pid of a Unix socket fd, or -1 if it is not one."""
+    cred = _ucred()
+    size = ctypes.c_uint32(ctypes.sizeof(cred))
+    if _getsockopt(fd, socket.SOL_SOCKET, socket.SO_PEERCRED, ctypes.byref(cred), ctypes.byref(size)) != 0:
+        return -1
+    return cred.pid
+
+
+_PR_SET_PTRACER = 0x59616D61
+
+
+def _allow_ptracer(pid: int) -> None:
+    """Under Yama ptrace_scope=1, let the server reach this process's memory directly."""
+    try:
+        _libc.prctl(_PR_SET_PTRACER, ctypes.c_ulong(pid), 0, 0, 0)
+    except Exception:  # pragma: no cover - prctl always exists on Linux
+        pass
+
+
+# --------------------------------------------------------------------------------------------
+# Errors
+
+LOST_MESSAGE = "xe_eudebug simulator connection lost"
+
+
+class SimulatorConnectionLost(ConnectionResetError):
+    """The simulator server went away while (or before) serving a call."""
+
+    def __init__(self, detail: str = "") -> None:
+        msg = LOST_MESSAGE + (f" ({detail})" if detail else "")
+        super().__init__(_errno.ECONNRESET, msg)
+
+
+# --------------------------------------------------------------------------------------------
+# One simulator server as seen from this process
+
+CONNECT_TIMEOUT = 5.0
+START_TIMEOUT = 15.0
+
+
+class _Link:
+    """Control connections of this process to one simulator server."""
+
+    def __init__(self, path: str, master: socket.socket, pid: int) -> None:
+        self.path = path
+        self.pid = pid
+        self.master: socket.socket | None = master
+        self.lock = threading.Lock()
+        self.tls = threading.local()
+        self._mbuf = bytearray(4096)
+        self.info: dict[str, Any] | None = None
+
+    # -- connections ---------------------------------------------------------------------
+    def thread_conn(self) -> tuple[socket.socket, bytearray]:
+        """The calling thread's own connection, cloned over the process connection."""
+        conn = getattr(self.tls, "conn", None)
+        if conn is not None:
+            return conn
+        with self.lock:
+            if self.master is None:
+                self.master = _path_connect(self.path)[0]
+            try:
+                send_msg(self.master, OP_CLONE)
+                msg = recv_msg(self.master, self._mbuf)
+            except (OSError, ProtocolError) as exc:
+                self._drop_master()
+                raise SimulatorConnectionLost(str(exc)) from None
+            if msg is None:
+                self._drop_master()
+                raise SimulatorConnectionLost("server closed the connection")
+            kind, _f, result, err, _c, _p, fds = msg
+            if kind != R_REPLY or err or len(fds) != 1:
+                _close_fds(fds)
+                self._drop_master()
+                raise SimulatorConnectionLost("bad reply to a connection request")
+        sock = socket.socket(fileno=fds[0])
+        os.set_inheritable(sock.fileno(), False)
+        conn = (sock, bytearray(65536 + HEADER_SIZE))
+        self.tls.conn = conn
+        return conn
+
+    def _drop_master(self) -> None:
+        if self.master is not None:
+            try:
+                self.master.close()
+            except OSError:
+                pass
+            self.master = None
+
+    def drop_thread_conn(self) -> None:
+        conn = getattr(self.tls, "conn", None)
+        if conn is not None:
+            self.tls.conn = None
+            try:
+                conn[0].close()
+            except OSError:
+                pass
+
+    def after_fork_in_child(self) -> None:
+        # Inherited connections belong to the parent's identity: never use them here.
+        if self.master is not None:
+            try:
+                os.close(self.master.detach())
+            except OSError:
+                pass
+        self.master = None
+        old = getattr(self.tls, "conn", None)
+        if old is not None:
+            try:
+                os.close(old[0].detach())
+            except OSError:
+                pass
+        self.lock = threading.Lock()
+        self.tls = threading.local()
+        # Connect now, while this process still has the privileges it was forked with.
+        try:
+            self.master = _path_connect(self.path, timeout=1.0)[0]
+        except OSError:
+            self.master = None
+
+    # -- calls ---------------------------------------------------------------------------
+    def call(self, op: int, fd: int = -1, a: int = 0, b: int = 0, c: int = 0,
+             payload: bytes | bytearray | memoryview = b"") -> tuple[int, int, int, bytes, list[int]]:
+        """Run one call; returns (flags, a, c, payload, fds) of a successful reply and raises
+        OSError(errno) for a failed one."""
+        flags, ra, err, rc, data, fds = self.raw_call(op, fd, a, b, c, payload)
+        if err:
+            _close_fds(fds)
+            raise OSError(err, os.strerror(err))
+        return flags, ra, rc, data, fds
+
+    def raw_call(self, op: int, fd: int = -1, a: int = 0, b: int = 0, c: int = 0,
+                 payload: bytes | bytearray | memoryview = b"") -> tuple[int, int, int, int, bytes, list[int]]:
+        """Run one call; returns the reply's (flags, a, errno, c, payload, fds)."""
+        sock, buf = self.thread_conn()
+        try:
+            send_msg(sock, op, 0, a, b, c, payload, fd)
+            while True:
+                msg = recv_msg(sock, buf)
+                if msg is None:
+                    raise SimulatorConnectionLost("server closed the connection")
+                kind, flags, ra, rb, rc, data, fds = msg
+                if kind == R_REPLY:
+                    break
+                _close_fds(fds)
+                if kind == R_MEMREAD:
+                    try:
+                        got = vm_read(os.getpid(), ra, rb)
+                        send_msg(sock, M_DATA, 0, 0, 0, 0, got)
+                    except OSError as exc:
+                        send_msg(sock, M_DATA, 0, _memerr(exc))
+                elif kind == R_MEMWRITE:
+                    try:
+                        vm_write(os.getpid(), ra, data)
+                        send_msg(sock, M_DONE)
+                    except OSError as exc:
+                        send_msg(sock, M_DONE, 0, _memerr(exc))
+                else:
+                    raise ProtocolError(f"unexpected message kind {kind}")
+        except OSError as exc:
+            if isinstance(exc, SimulatorConnectionLost):
+                self.drop_thread_conn()
+                raise
+            if exc.errno in (_errno.ECONNRESET, _errno.EPIPE, _errno.ENOTCONN, _errno.EBADF):
+                self.drop_thread_conn()
+                raise SimulatorConnectionLost(os.strerror(exc.errno or 0)) from None
+            raise
+        except ProtocolError as exc:
+            self.drop_thread_conn()
+            raise OSError(_errno.EPROTO, f"xe_eudebug simulator protocol error: {exc}") from None
+        except BaseException:
+            # Interrupted mid-call (KeyboardInterrupt...): the connection's state is unknown.
+            self.drop_thread_conn()
+            raise
+        return flags, ra, rb, rc, data, fds
+
+
+def _memerr(exc: OSError) -> int:
+    return exc.errno if exc.errno in (_errno.EFAULT,) else _errno.EFAULT
+
+
+def _path_connect(path: str, timeout: float = CONNECT_TIMEOUT) -> tuple[socket.socket, int]:
+    """Connect to a server socket; returns the socket and the server's pid."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        sock.settimeout(None)
+        pid = peer_pid(sock.fileno())
+        if pid <= 0:
+            raise OSError(_errno.EPROTO, f"xe_eudebug simulator at {path}: no peer credentials")
+    except BaseException:
+        sock.close()
+        raise
+    _allow_ptracer(pid)
+    return sock, pid
+
+
+# --------------------------------------------------------------------------------------------
+# The registry of servers known to this process
+
+_registry_lock = threading.Lock()
+_links_by_pid: dict[int, _Link] = {}
+_links_by_path: dict[str, _Link] = {}
+_not_servers: set[int] = set()
+_probed_paths: set[str] = set()
+
+
+def _register(path: str, master: socket.socket, pid: int) -> _Link:
+    old = _links_by_pid.get(pid)
+    if old is not None:
+        master.close()
+        _links_by_path[path] = old
+        return old
+    link = _Link(path, master, pid)
+    _links_by_pid[pid] = link
+    _links_by_path[path] = link
+    _not_servers.discard(pid)
+    return link
+
+
+def link_for_path(path: str, start: bool = False) -> _Link:
+    """The link to the server at `path`, connecting (and, if `start`, starting it) as needed."""
+    path = os.path.abspath(path)
+    with _registry_lock:
+        link = _links_by_path.get(path)
+        if link is not None and _alive(link.pid):
+            return link
+        try:
+            master, pid = _path_connect(path)
+        except OSError as exc:
+            if not start or exc.errno not in (_errno.ENOENT, _errno.ECONNREFUSED):
+                raise OSError(exc.errno, f"xe_eudebug simulator at {path}: {exc.strerror}") from None
+            master, pid = _start_and_connect(path)
+        return _register(path, master, pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def selected_socket_path() -> tuple[str, bool]:
+    """The socket `sim` devices use, and whether it may be started on demand."""
+    env = os.environ.get(SOCKET_ENV)
+    if env:
+        return env, False
+    return default_socket_path(), True
+
+
+def _start_and_connect(path: str) -> tuple[socket.socket, int]:
+    """Start the per-user simulator (under a lock against races) and connect to it."""
+    import fcntl
+    import subprocess
+    import sys
+
+    directory = os.path.dirname(path)
+    _ensure_private_dir(directory)
+    lock_fd = os.open(os.path.join(directory, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise OSError(_errno.ETIMEDOUT, f"xe_eudebug simulator: timed out waiting for the start lock in {directory}") from None
+                time.sleep(0.02)
+        # Someone else may have started it while we waited for the lock.
+        try:
+            return _path_connect(path)
+        except OSError:
+            pass
+        env = dict(os.environ)
+        pkg_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        logfile = os.path.join(directory, "server.log")
+        with open(logfile, "ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "xe_eudebug.sim", "--socket", path],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env,
+                start_new_session=True, close_fds=True,
+            )
+        log.info("started xe_eudebug simulator pid %d on %s", proc.pid, path)
+        while True:
+            try:
+                return _path_connect(path)
+            except OSError:
+                pass
+            if proc.poll() is not None:
+                raise OSError(_errno.EIO, f"xe_eudebug simulator failed to start (exit status {proc.returncode}); see {logfile}")
+            if time.monotonic() > deadline:
+                raise OSError(_errno.ETIMEDOUT, f"xe_eudebug simulator did not come up on {path} within {START_TIMEOUT:.0f} s; see {logfile}")
+            time.sleep(0.02)
+    finally:
+        os.close(lock_fd)
+
+
+def _ensure_private_dir(directory: str) -> None:
+    try:
+        os.mkdir(directory, 0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(directory)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise OSError(_errno.EPERM, f"xe_eudebug simulator: {directory} must be a directory owned by uid {os.getuid()} with mode 0700")
+
+
+def _link_for_fd(fd: int) -> _Link | None:
+    pid = peer_pid(fd)
+    if pid <= 0:
+        return None
+    link = _links_by_pid.get(pid)
+    if link is not None:
+        return link
+    if pid in _not_servers:
+        return None
+    # An fd inherited across exec, or from a server we have not talked to yet: ask the
+    # configured servers who they are (without starting anything).
+    with _registry_lock:
+        for path in (os.environ.get(SOCKET_ENV), default_socket_path()):
+            if not path or path in _probed_paths or not os.path.exists(path):
+                continue
+            _probed_paths.add(path)
+            try:
+                master, spid = _path_connect(path, timeout=1.0)
+            except OSError:
+                continue
+            _register(os.path.abspath(path), master, spid)
+        link = _links_by_pid.get(pid)
+        if link is None:
+            if len(_not_servers) > 4096:
+                _not_servers.clear()
+            _not_servers.add(pid)
+        return link
+
+
+def _after_fork_in_child() -> None:
+    global _registry_lock
+    _registry_lock = threading.Lock()
+    _probed_paths.clear()
+    for link in list(_links_by_pid.values()):
+        link.after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+# --------------------------------------------------------------------------------------------
+# Public helpers
+
+def connect(socket_path: str | None = None) -> _Link:
+    """The link to a simulator: `socket_path`, else ``XE_EUDEBUG_SIM_SOCKET``, else the per-user
+    instance (started on demand)."""
+    if socket_path is not None:
+        return link_for_path(socket_path, start=False)
+    path, may_start = selected_socket_path()
+    return link_for_path(path, start=may_start)
+
+
+def _adopt_fd(flags: int, fds: list[int]) -> int:
+    if not flags & F_FD or len(fds) != 1:
+        _close_fds(fds)
+        raise OSError(_errno.EPROTO, "xe_eudebug simulator: reply without the expected fd")
+    fd = fds[0]
+    os.set_inheritable(fd, not flags & F_CLOEXEC)
+    return fd
+
+
+def open_device(index: int = 0, socket_path: str | None = None) -> int:
+    """Open simulated device `index`; returns a new fd (close-on-exec, like open(O_CLOEXEC))."""
+    link = connect(socket_path)
+    flags, _a, _c, _p, fds = link.call(OP_OPEN, a=to_u64(index))
+    return _adopt_fd(flags, fds)
+
+
+def server_info(socket_path: str | None = None) -> dict[str, Any]:
+    link = connect(socket_path)
+    _f, _a, _c, payload, fds = link.call(OP_INFO)
+    _close_fds(fds)
+    return json.loads(payload.decode())
+
+
+def server_pid_of(fd: int) -> int | None:
+    """Pid of the simulator serving `fd`, or None if `fd` is not a simulated fd."""
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return None
+    if not stat.S_ISSOCK(st.st_mode):
+        return None
+    link = _link_for_fd(fd)
+    return link.pid if link is not None else None
+
+
+def is_simulated(fd: int) -> bool:
+    """Diagnostics only: whether `fd` is served by a simulator."""
+    return server_pid_of(fd) is not None
+
+
+def _link_or_ebadf(fd: int) -> _Link:
+    link = _link_for_fd(fd)
+    if link is None:
+        raise OSError(_errno.EBADF, f"fd {fd} is not a simulated file")
+    return link
+
+
+def file_info(fd: int) -> tuple[int, int]:
+    """(device index, kind) of a simulated fd."""
+    _f, a, c, _p, fds = _link_or_ebadf(fd).call(OP_FILE_INFO, fd)
+    _close_fds(fds)
+    return a, c
+
+
+def get_enabled(fd: int) -> bool:
+    _f, a, _c, _p, fds = _link_or_ebadf(fd).call(OP_GET_ENABLED, fd)
+    _close_fds(fds)
+    return bool(a)
+
+
+def set_enabled(fd: int, value: bool) -> bool:
+    _f, a, _c, _p, fds = _link_or_ebadf(fd).call(OP_SET_ENABLED, fd, a=1 if value else 0)
+    _close_fds(fds)
+    return bool(a)
+
+
+def reopen(fd: int) -> int:
+    """A new DRM file on the same simulated device as `fd`."""
+    link = _link_or_ebadf(fd)
+    index, _kind = file_info(fd)
+    flags, _a, _c, _p, fds = link.call(OP_OPEN, a=index)
+    return _adopt_fd(flags, fds)
+
+
+# --------------------------------------------------------------------------------------------
+# The seam backend
+
+_IOC_SIZESHIFT = 16
+_IOC_DIRSHIFT = 30
+_IOC_WRITE = 1
+_IOC_READ = 2
+
+
+def _drain(fd: int, count: int) -> None:
+    """Consume `count` readiness bytes from a debugger fd's receive queue."""
+    if count <= 0:
+        return
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:
+        return
+    try:
+        sock.recv(count, socket.MSG_DONTWAIT)
+    except OSError:
+        pass
+    finally:
+        sock.detach()
+
+
+class SimBackend:
+    """The `xe_eudebug.ioctl` backend for simulated fds."""
+
+    def claims(self, fd: int, st: os.stat_result) -> bool:
+        if not stat.S_ISSOCK(st.st_mode):
+            return False
+        return _link_for_fd(fd) is not None
+
+    def ioctl(self, fd: int, request: int, addr: int) -> int:
+        link = _link_or_ebadf(fd)
+        request &= 0xFFFFFFFF
+        size = (request >> _IOC_SIZESHIFT) & 0x3FFF
+        direction = (request >> _IOC_DIRSHIFT) & 3
+        addr = addr or 0
+        arg: bytes = b""
+        if size and direction & _IOC_WRITE:
+            try:
+                arg = vm_read(os.getpid(), addr, size)
+            except OSError:
+                raise OSError(_errno.EFAULT, os.strerror(_errno.EFAULT)) from None
+        flags, result, err, drain, copy_back, fds = link.raw_call(OP_IOCTL, fd, request, to_u64(addr), 0, arg)
+        if drain:
+            _drain(fd, drain)
+        if copy_back:
+            # Written back even when the call failed, as the DRM dispatcher does.
+            try:
+                vm_write(os.getpid(), addr, copy_back)
+            except OSError:
+                err = err or _errno.EFAULT
+        if err:
+            _close_fds(fds)
+            raise OSError(err, os.strerror(err))
+        if flags & F_FD:
+            return _adopt_fd(flags, fds)
+        _close_fds(fds)
+        return to_s64(result)
+
+    def read(self, fd: int, size: int) -> bytes:
+        return self._data(OP_READ, fd, size, 0)
+
+    def pread(self, fd: int, size: int, offset: int) -> bytes:
+        return self._data(OP_PREAD, fd, size, offset)
+
+    def _data(self, op: int, fd: int, size: int, offset: int) -> bytes:
+        if size < 0:
+            raise OSError(_errno.EINVAL, os.strerror(_errno.EINVAL))
+        _f, _a, drain, data, fds = _link_or_ebadf(fd).call(op, fd, size, to_u64(offset))
+        _close_fds(fds)
+        if drain:
+            _drain(fd, drain)
+        return data
+
+    def pwrite(self, fd: int, data: bytes, offset: int) -> int:
+        _f, a, _c, _p, fds = _link_or_ebadf(fd).call(OP_PWRITE, fd, 0, to_u64(offset), 0, bytes(data))
+        _close_fds(fds)
+        return to_s64(a)
+
+    def lseek(self, fd: int, offset: int, whence: int) -> int:
+        _f, a, _c, _p, fds = _link_or_ebadf(fd).call(OP_LSEEK, fd, to_u64(offset), to_u64(whence))
+        _close_fds(fds)
+        return to_s64(a)
+
+    def fsync(self, fd: int) -> None:
+        _f, _a, _c, _p, fds = _link_or_ebadf(fd).call(OP_FSYNC, fd)
+        _close_fds(fds)
+
+    def mmap(self, fd: int, length: int, offset: int) -> _mmap.mmap:
+        if length <= 0:
+            raise OSError(_errno.EINVAL, os.strerror(_errno.EINVAL))
+        flags, a, _c, _p, fds = _link_or_ebadf(fd).call(OP_MMAP, fd, to_u64(length), to_u64(offset))
+        if not flags & F_FD or len(fds) != 1:
+            _close_fds(fds)
+            raise OSError(_errno.EPROTO, "xe_eudebug simulator: mmap reply without a memory fd")
+        memfd = fds[0]
+        try:
+            return _mmap.mmap(memfd, length, flags=_mmap.MAP_SHARED,
+                              prot=_mmap.PROT_READ | _mmap.PROT_WRITE, offset=a)
+        finally:
+            os.close(memfd)
+
+    def poll_mask(self, fd: int) -> int:
+        _f, a, _c, _p, fds = _link_or_ebadf(fd).call(OP_POLL, fd)
+        _close_fds(fds)
+        return a
+
+
+backend = SimBackend()
+
+
+def _register_with_seam() -> None:
+    try:
+        from .. import ioctl as seam
+    except ImportError as exc:  # the seam is not importable: nothing to register with
+        log.debug("xe_eudebug.ioctl unavailable (%s); simulator backend not registered", exc)
+        return
+    register: Callable[[Any], None] | None = getattr(seam, "register_backend", None)
+    if register is not None:
+        register(backend)
+
+
+_register_with_seam()

@@ -1,0 +1,834 @@
+"""The simulator server: hosts the kernel model behind real file descriptors.
+
+One process holds the whole simulated driver state (`sim/kernel.py`).  Clients reach it through
+control connections on a Unix socket (one per thread, see `sim/port.py`).  Every file the kernel
+model creates (device, debugger, VM) is handed out as the client's end of a socketpair; the server
+keeps the other end, identifies the file of a call by the inode of the fd passed with the call, and
+sees the last close of all copies as end-of-file on its end, which runs `kernel.release(file)`.
+
+Poll readiness of a debugger fd is a byte kept in the client's receive queue while the kernel
+reports POLLIN; a detached connection shuts the server's end down, so raw poll() shows POLLHUP.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import fcntl
+import importlib
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from . import port as wire
+from .config import SimConfig, default_socket_dir, default_socket_path
+from .port import (F_CLOEXEC, F_FD, KIND_DEBUGGER, KIND_DEVICE, KIND_OTHER, KIND_VM, M_DATA, M_DONE,
+                   OP_CLONE, OP_FILE_INFO, OP_FSYNC, OP_GET_ENABLED, OP_INFO, OP_IOCTL, OP_LSEEK, OP_MMAP,
+                   OP_OPEN, OP_POLL, OP_PREAD, OP_PWRITE, OP_READ, OP_SET_ENABLED, R_MEMREAD, R_MEMWRITE,
+                   R_REPLY, ProtocolError, recv_msg, send_msg, to_s64, to_u64, vm_read, vm_write)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Server", "ServerHandle", "start_server", "main", "DEFAULT_KERNEL"]
+
+DEFAULT_KERNEL = "xe_eudebug.sim.kernel:Kernel"
+
+# Request values that create files with particular fd flags (spec §0.4.1).
+_CONNECT = 0xC018644E   # DRM_IOCTL_XE_EUDEBUG_CONNECT: debugger fd, flags 0 (no O_CLOEXEC)
+_VM_OPEN = 0x40286A01   # DRM_XE_EUDEBUG_IOCTL_VM_OPEN: vm fd, O_CLOEXEC
+
+_SIOCOUTQ = 0x5411
+_MAX_RW = (1 << 30) - 4096  # largest read served in one call (the VFS caps counts too)
+
+
+class _FallbackKernelError(Exception):
+    def __init__(self, errno: int, *args: object) -> None:
+        super().__init__(errno, os.strerror(errno), *args)
+        self.errno = errno
+
+
+def load_kernel_class(spec: str) -> type:
+    module_name, _, attr = spec.partition(":")
+    module = importlib.import_module(module_name)
+    return getattr(module, attr or "Kernel")
+
+
+class _Conn:
+    """One control connection; identity (pid) is that of the process that opened the path
+    connection, shared by its clones."""
+
+    __slots__ = ("sock", "buf", "pid", "uid", "gid", "direct", "dead")
+
+    def __init__(self, sock: socket.socket, pid: int, uid: int, gid: int, direct: bool) -> None:
+        self.sock = sock
+        self.buf = bytearray(65536 + wire.HEADER_SIZE)
+        self.pid = pid
+        self.uid = uid
+        self.gid = gid
+        self.direct = direct
+        self.dead = False
+
+
+class Caller:
+    """The process blocked in a call: copy_from_user / copy_to_user on its memory."""
+
+    __slots__ = ("_conn", "_error", "pid", "uid", "gid", "arg_addr", "nonblock")
+
+    def __init__(self, conn: _Conn, error_class: type, arg_addr: int = 0, nonblock: bool = False) -> None:
+        self._conn = conn
+        self._error = error_class
+        self.pid = conn.pid
+        self.uid = conn.uid
+        self.gid = conn.gid
+        self.arg_addr = arg_addr
+        self.nonblock = nonblock
+
+    def _fault(self) -> Exception:
+        return _make_error(self._error, _errno.EFAULT)
+
+    def read(self, addr: int, size: int) -> bytes:
+        addr = int(addr)
+        size = int(size)
+        if size < 0 or addr < 0 or addr + size > wire.MASK64 + 1:
+            raise self._fault()
+        if size == 0:
+            return b""
+        conn = self._conn
+        if conn.direct:
+            try:
+                return vm_read(conn.pid, addr, size)
+            except OSError as exc:
+                if exc.errno == _errno.EFAULT:
+                    raise self._fault() from None
+                conn.direct = False  # not permitted: ask the caller from now on
+        return self._ask(R_MEMREAD, M_DATA, addr, size, b"")
+
+    def write(self, addr: int, data: bytes) -> None:
+        addr = int(addr)
+        size = len(data)
+        if addr < 0 or addr + size > wire.MASK64 + 1:
+            raise self._fault()
+        if size == 0:
+            return
+        conn = self._conn
+        if conn.direct:
+            try:
+                vm_write(conn.pid, addr, data)
+                return
+            except OSError as exc:
+                if exc.errno == _errno.EFAULT:
+                    raise self._fault() from None
+                conn.direct = False
+        self._ask(R_MEMWRITE, M_DONE, addr, 0, data)
+
+    def _ask(self, kind: int, answer: int, addr: int, size: int, data: bytes) -> bytes:
+        """Ask the blocked caller's side of the connection to copy (read `size` or write `data`)."""
+        conn = self._conn
+        if conn.dead:
+            raise self._fault()
+        try:
+            send_msg(conn.sock, kind, 0, addr, size, 0, data)
+            msg = recv_msg(conn.sock, conn.buf)
+            if msg is None:
+                raise ProtocolError("end of file during a memory request")
+            got, _flags, err, _b, _c, reply, fds = msg
+            wire._close_fds(fds)
+            if got != answer or (not err and answer == M_DATA and len(reply) != size):
+                raise ProtocolError("bad answer to a memory request")
+        except (OSError, ProtocolError) as exc:
+            log.debug("memory request to pid %d failed: %s", conn.pid, exc)
+            conn.dead = True
+            raise self._fault() from None
+        if err:
+            raise self._fault()
+        return reply
+
+
+def _make_error(cls: type, errno: int) -> Exception:
+    try:
+        exc = cls(errno)
+    except Exception:
+        exc = _FallbackKernelError(errno)
+    if getattr(exc, "errno", None) != errno:
+        try:
+            exc.errno = errno  # type: ignore[attr-defined]
+        except Exception:
+            return _FallbackKernelError(errno)
+    return exc
+
+
+class _Entry:
+    """A simulated file: the server's end of the socketpair and the kernel's File."""
+
+    __slots__ = ("sock", "fd", "ino", "file", "device", "kind", "lock", "queued", "hup", "released")
+
+    def __init__(self, sock: socket.socket, ino: int, file: Any, device: int, kind: int) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.ino = ino
+        self.file = file
+        self.device = device
+        self.kind = kind
+        self.lock = threading.Lock()
+        self.queued = 0       # readiness bytes in the client's receive queue (sent - drained)
+        self.hup = False      # server end shut down after detach
+        self.released = False
+
+
+class Server:
+    """A simulator instance listening on `socket_path`."""
+
+    def __init__(self, socket_path: str, config: SimConfig | None = None, kernel: Any = None,
+                 kernel_spec: str = DEFAULT_KERNEL) -> None:
+        self.config = config or SimConfig.from_env()
+        self.socket_path = os.path.abspath(socket_path)
+        if kernel is None:
+            kernel = load_kernel_class(kernel_spec)(self.config)
+        self.kernel = kernel
+        module = sys.modules.get(type(kernel).__module__)
+        self.error_class: type = getattr(module, "KernelError", _FallbackKernelError)
+        self.lock = threading.Lock()
+        self.by_ino: dict[int, _Entry] = {}
+        self.by_file: dict[int, _Entry] = {}
+        self.by_fd: dict[int, _Entry] = {}
+        self.detached: set[_Entry] = set()
+        self.conns = 0
+        self.epoll = select.epoll()
+        self.stopping = threading.Event()
+        self.release_queue: deque[_Entry] = deque()
+        self.release_cv = threading.Condition()
+        self.dirty: set[int] = set()
+        self.dirty_cv = threading.Condition()
+        self.tls = threading.local()
+        self.listener: socket.socket | None = None
+        self._listener_ino = 0
+        self.direct_default = self.config.memory_access == "auto"
+        try:
+            kernel.on_poll_change = self._on_poll_change
+        except AttributeError:
+            log.warning("kernel model does not accept on_poll_change; poll readiness disabled")
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def bind(self) -> None:
+        path = self.socket_path
+        directory = os.path.dirname(path)
+        if not os.path.isdir(directory):
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+        if os.path.exists(path) or os.path.islink(path):
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            probe.settimeout(1.0)
+            try:
+                probe.connect(path)
+            except OSError:
+                os.unlink(path)  # stale socket of a dead server
+            else:
+                raise OSError(_errno.EADDRINUSE, f"an xe_eudebug simulator is already running on {path}")
+            finally:
+                probe.close()
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        old = os.umask(0o177)
+        try:
+            listener.bind(path)
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+        listener.listen(64)
+        listener.settimeout(0.2)
+        self.listener = listener
+        self._listener_ino = os.stat(path).st_ino
+
+    def serve_forever(self) -> None:
+        if self.listener is None:
+            self.bind()
+        assert self.listener is not None
+        threads = [
+            threading.Thread(target=self._watch_files, name="sim-files", daemon=True),
+            threading.Thread(target=self._release_worker, name="sim-release", daemon=True),
+            threading.Thread(target=self._poll_worker, name="sim-poll", daemon=True),
+        ]
+        for t in threads:
+            t.start()
+        log.info("xe_eudebug simulator pid %d listening on %s (%d device%s)", os.getpid(),
+                 self.socket_path, self.config.devices, "" if self.config.devices == 1 else "s")
+        idle_since: float | None = None
+        try:
+            while not self.stopping.is_set():
+                try:
+                    sock, _ = self.listener.accept()
+                except socket.timeout:
+                    sock = None
+                except OSError as exc:
+                    if self.stopping.is_set():
+                        break
+                    log.warning("accept failed: %s", exc)
+                    time.sleep(0.05)
+                    sock = None
+                if sock is not None:
+                    self._start_conn(sock)
+                    idle_since = None
+                    continue
+                if self.config.idle_exit > 0:
+                    with self.lock:
+                        idle = self.conns == 0 and not self.by_ino and not self.detached
+                    if not idle:
+                        idle_since = None
+                    elif idle_since is None:
+                        idle_since = time.monotonic()
+                    elif time.monotonic() - idle_since >= self.config.idle_exit:
+                        log.info("idle for %.1f s, exiting", self.config.idle_exit)
+                        break
+        finally:
+            self.close()
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def close(self) -> None:
+        self.stopping.set()
+        if self.listener is not None:
+            try:
+                if os.stat(self.socket_path).st_ino == self._listener_ino:
+                    os.unlink(self.socket_path)
+            except OSError:
+                pass
+            self.listener.close()
+            self.listener = None
+        with self.release_cv:
+            self.release_cv.notify_all()
+        with self.dirty_cv:
+            self.dirty_cv.notify_all()
+
+    # -- control connections ----------------------------------------------------------------
+    def _start_conn(self, sock: socket.socket) -> None:
+        sock.settimeout(None)
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+        pid, uid, gid = int.from_bytes(creds[0:4], "little"), int.from_bytes(creds[4:8], "little"), \
+            int.from_bytes(creds[8:12], "little")
+        self._spawn_conn(_Conn(sock, pid, uid, gid, self.direct_default))
+
+    def _spawn_conn(self, conn: _Conn) -> None:
+        with self.lock:
+            self.conns += 1
+        t = threading.Thread(target=self._serve_conn, args=(conn,), name=f"sim-conn-{conn.pid}", daemon=True)
+        t.start()
+
+    def _serve_conn(self, conn: _Conn) -> None:
+        try:
+            while not conn.dead:
+                msg = recv_msg(conn.sock, conn.buf)
+                if msg is None:
+                    break
+                kind, flags, a, b, c, payload, fds = msg
+                try:
+                    self._dispatch(conn, kind, a, b, c, payload, fds)
+                finally:
+                    wire._close_fds(fds)
+        except ProtocolError as exc:
+            log.warning("closing the control connection of pid %d: malformed message (%s)", conn.pid, exc)
+        except OSError as exc:
+            log.debug("control connection of pid %d ended: %s", conn.pid, exc)
+        except Exception:
+            log.exception("closing the control connection of pid %d after an internal error", conn.pid)
+        finally:
+            try:
+                conn.sock.close()
+            except OSError:
+                pass
+            with self.lock:
+                self.conns -= 1
+
+    def _reply(self, conn: _Conn, result: int = 0, err: int = 0, drain: int = 0,
+               payload: bytes = b"", fd: int = -1, flags: int = 0) -> None:
+        if conn.dead:
+            return
+        if fd >= 0:
+            flags |= F_FD
+        send_msg(conn.sock, R_REPLY, flags, to_u64(result), err, drain, payload, fd)
+
+    def _dispatch(self, conn: _Conn, kind: int, a: int, b: int, c: int, payload: bytes,
+                  fds: list[int]) -> None:
+        if kind == OP_CLONE or kind == OP_INFO or kind == OP_OPEN:
+            if fds or payload:
+                raise ProtocolError(f"request {kind} carries unexpected data")
+            if kind == OP_CLONE:
+                mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+                self._spawn_conn(_Conn(mine, conn.pid, conn.uid, conn.gid, conn.direct))
+                try:
+                    self._reply(conn, fd=theirs.fileno())
+                finally:
+                    theirs.close()
+            elif kind == OP_INFO:
+                info = {"pid": os.getpid(), "protocol": wire.PROTOCOL_VERSION, "devices": self.config.devices,
+                        "socket": self.socket_path, "config": self.config.to_env()}
+                self._reply(conn, payload=json.dumps(info).encode())
+            else:
+                self._open(conn, a)
+            return
+        if kind < OP_IOCTL or kind > wire.MAX_OP or len(fds) != 1:
+            raise ProtocolError(f"request kind {kind} with {len(fds)} fds")
+        fd = fds[0]
+        st = os.fstat(fd)
+        entry = self.by_ino.get(st.st_ino) if stat.S_ISSOCK(st.st_mode) else None
+        if entry is None or entry.released:
+            self._reply(conn, err=_errno.EBADF)
+            return
+        if kind == OP_IOCTL:
+            self._ioctl(conn, entry, fd, a, b, payload)
+            return
+        if payload and kind != OP_PWRITE:
+            raise ProtocolError(f"request kind {kind} carries a payload")
+        if kind == OP_FILE_INFO:
+            self._reply(conn, result=entry.device, drain=entry.kind)
+            return
+        nonblock = bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK)
+        self._call(conn, entry, kind, a, b, payload, nonblock)
+
+    def _open(self, conn: _Conn, index: int) -> None:
+        index = to_s64(index)
+        if not 0 <= index < self.config.devices:
+            self._reply(conn, err=_errno.ENOENT)
+            return
+        caller = Caller(conn, self.error_class)
+        self.tls.dirty = set()
+        try:
+            file = self.kernel.open_device(index, caller)
+        except Exception as exc:
+            self._finish_dirty(None)
+            self._reply(conn, err=self._errno_of(exc, "open"))
+            return
+        entry, client = self._new_entry(file, index, KIND_DEVICE)
+        self._finish_dirty(None)
+        try:
+            self._reply(conn, fd=client.fileno(), flags=F_CLOEXEC)
+        finally:
+            client.close()
+
+    def _errno_of(self, exc: Exception, what: str) -> int:
+        err = getattr(exc, "errno", None)
+        if isinstance(err, int) and err > 0 and not isinstance(exc, (ProtocolError,)):
+            return err
+        log.error("kernel model failed in %s", what, exc_info=exc)
+        return _errno.EIO
+
+    def _ioctl(self, conn: _Conn, entry: _Entry, fd: int, request: int, addr: int, arg: bytes) -> None:
+        request &= 0xFFFFFFFF
+        size = (request >> 16) & 0x3FFF
+        direction = request >> 30
+        if direction & 1:
+            if len(arg) != size:
+                raise ProtocolError(f"ioctl {request:#x} with {len(arg)} argument bytes, expected {size}")
+        elif arg:
+            raise ProtocolError(f"ioctl {request:#x} carries argument bytes")
+        else:
+            arg = bytes(size)
+        nonblock = bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK)
+        caller = Caller(conn, self.error_class, addr, nonblock)
+        self.tls.dirty = set()
+        err = 0
+        result: Any = 0
+        copy_back: bytes = b""
+        try:
+            result, copy_back = self.kernel.ioctl(entry.file, caller, request, arg)
+        except Exception as exc:
+            err = self._errno_of(exc, f"ioctl {request:#x}")
+            copy_back = getattr(exc, "copy_back", None) or b""
+        if copy_back and (not direction & 2 or len(copy_back) > size):
+            log.error("kernel model returned %d copy-back bytes for ioctl %#x; ignored", len(copy_back), request)
+            copy_back = b""
+        new: tuple[_Entry, socket.socket] | None = None
+        if not err and not isinstance(result, int):
+            if request == _CONNECT:
+                kind, cloexec = KIND_DEBUGGER, False
+            elif request == _VM_OPEN:
+                kind, cloexec = KIND_VM, True
+            else:
+                kind, cloexec = KIND_OTHER, True
+            cloexec = bool(getattr(result, "cloexec", cloexec))
+            new = self._new_entry(result, entry.device, kind)
+            flags = 0 if not cloexec else F_CLOEXEC
+        drain = self._finish_dirty(entry)
+        if new is None:
+            self._reply(conn, result if not err else 0, err, drain, bytes(copy_back))
+            return
+        try:
+            self._reply(conn, 0, 0, drain, bytes(copy_back), new[1].fileno(), flags)
+        finally:
+            new[1].close()
+
+    def _call(self, conn: _Conn, entry: _Entry, kind: int, a: int, b: int, payload: bytes, nonblock: bool) -> None:
+        caller = Caller(conn, self.error_class, 0, nonblock)
+        kernel = self.kernel
+        file = entry.file
+        self.tls.dirty = set()
+        result = 0
+        data = b""
+        fd_out = -1
+        try:
+            if kind == OP_READ:
+                data = bytes(kernel.read(file, caller, min(a, _MAX_RW)))
+            elif kind == OP_PREAD:
+                data = bytes(kernel.pread(file, caller, min(a, _MAX_RW), to_s64(b)))
+            elif kind == OP_PWRITE:
+                result = int(kernel.pwrite(file, caller, payload, to_s64(b)))
+            elif kind == OP_LSEEK:
+                result = int(kernel.lseek(file, caller, to_s64(a), to_s64(b)))
+            elif kind == OP_FSYNC:
+                kernel.fsync(file, caller)
+            elif kind == OP_MMAP:
+                memfd, offset = kernel.mmap_bo(file, to_s64(b), a)
+                fd_out, result = int(memfd), int(offset)
+            elif kind == OP_POLL:
+                result = int(kernel.poll(file))
+            elif kind == OP_GET_ENABLED:
+                result = int(bool(kernel.get_enabled(entry.device)))
+            elif kind == OP_SET_ENABLED:
+                result = int(bool(kernel.set_enabled(entry.device, bool(a))))
+            else:
+                raise ProtocolError(f"unknown request kind {kind}")
+        except ProtocolError:
+            raise
+        except Exception as exc:
+            drain = self._finish_dirty(entry)
+            self._reply(conn, 0, self._errno_of(exc, f"request {kind}"), drain)
+            return
+        drain = self._finish_dirty(entry)
+        self._reply(conn, result, 0, drain, data, fd_out)
+
+    # -- files --------------------------------------------------------------------------------
+    def _new_entry(self, file: Any, device: int, kind: int) -> tuple[_Entry, socket.socket]:
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        ino = os.fstat(theirs.fileno()).st_ino
+        entry = _Entry(mine, ino, file, device, kind)
+        with self.lock:
+            self.by_ino[ino] = entry
+            self.by_file[id(file)] = entry
+            self.by_fd[entry.fd] = entry
+        self.epoll.register(entry.fd, select.EPOLLIN | select.EPOLLRDHUP)
+        # The kernel may have reported readiness before the file had an fd.
+        self.tls.dirty.add(id(file))
+        return entry, theirs
+
+    def _watch_files(self) -> None:
+        """Detect the last close of every simulated file (end-of-file on the server's end)."""
+        while not self.stopping.is_set():
+            try:
+                events = self.epoll.poll(0.25 if self.detached else 1.0)
+            except InterruptedError:
+                continue
+            except OSError:
+                return
+            for fd, _mask in events:
+                entry = self.by_fd.get(fd)
+                if entry is None:
+                    continue
+                try:
+                    data = entry.sock.recv(4096, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b""
+                if not data:
+                    self._schedule_release(entry)
+                # Bytes written into a simulated fd by the client are discarded.
+            if self.detached:
+                for entry in list(self.detached):
+                    try:
+                        pending = int.from_bytes(fcntl.ioctl(entry.fd, _SIOCOUTQ, b"\0\0\0\0"), "little")
+                    except OSError:
+                        pending = 0
+                    if pending == 0:  # the client's end (and the byte queued in it) is gone
+                        self._schedule_release(entry)
+
+    def _schedule_release(self, entry: _Entry) -> None:
+        with self.lock:
+            if entry.released:
+                return
+            entry.released = True
+            self.by_ino.pop(entry.ino, None)
+            self.by_file.pop(id(entry.file), None)
+            self.by_fd.pop(entry.fd, None)
+            self.detached.discard(entry)
+        try:
+            self.epoll.unregister(entry.fd)
+        except (OSError, ValueError):
+            pass
+        with self.release_cv:
+            self.release_queue.append(entry)
+            self.release_cv.notify()
+
+    def _release_worker(self) -> None:
+        while True:
+            with self.release_cv:
+                while not self.release_queue and not self.stopping.is_set():
+                    self.release_cv.wait(1.0)
+                if not self.release_queue:
+                    return
+                entry = self.release_queue.popleft()
+            self.tls.dirty = None
+            try:
+                self.kernel.release(entry.file)
+            except Exception:
+                log.exception("kernel model failed in release")
+            finally:
+                with entry.lock:
+                    entry.sock.close()
+
+    # -- poll readiness -------------------------------------------------------------------
+    def _on_poll_change(self, file: Any) -> None:
+        dirty = getattr(self.tls, "dirty", None)
+        if dirty is not None:
+            dirty.add(id(file))
+            return
+        with self.dirty_cv:
+            self.dirty.add(id(file))
+            self.dirty_cv.notify()
+
+    def _finish_dirty(self, current: _Entry | None) -> int:
+        """Reconcile the files whose readiness changed during this call; returns the number of
+        readiness bytes the caller must drain from `current`."""
+        dirty = self.tls.dirty
+        self.tls.dirty = None
+        drain = 0
+        if not dirty:
+            return 0
+        for key in dirty:
+            entry = self.by_file.get(key)
+            if entry is None:
+                continue
+            n = self._reconcile(entry, entry is current)
+            if entry is current:
+                drain = n
+        return drain
+
+    def _poll_worker(self) -> None:
+        self.tls.dirty = None
+        while not self.stopping.is_set():
+            with self.dirty_cv:
+                while not self.dirty and not self.stopping.is_set():
+                    self.dirty_cv.wait(1.0)
+                keys, self.dirty = self.dirty, set()
+            for key in keys:
+                entry = self.by_file.get(key)
+                if entry is not None:
+                    self._reconcile(entry, False)
+
+    def _reconcile(self, entry: _Entry, may_drain: bool) -> int:
+        with entry.lock:
+            if entry.released or entry.hup:
+                return 0
+            try:
+                mask = int(self.kernel.poll(entry.file))
+            except Exception:
+                log.exception("kernel model failed in poll")
+                return 0
+            if mask & (select.POLLHUP | select.POLLERR):
+                # Detached: keep one byte queued (so its last close stays observable through
+                # SIOCOUTQ) and shut our end down so raw poll() shows POLLHUP.
+                try:
+                    entry.sock.send(b"\0", socket.MSG_DONTWAIT)
+                    entry.sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                entry.hup = True
+                try:
+                    self.epoll.unregister(entry.fd)
+                except (OSError, ValueError):
+                    pass
+                with self.lock:
+                    if not entry.released:
+                        self.detached.add(entry)
+                return 0
+            if mask & select.POLLIN:
+                if entry.queued == 0:
+                    try:
+                        entry.sock.send(b"\1", socket.MSG_DONTWAIT)
+                        entry.queued = 1
+                    except OSError:
+                        pass
+                return 0
+            if entry.queued and may_drain:
+                n, entry.queued = entry.queued, 0
+                return n
+            return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# Running servers
+
+class ServerHandle:
+    """A simulator running in a child process (see `start_server`)."""
+
+    def __init__(self, proc: subprocess.Popen, socket_path: str, directory: str | None, logfile: str | None) -> None:
+        self.proc = proc
+        self.socket = socket_path
+        self.pid = proc.pid
+        self.directory = directory
+        self.logfile = logfile
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def open_device(self, index: int = 0) -> int:
+        """Open simulated device `index` of this instance."""
+        return wire.open_device(index, socket_path=self.socket)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the server (SIGTERM, then SIGKILL after `timeout`) and remove its private directory."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout)
+        if self.directory is not None:
+            for name in os.listdir(self.directory):
+                try:
+                    os.unlink(os.path.join(self.directory, name))
+                except OSError:
+                    pass
+            try:
+                os.rmdir(self.directory)
+            except OSError:
+                pass
+            self.directory = None
+
+    def kill(self) -> None:
+        """Kill the server abruptly (as a crash would)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5.0)
+
+    def __enter__(self) -> "ServerHandle":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"<ServerHandle pid={self.pid} socket={self.socket!r}>"
+
+
+def _runtime_base() -> str:
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    return base if base and os.path.isdir(base) else tempfile.gettempdir()
+
+
+def start_server(config: SimConfig | None = None, socket: str | None = None, *,
+                 kernel: str | None = None, verbose: bool = False, timeout: float = 15.0) -> ServerHandle:
+    """Start a private simulator instance in a child process and wait until it accepts calls.
+
+    `socket`: path to listen on (default: a fresh private directory).  `config`: its settings
+    (default: the environment's).  `kernel`: "module:Class" of the kernel model (testing hook).
+    """
+    directory = None
+    if socket is None:
+        directory = tempfile.mkdtemp(prefix="xe_eudebug-sim-", dir=_runtime_base())
+        socket = os.path.join(directory, "sock")
+    socket = os.path.abspath(socket)
+    env = dict(os.environ)
+    env.pop(wire.SOCKET_ENV, None)
+    env.update((config or SimConfig.from_env()).to_env())
+    pkg_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    argv = [sys.executable, "-m", "xe_eudebug.sim", "--socket", socket]
+    if kernel:
+        argv += ["--kernel", kernel]
+    if verbose:
+        argv.append("-v")
+    logdir = directory or os.path.dirname(socket)
+    logfile = os.path.join(logdir, "server.log") if os.path.isdir(logdir) else None
+    out = open(logfile, "ab") if logfile else subprocess.DEVNULL
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env,
+                                start_new_session=True, close_fds=True)
+    finally:
+        if logfile:
+            out.close()  # type: ignore[union-attr]
+    handle = ServerHandle(proc, socket, directory, logfile)
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            detail = _tail(logfile)
+            handle.stop()
+            raise OSError(_errno.EIO, f"xe_eudebug simulator exited with status {proc.returncode} during start-up{detail}")
+        probe = wire.socket.socket(wire.socket.AF_UNIX, wire.socket.SOCK_STREAM)
+        probe.settimeout(0.5)
+        try:
+            probe.connect(socket)
+            return handle
+        except OSError:
+            pass
+        finally:
+            probe.close()
+        if time.monotonic() > deadline:
+            handle.stop()
+            raise OSError(_errno.ETIMEDOUT, f"xe_eudebug simulator did not come up on {socket} within {timeout:.0f} s")
+        time.sleep(0.01)
+
+
+def _tail(logfile: str | None) -> str:
+    if not logfile:
+        return ""
+    try:
+        with open(logfile, "rb") as f:
+            text = f.read()[-2000:].decode(errors="replace").strip()
+    except OSError:
+        return ""
+    return f": {text}" if text else ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python3 -m xe_eudebug.sim`: run a simulator in the foreground."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python3 -m xe_eudebug.sim",
+                                     description="Run the simulated Xe eudebug driver in the foreground.")
+    parser.add_argument("--socket", help=f"socket path (default: $XE_EUDEBUG_SIM_SOCKET or {default_socket_path()})")
+    parser.add_argument("--devices", type=int, help="number of simulated devices (XE_EUDEBUG_SIM_DEVICES)")
+    parser.add_argument("--idle-exit", type=float, help="exit after this many idle seconds; 0 = never (XE_EUDEBUG_SIM_IDLE_EXIT)")
+    parser.add_argument("--enable", action="store_true", help="start with eudebug enabled on every device")
+    parser.add_argument("--kernel", default=DEFAULT_KERNEL, help=argparse.SUPPRESS)
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log calls (repeat for more)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    overrides: dict[str, object] = {}
+    if args.devices is not None:
+        overrides["devices"] = args.devices
+    if args.idle_exit is not None:
+        overrides["idle_exit"] = args.idle_exit
+    if args.enable:
+        overrides["enable_default"] = True
+    try:
+        config = SimConfig.from_env(**overrides)
+    except ValueError as exc:
+        parser.error(str(exc))
+    path = args.socket or os.environ.get(wire.SOCKET_ENV) or default_socket_path()
+    if os.path.abspath(path) == os.path.abspath(default_socket_path()):
+        wire._ensure_private_dir(default_socket_dir())
+    server = Server(path, config, kernel_spec=args.kernel)
+    try:
+        server.bind()
+    except OSError as exc:
+        print(f"xe_eudebug.sim: {exc}", file=sys.stderr)
+        return 1
+
+    def _stop(signum: int, _frame: object) -> None:
+        server.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    server.serve_forever()
+    return 0
