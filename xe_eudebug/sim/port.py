@@ -87,6 +87,14 @@ KIND_VM = 3
 KIND_OTHER = 4
 
 _FDS_ANC = socket.CMSG_SPACE(4 * array.array("i").itemsize)
+# Plain ints: the enum members of the socket module are slow in hot paths.
+_SOL_SOCKET = int(socket.SOL_SOCKET)
+_SCM_RIGHTS = int(socket.SCM_RIGHTS)
+_MSG_CMSG_CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)
+_MSG_CTRUNC = int(socket.MSG_CTRUNC)
+_MSG_DONTWAIT = int(socket.MSG_DONTWAIT)
+_pack_header = HEADER.pack
+_unpack_header = HEADER.unpack_from
 
 
 def to_u64(value: int) -> int:
@@ -104,11 +112,15 @@ class ProtocolError(Exception):
 def send_msg(sock: socket.socket, kind: int, flags: int = 0, a: int = 0, b: int = 0, c: int = 0,
              payload: bytes | bytearray | memoryview = b"", fd: int = -1) -> None:
     """Send one message (one sendmsg call in the common case)."""
-    header = HEADER.pack(len(payload), kind, flags, a, b, c)
-    data: list[Any] = [header, payload] if payload else [header]
+    header = _pack_header(len(payload), kind, flags, a, b, c)
     total = HEADER_SIZE + len(payload)
+    if payload and total <= 4096:
+        header += payload
+        data: list[Any] = [header]
+    else:
+        data = [header, payload] if payload else [header]
     if fd >= 0:
-        sent = sock.sendmsg(data, [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", (fd,)))])
+        sent = sock.sendmsg(data, [(_SOL_SOCKET, _SCM_RIGHTS, fd.to_bytes(4, "little"))])
     else:
         sent = sock.sendmsg(data)
     if sent < total:
@@ -124,7 +136,7 @@ def _close_fds(fds: list[int]) -> None:
             pass
 
 
-def recv_msg(sock: socket.socket, buf: bytearray, flags: int = socket.MSG_CMSG_CLOEXEC
+def recv_msg(sock: socket.socket, buf: bytearray, flags: int = _MSG_CMSG_CLOEXEC
              ) -> tuple[int, int, int, int, int, bytes, list[int]] | None:
     """Receive one message into `buf` (grown as needed). None on a clean end of file.
 
@@ -135,11 +147,11 @@ def recv_msg(sock: socket.socket, buf: bytearray, flags: int = socket.MSG_CMSG_C
     nbytes, ancdata, msg_flags, _ = sock.recvmsg_into([view], _FDS_ANC, flags)
     fds: list[int] = []
     for level, ctype, cdata in ancdata:
-        if level == socket.SOL_SOCKET and ctype == socket.SCM_RIGHTS:
+        if level == _SOL_SOCKET and ctype == _SCM_RIGHTS:
             arr = array.array("i")
             arr.frombytes(cdata[: len(cdata) - (len(cdata) % arr.itemsize)])
             fds.extend(arr)
-    if msg_flags & socket.MSG_CTRUNC:
+    if msg_flags & _MSG_CTRUNC:
         _close_fds(fds)
         raise ProtocolError("control data truncated")
     if nbytes == 0:
@@ -151,7 +163,7 @@ def recv_msg(sock: socket.socket, buf: bytearray, flags: int = socket.MSG_CMSG_C
             if got == 0:
                 raise ProtocolError("end of file inside a message header")
             nbytes += got
-        length, kind, mflags, a, b, c = HEADER.unpack_from(buf)
+        length, kind, mflags, a, b, c = _unpack_header(buf)
         if length > MAX_PAYLOAD:
             raise ProtocolError(f"payload of {length} bytes")
         total = HEADER_SIZE + length
@@ -203,20 +215,47 @@ class _ucred(ctypes.Structure):
     _fields_ = [("pid", ctypes.c_int32), ("uid", ctypes.c_uint32), ("gid", ctypes.c_uint32)]
 
 
+class _IoBuf(threading.local):
+    """Per-thread scratch buffer and iovecs for small copies (no allocation per call)."""
+
+    SIZE = 16384
+
+    def __init__(self) -> None:
+        self.buf = ctypes.create_string_buffer(self.SIZE)
+        self.base = ctypes.addressof(self.buf)
+        self.local = _iovec(self.base, 0)
+        self.remote = _iovec(0, 0)
+        self.plocal = ctypes.byref(self.local)
+        self.premote = ctypes.byref(self.remote)
+
+
+_iobuf = _IoBuf()
+_string_at = ctypes.string_at
+
+
 def vm_read(pid: int, addr: int, size: int) -> bytes:
     """Read `size` bytes at `addr` of process `pid`; OSError(EFAULT/EPERM/ESRCH...) on failure."""
     if size == 0:
         return b""
     if addr < 0 or size < 0 or addr + size > MASK64 + 1:
         raise OSError(_errno.EFAULT, os.strerror(_errno.EFAULT))
-    out = ctypes.create_string_buffer(size)
     if _pvm_read is None:
         return _procmem(pid, addr, size, None)
-    local = _iovec(ctypes.addressof(out), size)
-    remote = _iovec(addr, size)
-    done = _pvm_read(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
-    if done == size:
-        return out.raw
+    if size <= _IoBuf.SIZE:
+        io = _iobuf
+        io.local.iov_len = size
+        io.remote.iov_base = addr
+        io.remote.iov_len = size
+        done = _pvm_read(pid, io.plocal, 1, io.premote, 1, 0)
+        if done == size:
+            return _string_at(io.base, size)
+    else:
+        out = ctypes.create_string_buffer(size)
+        local = _iovec(ctypes.addressof(out), size)
+        remote = _iovec(addr, size)
+        done = _pvm_read(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+        if done == size:
+            return out.raw
     if done < 0:
         err = ctypes.get_errno()
         if err == _errno.ENOSYS:
@@ -235,10 +274,18 @@ def vm_write(pid: int, addr: int, data: bytes | bytearray | memoryview) -> None:
     if _pvm_write is None:
         _procmem(pid, addr, size, bytes(data))
         return
-    src = (ctypes.c_char * size).from_buffer_copy(data)
-    local = _iovec(ctypes.addressof(src), size)
-    remote = _iovec(addr, size)
-    done = _pvm_write(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+    if size <= _IoBuf.SIZE:
+        io = _iobuf
+        ctypes.memmove(io.base, bytes(data), size)
+        io.local.iov_len = size
+        io.remote.iov_base = addr
+        io.remote.iov_len = size
+        done = _pvm_write(pid, io.plocal, 1, io.premote, 1, 0)
+    else:
+        src = (ctypes.c_char * size).from_buffer_copy(data)
+        local = _iovec(ctypes.addressof(src), size)
+        remote = _iovec(addr, size)
+        done = _pvm_write(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
     if done == size:
         return
     if done < 0:
@@ -723,32 +770,48 @@ _IOC_WRITE = 1
 _IOC_READ = 2
 
 
+_recv = _libc.recv
+_recv.restype = ctypes.c_ssize_t
+_recv.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_drain_buf = ctypes.create_string_buffer(64)
+
+
 def _drain(fd: int, count: int) -> None:
-    """Consume `count` readiness bytes from a debugger fd's receive queue."""
-    if count <= 0:
-        return
-    try:
-        sock = socket.socket(fileno=fd)
-    except OSError:
-        return
-    try:
-        sock.recv(count, socket.MSG_DONTWAIT)
-    except OSError:
-        pass
-    finally:
-        sock.detach()
+    """Consume `count` readiness bytes from a debugger fd's receive queue (never blocks)."""
+    if 0 < count <= 64:
+        _recv(fd, _drain_buf, count, _MSG_DONTWAIT)
+
+
+class _LastClaim(threading.local):
+    fd = -1
+    link: "_Link | None" = None
 
 
 class SimBackend:
     """The `xe_eudebug.ioctl` backend for simulated fds."""
 
+    def __init__(self) -> None:
+        self._last = _LastClaim()
+
     def claims(self, fd: int, st: os.stat_result) -> bool:
         if not stat.S_ISSOCK(st.st_mode):
             return False
-        return _link_for_fd(fd) is not None
+        link = _link_for_fd(fd)
+        last = self._last
+        last.fd = fd if link is not None else -1
+        last.link = link
+        return link is not None
+
+    def _link(self, fd: int) -> _Link:
+        # The seam has just asked claims() about this fd in this thread: reuse its answer.
+        last = self._last
+        if last.fd == fd and last.link is not None:
+            last.fd = -1
+            return last.link
+        return _link_or_ebadf(fd)
 
     def ioctl(self, fd: int, request: int, addr: int) -> int:
-        link = _link_or_ebadf(fd)
+        link = self._link(fd)
         request &= 0xFFFFFFFF
         size = (request >> _IOC_SIZESHIFT) & 0x3FFF
         direction = (request >> _IOC_DIRSHIFT) & 3
@@ -785,30 +848,30 @@ class SimBackend:
     def _data(self, op: int, fd: int, size: int, offset: int) -> bytes:
         if size < 0:
             raise OSError(_errno.EINVAL, os.strerror(_errno.EINVAL))
-        _f, _a, drain, data, fds = _link_or_ebadf(fd).call(op, fd, size, to_u64(offset))
+        _f, _a, drain, data, fds = self._link(fd).call(op, fd, size, to_u64(offset))
         _close_fds(fds)
         if drain:
             _drain(fd, drain)
         return data
 
     def pwrite(self, fd: int, data: bytes, offset: int) -> int:
-        _f, a, _c, _p, fds = _link_or_ebadf(fd).call(OP_PWRITE, fd, 0, to_u64(offset), 0, bytes(data))
+        _f, a, _c, _p, fds = self._link(fd).call(OP_PWRITE, fd, 0, to_u64(offset), 0, bytes(data))
         _close_fds(fds)
         return to_s64(a)
 
     def lseek(self, fd: int, offset: int, whence: int) -> int:
-        _f, a, _c, _p, fds = _link_or_ebadf(fd).call(OP_LSEEK, fd, to_u64(offset), to_u64(whence))
+        _f, a, _c, _p, fds = self._link(fd).call(OP_LSEEK, fd, to_u64(offset), to_u64(whence))
         _close_fds(fds)
         return to_s64(a)
 
     def fsync(self, fd: int) -> None:
-        _f, _a, _c, _p, fds = _link_or_ebadf(fd).call(OP_FSYNC, fd)
+        _f, _a, _c, _p, fds = self._link(fd).call(OP_FSYNC, fd)
         _close_fds(fds)
 
     def mmap(self, fd: int, length: int, offset: int) -> _mmap.mmap:
         if length <= 0:
             raise OSError(_errno.EINVAL, os.strerror(_errno.EINVAL))
-        flags, a, _c, _p, fds = _link_or_ebadf(fd).call(OP_MMAP, fd, to_u64(length), to_u64(offset))
+        flags, a, _c, _p, fds = self._link(fd).call(OP_MMAP, fd, to_u64(length), to_u64(offset))
         if not flags & F_FD or len(fds) != 1:
             _close_fds(fds)
             raise OSError(_errno.EPROTO, "xe_eudebug simulator: mmap reply without a memory fd")
@@ -820,7 +883,7 @@ class SimBackend:
             os.close(memfd)
 
     def poll_mask(self, fd: int) -> int:
-        _f, a, _c, _p, fds = _link_or_ebadf(fd).call(OP_POLL, fd)
+        _f, a, _c, _p, fds = self._link(fd).call(OP_POLL, fd)
         _close_fds(fds)
         return a
 

@@ -390,7 +390,7 @@ class Server:
         if kind == OP_FILE_INFO:
             self._reply(conn, result=entry.device, drain=entry.kind)
             return
-        nonblock = bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK)
+        nonblock = entry.kind != KIND_DEVICE and bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK)
         self._call(conn, entry, kind, a, b, payload, nonblock)
 
     def _open(self, conn: _Conn, index: int) -> None:
@@ -431,7 +431,8 @@ class Server:
             raise ProtocolError(f"ioctl {request:#x} carries argument bytes")
         else:
             arg = bytes(size)
-        nonblock = bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK)
+        # O_NONBLOCK lives in the open file description shared with the caller's fd.
+        nonblock = entry.kind != KIND_DEVICE and bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK)
         caller = Caller(conn, self.error_class, addr, nonblock)
         self.tls.dirty = set()
         err = 0
