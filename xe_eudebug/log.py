@@ -1001,14 +1001,19 @@ def _compare_reference(log1: EventLog, log2: EventLog, filter: int = 0) -> None:
     c1, c2 = _columns(log1), _columns(log2)
     for i, j in _pairings(log1, c1, c2):
         if j is None:
-            raise EventLogMismatch(f"{log2.name}: no partner for client event {log1[i]}")
+            raise EventLogMismatch(
+                f"{log2.name}: no partner for client event {log1[i]}",
+                event=log1[i], log_name=log1.name, other_name=log2.name,
+            )
         ha, hb = c1.refs[i], c2.refs[j]
-        _, miss = _compare_client_literal(c1, ha, c2, hb, filter)
-        if miss is not None:
-            raise EventLogMismatch(f"{log1.name} ({c1.seqnos[miss]}): no matching event", event=log1[miss])
-        _, miss = _compare_client_literal(c2, hb, c1, ha, filter)
-        if miss is not None:
-            raise EventLogMismatch(f"{log2.name} ({c2.seqnos[miss]}): no matching event", event=log2[miss])
+        for (la, ca, x), (lb, cb, y) in (((log1, c1, ha), (log2, c2, hb)), ((log2, c2, hb), (log1, c1, ha))):
+            _, miss = _compare_client_literal(ca, x, cb, y, filter)
+            if miss is not None:
+                raise EventLogMismatch(
+                    f"{la.name} ({ca.seqnos[miss]}): no matching event type {ca.types[miss]} "
+                    f"found for client {x}",
+                    event=la[miss], log_name=la.name, other_name=lb.name, client_handle=x,
+                )
 
 
 # ---------------------------------------------------------------------------------------------
