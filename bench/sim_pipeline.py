@@ -1,0 +1,191 @@
+#!/usr/bin/env python3
+"""Simulator event pipeline throughput against a bare Unix-socket round trip.
+
+A client process (forked) creates and destroys long-running VMs in a loop (or creates and destroys
+debug metadata with --op metadata); each ioctl produces one event.  The debugger (this process)
+is connected to the client and reads the events with blocking READ_EVENT.  The figure is events
+per second from the client's ioctl to the debugger's READ_EVENT, both going through the system-call
+seam to a private simulator.
+
+In the same run it measures round trips per second of a bare request/reply over a Unix socketpair
+between two Python processes (64-byte messages, send/recv), the floor of any Python transport, and
+prints the ratio.  Each figure is the best of --repeat interleaved runs, so load from other
+processes on the machine affects both alike.
+
+    python3 bench/sim_pipeline.py [--events 4000] [--repeat 3] [--op vm|metadata]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import socket
+import struct
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from xe_eudebug.sim import SimConfig, port, start_server  # noqa: E402
+
+# Request values and layouts from the target uapi (spec/abi.json).
+DRM_IOCTL_XE_VM_CREATE = 0xC0206443            # drm_xe_vm_create, 32 bytes
+DRM_IOCTL_XE_VM_DESTROY = 0x40186444           # drm_xe_vm_destroy, 24 bytes
+DRM_XE_VM_CREATE_FLAG_LR_MODE = 1 << 1
+DRM_IOCTL_XE_DEBUG_METADATA_CREATE = 0xC028644F  # drm_xe_debug_metadata_create, 40 bytes
+DRM_IOCTL_XE_DEBUG_METADATA_DESTROY = 0x40106450  # drm_xe_debug_metadata_destroy, 16 bytes
+DRM_IOCTL_XE_EUDEBUG_CONNECT = 0xC018644E      # drm_xe_eudebug_connect, 24 bytes
+DRM_XE_EUDEBUG_IOCTL_READ_EVENT = 0x6A00
+DRM_XE_EUDEBUG_EVENT_READ = 1
+EVENT_OPEN = 2
+EVENT_VM = 3
+EVENT_METADATA = 9
+
+try:
+    from xe_eudebug import ioctl as _seam
+
+    def ioctl(fd: int, request: int, arg: ctypes.Array) -> int:
+        return _seam.ioctl(fd, request, arg)
+
+    VIA = "xe_eudebug.ioctl (the seam)"
+except ImportError:  # the seam is not present: call the simulator backend directly
+    def ioctl(fd: int, request: int, arg: ctypes.Array) -> int:
+        return port.backend.ioctl(fd, request, ctypes.addressof(arg))
+
+    VIA = "the simulator backend directly (xe_eudebug.ioctl not importable)"
+
+for _name in ("DRM_IOCTL_XE_VM_CREATE", "DRM_IOCTL_XE_VM_DESTROY"):
+    assert (globals()[_name] >> 8) & 0xFF == ord("d")
+
+
+def client_loop(sock_path: str, op: str, count: int, ready_w: int, go_r: int) -> None:
+    """The debuggee: one ioctl per event."""
+    fd = port.open_device(0, socket_path=sock_path)
+    os.write(ready_w, b"r")
+    os.read(go_r, 1)
+    if op == "vm":
+        create = ctypes.create_string_buffer(32)
+        destroy = ctypes.create_string_buffer(24)
+        flags = struct.pack("<I", DRM_XE_VM_CREATE_FLAG_LR_MODE)
+        for _ in range(count // 2):
+            ctypes.memset(create, 0, 32)
+            create[8:12] = flags
+            ioctl(fd, DRM_IOCTL_XE_VM_CREATE, create)
+            destroy[0:4] = create[12:16]
+            ioctl(fd, DRM_IOCTL_XE_VM_DESTROY, destroy)
+    else:
+        payload = ctypes.create_string_buffer(b"bench-metadata", 16)
+        create = ctypes.create_string_buffer(40)
+        destroy = ctypes.create_string_buffer(16)
+        head = struct.pack("<QQQQ", 0, 1, ctypes.addressof(payload), 16)
+        for _ in range(count // 2):
+            ctypes.memset(create, 0, 40)
+            create[0:32] = head
+            ioctl(fd, DRM_IOCTL_XE_DEBUG_METADATA_CREATE, create)
+            destroy[8:12] = create[32:36]
+            ioctl(fd, DRM_IOCTL_XE_DEBUG_METADATA_DESTROY, destroy)
+    os.close(fd)
+
+
+def pipeline(sock_path: str, op: str, count: int) -> float:
+    """Events per second from client ioctl to debugger READ_EVENT."""
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            client_loop(sock_path, op, count, ready_w, go_r)
+        except BaseException as exc:  # reported through the exit status
+            print(f"client: {exc!r}", file=sys.stderr)
+            code = 1
+        os._exit(code)
+    try:
+        if os.read(ready_r, 1) != b"r":
+            raise RuntimeError("client did not start")
+        dev = port.open_device(0, socket_path=sock_path)
+        connect = ctypes.create_string_buffer(struct.pack("<QQII", 0, pid, 0, 0), 24)
+        dbg = ioctl(dev, DRM_IOCTL_XE_EUDEBUG_CONNECT, connect)
+        event = ctypes.create_string_buffer(256)
+        request = struct.pack("<IHH", 256, DRM_XE_EUDEBUG_EVENT_READ, 0)
+
+        def read() -> int:
+            ctypes.memset(event, 0, 24)
+            event[0:8] = request
+            ioctl(dbg, DRM_XE_EUDEBUG_IOCTL_READ_EVENT, event)
+            return struct.unpack_from("<H", event, 4)[0]
+
+        while read() != EVENT_OPEN:  # discovery: the client's DRM file
+            pass
+        want = EVENT_VM if op == "vm" else EVENT_METADATA
+        expected = (count // 2) * 2
+        got = 0
+        start = time.perf_counter()
+        os.write(go_w, b"g")
+        while got < expected:
+            if read() == want:
+                got += 1
+        elapsed = time.perf_counter() - start
+        os.close(dbg)
+        os.close(dev)
+    finally:
+        _, status = os.waitpid(pid, 0)
+        for fd in (ready_r, ready_w, go_r, go_w):
+            os.close(fd)
+    if status != 0:
+        raise RuntimeError(f"client exited with status {status}")
+    return expected / elapsed
+
+
+def bare_round_trips(count: int) -> float:
+    """Round trips per second of a bare Python request/reply over a Unix socketpair."""
+    a, b = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:
+        a.close()
+        while True:
+            data = b.recv(4096)
+            if not data:
+                os._exit(0)
+            b.sendall(data)
+    b.close()
+    msg = b"x" * 64
+    start = time.perf_counter()
+    for _ in range(count):
+        a.sendall(msg)
+        a.recv(4096)
+    elapsed = time.perf_counter() - start
+    a.close()
+    os.waitpid(pid, 0)
+    return count / elapsed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=4000, help="events per pipeline run")
+    parser.add_argument("--repeat", type=int, default=3, help="interleaved runs; the best counts")
+    parser.add_argument("--op", choices=("vm", "metadata"), default="vm")
+    parser.add_argument("--target", type=float, default=0.33)
+    args = parser.parse_args()
+    handle = start_server(SimConfig(enable_default=True, idle_exit=0))
+    try:
+        pipe_best = bare_best = 0.0
+        for i in range(args.repeat):
+            bare = bare_round_trips(args.events * 2)
+            pipe = pipeline(handle.socket, args.op, args.events)
+            print(f"run {i + 1}: pipeline {pipe:9.0f} events/s   bare socket {bare:9.0f} round trips/s   ratio {pipe / bare:.3f}")
+            pipe_best = max(pipe_best, pipe)
+            bare_best = max(bare_best, bare)
+    finally:
+        handle.stop()
+    ratio = pipe_best / bare_best
+    print(f"calls via {VIA}; op {args.op}; {args.events} events per run")
+    print(f"simulator pipeline: {pipe_best:.0f} events/s (client ioctl -> debugger READ_EVENT)")
+    print(f"bare Unix-socket request/reply: {bare_best:.0f} round trips/s")
+    print(f"ratio: {ratio:.3f} (target >= {args.target})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
