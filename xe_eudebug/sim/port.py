@@ -46,7 +46,8 @@ __all__ = [
 
 HEADER = struct.Struct("<IHHQQQ")
 HEADER_SIZE = HEADER.size
-MAX_PAYLOAD = 1 << 30
+MAX_PAYLOAD = 1 << 28
+_MAX_RW = MAX_PAYLOAD - 4096  # largest read/write served by one call (short counts beyond)
 MASK64 = (1 << 64) - 1
 PROTOCOL_VERSION = 1
 
@@ -381,7 +382,7 @@ class _Link:
             return conn
         with self.lock:
             if self.master is None:
-                self.master = _path_connect(self.path)[0]
+                self.master = self._reconnect(CONNECT_TIMEOUT)
             try:
                 send_msg(self.master, OP_CLONE)
                 msg = recv_msg(self.master, self._mbuf)
@@ -401,6 +402,17 @@ class _Link:
         conn = (sock, bytearray(65536 + HEADER_SIZE))
         self.tls.conn = conn
         return conn
+
+    def _reconnect(self, timeout: float) -> socket.socket:
+        """A new process connection to this link's server (the same server process only)."""
+        try:
+            sock, pid = _path_connect(self.path, timeout)
+        except OSError as exc:
+            raise SimulatorConnectionLost(f"cannot reach {self.path}: {exc.strerror or exc}") from None
+        if pid != self.pid:
+            sock.close()
+            raise SimulatorConnectionLost(f"the simulator (pid {self.pid}) serving this file has exited")
+        return sock
 
     def _drop_master(self) -> None:
         if self.master is not None:
@@ -437,7 +449,7 @@ class _Link:
         self.tls = threading.local()
         # Connect now, while this process still has the privileges it was forked with.
         try:
-            self.master = _path_connect(self.path, timeout=1.0)[0]
+            self.master = self._reconnect(1.0)
         except OSError:
             self.master = None
 
@@ -848,14 +860,16 @@ class SimBackend:
     def _data(self, op: int, fd: int, size: int, offset: int) -> bytes:
         if size < 0:
             raise OSError(_errno.EINVAL, os.strerror(_errno.EINVAL))
-        _f, _a, drain, data, fds = self._link(fd).call(op, fd, size, to_u64(offset))
+        _f, _a, drain, data, fds = self._link(fd).call(op, fd, min(size, _MAX_RW), to_u64(offset))
         _close_fds(fds)
         if drain:
             _drain(fd, drain)
         return data
 
     def pwrite(self, fd: int, data: bytes, offset: int) -> int:
-        _f, a, _c, _p, fds = self._link(fd).call(OP_PWRITE, fd, 0, to_u64(offset), 0, bytes(data))
+        # At most _MAX_RW bytes per call: a short count, as the VFS gives for huge writes.
+        chunk = bytes(memoryview(data)[:_MAX_RW])
+        _f, a, _c, _p, fds = self._link(fd).call(OP_PWRITE, fd, 0, to_u64(offset), 0, chunk)
         _close_fds(fds)
         return to_s64(a)
 

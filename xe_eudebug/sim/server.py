@@ -48,7 +48,7 @@ _CONNECT = 0xC018644E   # DRM_IOCTL_XE_EUDEBUG_CONNECT: debugger fd, flags 0 (no
 _VM_OPEN = 0x40286A01   # DRM_XE_EUDEBUG_IOCTL_VM_OPEN: vm fd, O_CLOEXEC
 
 _SIOCOUTQ = 0x5411
-_MAX_RW = (1 << 30) - 4096  # largest read served in one call (the VFS caps counts too)
+_MAX_RW = wire._MAX_RW  # largest read served in one call (short counts beyond, like the VFS)
 
 
 class _FallbackKernelError(Exception):
