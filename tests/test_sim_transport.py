@@ -619,3 +619,31 @@ def test_two_devices_and_private_instances_are_separate(sim_server):
     finally:
         for fd in (fa0, fa1, fb):
             os.close(fd)
+
+
+def test_random_messages_never_disturb_other_clients(fake, dev):
+    """Random headers and payloads: the server answers or drops that connection, nothing else."""
+    import random
+
+    rng = random.Random(1234)
+    kinds = list(range(0, port.MAX_OP + 3)) + [port.M_DATA, port.M_DONE, port.R_REPLY, 0xFFFF]
+    for _ in range(60):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(5)
+        s.connect(fake.socket)
+        payload = rng.randbytes(rng.choice([0, 1, 7, 32, 300]))
+        length = len(payload) if rng.random() < 0.8 else rng.getrandbits(32)
+        header = port.HEADER.pack(length, rng.choice(kinds), rng.getrandbits(16),
+                                  rng.choice([0, 1, 2, rng.getrandbits(64)]), rng.getrandbits(64), rng.getrandbits(64))
+        try:
+            s.sendall(header[: rng.randint(1, len(header))] if rng.random() < 0.1 else header + payload)
+            s.shutdown(socket.SHUT_WR)
+            while s.recv(4096):  # a reply or nothing; the server closes after EOF either way
+                pass
+        except ConnectionError:
+            pass
+        finally:
+            s.close()
+    arg = ctypes.create_string_buffer(bytes(16), 16)
+    assert call(dev, FAKE_ECHO, arg) == os.getpid()
+    assert fake.alive()
