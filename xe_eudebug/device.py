@@ -1,0 +1,310 @@
+"""Finding and opening an Xe device (a real render node or the simulator), the eudebug toggle,
+and the device queries the framework needs.
+
+Device selection (``XE_EUDEBUG_DEVICE`` or the `device` argument):
+
+* a path such as ``/dev/dri/renderD128``: that node;
+* ``sim`` or ``sim:N``: simulated device N (0 by default) of the simulator named by
+  ``XE_EUDEBUG_SIM_SOCKET``, else of the per-user instance, which is started on demand;
+* unset: the first render node whose driver (``DRM_IOCTL_VERSION``) is ``xe``, else the
+  simulator, announced once per process with one line on stderr.
+
+Everything here reaches the device through the system-call seam (`xe_eudebug.ioctl`), so the
+same code serves hardware and the simulator; only the sysfs toggle and re-opening need to know
+which one an fd is.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import glob
+import logging
+import os
+import re
+import stat
+import sys
+import threading
+from typing import Any
+
+from . import ioctl as _seam
+from .sim import port as _port
+from .uapi import drm as _drm
+from .uapi import xe_drm as _xe
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "DEVICE_ENV",
+    "open_device",
+    "enable_eudebug",
+    "eudebug_enabled",
+    "reopen",
+    "device_name",
+    "driver_name",
+    "is_simulated",
+    "query_engines",
+    "query_config",
+    "min_alignment",
+    "list_devices",
+]
+
+DEVICE_ENV = "XE_EUDEBUG_DEVICE"
+
+_announce_lock = threading.Lock()
+_announced = False
+
+
+def _parse_sim(spec: str) -> int | None:
+    """Device index of a ``sim`` / ``sim:N`` selector, or None for anything else."""
+    if spec == "sim":
+        return 0
+    m = re.fullmatch(r"sim:(\d+)", spec)
+    return int(m.group(1)) if m else None
+
+
+def _render_nodes() -> list[str]:
+    def number(path: str) -> int:
+        digits = re.sub(r"\D", "", os.path.basename(path))
+        return int(digits) if digits else 0
+
+    return sorted(glob.glob("/dev/dri/renderD*"), key=number)
+
+
+def open_device(device: str | None = None) -> int:
+    """Open an Xe device and return a plain int fd (close-on-exec)."""
+    spec = device if device is not None else os.environ.get(DEVICE_ENV) or None
+    if spec is not None:
+        index = _parse_sim(spec)
+        if index is not None:
+            return _port.open_device(index)
+        if spec.startswith("sim"):
+            raise ValueError(f"bad simulated device selector {spec!r} (use 'sim' or 'sim:N')")
+        fd = os.open(spec, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            name = driver_name(fd)
+        except OSError:
+            os.close(fd)
+            raise
+        if name != "xe":
+            os.close(fd)
+            raise OSError(errno.ENODEV, f"{spec}: driver is {name!r}, not 'xe'")
+        return fd
+    for node in _render_nodes():
+        try:
+            fd = os.open(node, os.O_RDWR | os.O_CLOEXEC)
+        except OSError as exc:
+            log.debug("cannot open %s: %s", node, exc)
+            continue
+        try:
+            if driver_name(fd) == "xe":
+                return fd
+        except OSError as exc:
+            log.debug("DRM_IOCTL_VERSION on %s failed: %s", node, exc)
+        os.close(fd)
+    _announce_simulator()
+    return _port.open_device(0)
+
+
+def _announce_simulator() -> None:
+    global _announced
+    with _announce_lock:
+        if _announced:
+            return
+        _announced = True
+    sys.stderr.write(f"xe_eudebug: no Xe render node found; using the simulator (set {DEVICE_ENV} to choose)\n")
+    sys.stderr.flush()
+
+
+def _is_sim(fd: int) -> bool:
+    st = os.fstat(fd)
+    if stat.S_ISCHR(st.st_mode):
+        return False
+    if _port.server_pid_of(fd) is not None:
+        return True
+    raise OSError(errno.ENOTTY, f"fd {fd} is neither a DRM device node nor a simulated device")
+
+
+def is_simulated(fd: int) -> bool:
+    """Diagnostics only: whether `fd` is served by the simulator.  Framework code must not
+    branch on it (everything goes through the seam)."""
+    try:
+        return _is_sim(fd)
+    except OSError:
+        return False
+
+
+def driver_name(fd: int) -> str:
+    """The DRM driver name of a device fd (``DRM_IOCTL_VERSION``)."""
+    v = _drm.drm_version()
+    _seam.ioctl(fd, _drm.DRM_IOCTL_VERSION, v)
+    size = int(v.name_len)
+    if size <= 0:
+        return ""
+    name = ctypes.create_string_buffer(size + 1)
+    v2 = _drm.drm_version()
+    v2.name_len = size
+    v2.name = ctypes.addressof(name)
+    _seam.ioctl(fd, _drm.DRM_IOCTL_VERSION, v2)
+    return name.raw[: min(size, int(v2.name_len))].decode(errors="replace")
+
+
+def _sysfs_enable_path(fd: int) -> str:
+    st = os.fstat(fd)
+    if not stat.S_ISCHR(st.st_mode):
+        raise OSError(errno.ENOTTY, f"fd {fd} is not a DRM device node")
+    return f"/sys/dev/char/{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}/device/enable_eudebug"
+
+
+def _parse_bool(text: str, path: str) -> bool:
+    value = text.strip()
+    if value in ("1", "Y", "y"):
+        return True
+    if value in ("0", "N", "n"):
+        return False
+    raise OSError(errno.EINVAL, f"{path}: unexpected content {text!r}")
+
+
+def eudebug_enabled(fd: int) -> bool:
+    """Whether eudebug is enabled on the device behind `fd`."""
+    if _is_sim(fd):
+        return _port.get_enabled(fd)
+    path = _sysfs_enable_path(fd)
+    with open(path) as f:
+        return _parse_bool(f.read(), path)
+
+
+def enable_eudebug(fd: int, enable: bool) -> bool:
+    """Set the device's eudebug enable state; returns the previous state.
+
+    Raises OSError(EBUSY) when disabling while a debugger is attached (the kernel refuses)."""
+    if _is_sim(fd):
+        return _port.set_enabled(fd, bool(enable))
+    path = _sysfs_enable_path(fd)
+    with open(path) as f:
+        old = _parse_bool(f.read(), path)
+    try:
+        with open(path, "w") as f:
+            f.write("1" if enable else "0")
+    except OSError as exc:
+        raise OSError(exc.errno, f"{path}: writing {int(bool(enable))}: {exc.strerror}") from None
+    return old
+
+
+def reopen(fd: int) -> int:
+    """A new DRM file (a second open) on the same device as `fd`."""
+    if _is_sim(fd):
+        return _port.reopen(fd)
+    path = os.readlink(f"/proc/self/fd/{fd}")
+    return os.open(path, os.O_RDWR | os.O_CLOEXEC)
+
+
+def device_name(fd: int) -> str:
+    """A human-readable name of the device: its node path, or ``sim:N``."""
+    if _is_sim(fd):
+        index, _kind = _port.file_info(fd)
+        return f"sim:{index}"
+    return os.readlink(f"/proc/self/fd/{fd}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Queries (DRM_IOCTL_XE_DEVICE_QUERY)
+
+def _query(fd: int, query: int) -> bytes:
+    q = _xe.drm_xe_device_query()
+    q.query = query
+    _seam.ioctl(fd, _xe.DRM_IOCTL_XE_DEVICE_QUERY, q)
+    size = int(q.size)
+    if size == 0:
+        return b""
+    buf = ctypes.create_string_buffer(size)
+    q.data = ctypes.addressof(buf)
+    _seam.ioctl(fd, _xe.DRM_IOCTL_XE_DEVICE_QUERY, q)
+    return buf.raw[: int(q.size)]
+
+
+def query_engines(fd: int) -> list[Any]:
+    """The device's engines as ``drm_xe_engine_class_instance`` structs."""
+    data = _query(fd, _xe.DRM_XE_DEVICE_QUERY_ENGINES)
+    if len(data) < 8:
+        return []
+    count = int.from_bytes(data[0:4], "little")
+    stride = ctypes.sizeof(_xe.drm_xe_engine)
+    out = []
+    for i in range(count):
+        off = 8 + i * stride
+        if off + ctypes.sizeof(_xe.drm_xe_engine_class_instance) > len(data):
+            break
+        out.append(_xe.drm_xe_engine_class_instance.from_buffer_copy(data, off))
+    return out
+
+
+_CONFIG_KEYS = {
+    "DRM_XE_QUERY_CONFIG_REV_AND_DEVICE_ID": "rev_and_device_id",
+    "DRM_XE_QUERY_CONFIG_FLAGS": "flags",
+    "DRM_XE_QUERY_CONFIG_MIN_ALIGNMENT": "min_alignment",
+    "DRM_XE_QUERY_CONFIG_VA_BITS": "va_bits",
+    "DRM_XE_QUERY_CONFIG_MAX_EXEC_QUEUE_PRIORITY": "max_exec_queue_priority",
+}
+
+
+def query_config(fd: int) -> dict[str, int]:
+    """The device's configuration parameters, keyed by the lower-case suffix of their
+    ``DRM_XE_QUERY_CONFIG_*`` names (``min_alignment``, ``va_bits``, ...)."""
+    data = _query(fd, _xe.DRM_XE_DEVICE_QUERY_CONFIG)
+    if len(data) < 8:
+        return {}
+    count = int.from_bytes(data[0:4], "little")
+    values = [int.from_bytes(data[8 + 8 * i: 16 + 8 * i], "little") for i in range(count) if 16 + 8 * i <= len(data)]
+    out: dict[str, int] = {}
+    for macro, key in _CONFIG_KEYS.items():
+        index = getattr(_xe, macro, None)
+        if index is not None and index < len(values):
+            out[key] = values[index]
+    return out
+
+
+def min_alignment(fd: int) -> int:
+    """Minimum alignment of buffer objects and VM addresses on the device."""
+    return query_config(fd).get("min_alignment", 4096) or 4096
+
+
+# ------------------------------------------------------------------------------------------------
+# Listing
+
+def list_devices(include_simulator: bool = True) -> list[dict[str, Any]]:
+    """Render nodes with their driver names, and the simulator's devices.
+
+    The simulator is listed only if it is running (this never starts one)."""
+    out: list[dict[str, Any]] = []
+    for node in _render_nodes():
+        entry: dict[str, Any] = {"device": node}
+        try:
+            fd = os.open(node, os.O_RDWR | os.O_CLOEXEC)
+        except OSError as exc:
+            entry["error"] = exc.strerror
+            out.append(entry)
+            continue
+        try:
+            entry["driver"] = driver_name(fd)
+            if entry["driver"] == "xe":
+                try:
+                    entry["eudebug"] = eudebug_enabled(fd)
+                except OSError:
+                    entry["eudebug"] = None
+        except OSError as exc:
+            entry["error"] = exc.strerror
+        finally:
+            os.close(fd)
+        out.append(entry)
+    if include_simulator:
+        path, _may_start = _port.selected_socket_path()
+        try:
+            info = _port.server_info(path)
+        except OSError:
+            out.append({"device": "sim", "driver": "xe", "simulated": True, "running": False, "socket": path})
+        else:
+            for i in range(int(info.get("devices", 1))):
+                out.append({"device": f"sim:{i}", "driver": "xe", "simulated": True, "running": True,
+                            "socket": path, "pid": info.get("pid")})
+    return out
