@@ -647,3 +647,31 @@ def test_random_messages_never_disturb_other_clients(fake, dev):
     arg = ctypes.create_string_buffer(bytes(16), 16)
     assert call(dev, FAKE_ECHO, arg) == os.getpid()
     assert fake.alive()
+
+
+def test_first_use_starts_one_shared_instance_that_exits_when_idle(tmp_path):
+    """Two processes racing to open 'sim' with no server start exactly one (lock file), in the
+    per-user directory (mode 0700, socket 0600); it exits after its idle time."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "XE_EUDEBUG_SIM_SOCKET"}
+    env.update(XDG_RUNTIME_DIR=str(tmp_path), XE_EUDEBUG_SIM_KERNEL=FAKE_KERNEL,
+               XE_EUDEBUG_SIM_IDLE_EXIT="0.5", PYTHONPATH=root)
+    code = ("from xe_eudebug.sim import port\n"
+            "fd = port.open_device(0)\n"
+            "import os\n"
+            "print(port.server_pid_of(fd), oct(os.stat(port.default_socket_path()).st_mode & 0o777))\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=30) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    pids = {out.split()[0] for out, _err in outs}
+    assert len(pids) == 1
+    assert {out.split()[1] for out, _err in outs} == {"0o600"}
+    directory = tmp_path / "xe_eudebug-sim"
+    sock = directory / "sock"
+    assert (directory.stat().st_mode & 0o777) == 0o700
+    wait_for(lambda: not sock.exists(), timeout=10, what="the idle server to exit and remove its socket")
+    assert (directory / "lock").exists()

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "sim":
         from .sim.server import main as sim_main
 
-        return sim_main(argv[1:])
+        return sim_main(argv[1:], prog="xe-eudebug sim")
     args = parser.parse_args(argv)
     if args.command == "devices":
         return _devices(args)

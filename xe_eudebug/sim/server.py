@@ -789,17 +789,21 @@ def _tail(logfile: str | None) -> str:
     return f": {text}" if text else ""
 
 
-def main(argv: list[str] | None = None) -> int:
+KERNEL_ENV = "XE_EUDEBUG_SIM_KERNEL"
+
+
+def main(argv: list[str] | None = None, prog: str = "python3 -m xe_eudebug.sim") -> int:
     """`python3 -m xe_eudebug.sim`: run a simulator in the foreground."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python3 -m xe_eudebug.sim",
+    parser = argparse.ArgumentParser(prog=prog,
                                      description="Run the simulated Xe eudebug driver in the foreground.")
     parser.add_argument("--socket", help=f"socket path (default: $XE_EUDEBUG_SIM_SOCKET or {default_socket_path()})")
     parser.add_argument("--devices", type=int, help="number of simulated devices (XE_EUDEBUG_SIM_DEVICES)")
     parser.add_argument("--idle-exit", type=float, help="exit after this many idle seconds; 0 = never (XE_EUDEBUG_SIM_IDLE_EXIT)")
     parser.add_argument("--enable", action="store_true", help="start with eudebug enabled on every device")
-    parser.add_argument("--kernel", default=DEFAULT_KERNEL, help=argparse.SUPPRESS)
+    # Testing hook: another kernel model ("module:Class"), also from XE_EUDEBUG_SIM_KERNEL.
+    parser.add_argument("--kernel", default=os.environ.get(KERNEL_ENV) or DEFAULT_KERNEL, help=argparse.SUPPRESS)
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log calls (repeat for more)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
