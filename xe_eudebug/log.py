@@ -514,38 +514,49 @@ del _t, _names, _u, _size
 
 
 class _Columns(NamedTuple):
-    types: list[int]
-    seqnos: list[int]
-    refs: list[Any]  # client handle or referenced seqno; None for types compare ignores
-    keys: list[Any]  # SAME key: type/flags plus the compared fields
+    types: "array[int]"
+    flags: "array[int]"
+    seqnos: "array[int]"
+    refs: "array[int]"  # client handle or referenced seqno (0 for types compare ignores)
+    keys: "array[int]"  # SAME key (type, flags and the compared fields) as a small id
 
 
-def _columns(log: EventLog) -> _Columns:
+def _columns(log: EventLog, key_ids: dict[Any, int]) -> _Columns:
+    """Compact columns of one log; ``key_ids`` (shared by the logs being compared) numbers the
+    distinct SAME keys, so equal ids mean equal keys."""
     buf = log._buf
-    T: list[int] = []
-    S: list[int] = []
-    R: list[Any] = []
-    K: list[Any] = []
-    at, as_, ar, ak = T.append, S.append, R.append, K.append
+    T = array("H")
+    F = array("H")
+    S = array("Q")
+    R = array("Q")
+    K = array("q")
+    at, af, as_, ar, ak = T.append, F.append, S.append, R.append, K.append
     get = _COLSPEC.get
+    kget = key_ids.get
     hdr = _HDR4
+    hs = HEADER_SIZE
     for off in log._offs:
         ln, t, f, s = hdr(buf, off)
         at(t)
+        af(f)
         as_(s)
         spec = get(t)
         if spec is None:
-            ar(None)
-            ak(None)
+            ar(0)
+            ak(-1)
             continue
         unpack, size, extra = spec
         if ln >= size:
-            v = unpack(buf, off + HEADER_SIZE)
+            v = unpack(buf, off + hs)
         else:  # short event: missing bytes read as zero
-            v = unpack(bytes(buf[off : off + ln]) + bytes(size - ln), HEADER_SIZE)
+            v = unpack(bytes(buf[off : off + ln]) + bytes(size - ln), hs)
         ar(v[0])
-        ak((t, f) + v[1:] if extra else (t << 16) | f)
-    return _Columns(T, S, R, K)
+        key = (t, f) + v[1:] if extra else (t << 16) | f
+        kid = kget(key)
+        if kid is None:
+            kid = key_ids[key] = len(key_ids)
+        ak(kid)
+    return _Columns(T, F, S, R, K)
 
 
 def _same_key_fields(event_type: int) -> tuple[str, ...]:
@@ -563,6 +574,16 @@ def _same_key_fields(event_type: int) -> tuple[str, ...]:
 _DIRECT = frozenset((_OPEN, _VM, _EXEC_QUEUE, _METADATA))
 
 
+def _note(one: dict[int, int], many: dict[int, set[int]], key: int, h: int) -> None:
+    """Record that handle ``h`` may hold ``key`` (``one`` keeps a single handle per key,
+    ``many`` the rare keys several handles share)."""
+    o = one.get(key)
+    if o is None:
+        one[key] = h
+    elif o != h:
+        many.setdefault(key, {o}).add(h)
+
+
 def _classify(
     cols: _Columns, handles: set[int], filter: int, trackers_known: bool
 ) -> tuple[dict[int, list[int]], set[int]]:
@@ -575,86 +596,136 @@ def _classify(
     Returns (positions per handle, ambiguous handles).
     """
     T, S, R = cols.types, cols.seqnos, cols.refs
-    lists: dict[int, list[int]] = {h: [] for h in handles}
+    DIRECT, BIND, OP, UFENCE, OPMETA = _DIRECT, _VM_BIND, _VM_BIND_OP, _VM_BIND_UFENCE, _VM_BIND_OP_METADATA
+    lists: dict[int, Any] = {h: array("q") for h in handles}
+    # Current tracker value per handle; absent = not known (side B before the handle's first
+    # VM_BIND / belonging op).  Reverse maps: value -> the handle that took it last, and
+    # *_many for the values several handles hold at once (0 at the start, repeated seqnos).
     bind: dict[int, int] = {}
     op: dict[int, int] = {}
-    bind_h: dict[int, set[int]] = {}
-    op_h: dict[int, set[int]] = {}
+    bind_of: dict[int, int] = {}
+    op_of: dict[int, int] = {}
+    bind_many: dict[int, set[int]] = {}
+    op_many: dict[int, set[int]] = {}
     ambiguous: set[int] = set()
     unbound: set[int] = set()
     unop: set[int] = set()
-    maybe_bind: dict[int, set[int]] = {}
-    maybe_op: dict[int, set[int]] = {}
+    # possible left-over values (side B): bind -> 0 or a seqno of one of the handle's
+    # VM_BINDs; op -> 0 or a seqno of an op whose reference is a possible bind value
+    maybe_bind: dict[int, int] = {}
+    maybe_bind_many: dict[int, set[int]] = {}
+    maybe_op: dict[int, int] = {}
+    maybe_op_many: dict[int, set[int]] = {}
     if trackers_known:
         bind = dict.fromkeys(handles, 0)
         op = dict.fromkeys(handles, 0)
-        bind_h = {0: set(handles)}
-        op_h = {0: set(handles)}
+        bind_many = {0: set(handles)}
+        op_many = {0: set(handles)}
     else:
-        # left-over bind values: 0 or a seqno of one of the handle's VM_BINDs; left-over op
-        # values: 0 or a seqno of an op that could have belonged to the handle
         unbound = set(handles)
         unop = set(handles)
-        maybe_bind = {0: set(handles)}
         for i, t in enumerate(T):
-            if t == _VM_BIND and R[i] in lists:
-                maybe_bind.setdefault(S[i], set()).add(R[i])
-        maybe_op = {0: set(handles)}
+            if t == BIND and R[i] in lists:
+                _note(maybe_bind, maybe_bind_many, S[i], R[i])
         for i, t in enumerate(T):
-            if t == _VM_BIND_OP:
-                hs = maybe_bind.get(R[i])
-                if hs:
-                    maybe_op.setdefault(S[i], set()).update(hs)
+            if t == OP:
+                r = R[i]
+                if r == 0:
+                    cands: Iterable[int] = handles
+                else:
+                    h0 = maybe_bind.get(r)
+                    if h0 is None:
+                        continue
+                    cands = maybe_bind_many.get(r) or (h0,)
+                for h in cands:
+                    _note(maybe_op, maybe_op_many, S[i], h)
 
     for i, t in enumerate(T):
         if (filter >> t) & 1:
             continue
-        if t in _DIRECT:
+        if t in DIRECT:
             lst = lists.get(R[i])
             if lst is not None:
                 lst.append(i)
-        elif t == _VM_BIND:
+        elif t == BIND:
             h = R[i]
             lst = lists.get(h)
-            if lst is not None:
-                lst.append(i)
-                old = bind.get(h)
-                if old is not None:
-                    bind_h[old].discard(h)
-                else:
-                    unbound.discard(h)
-                s = S[i]
-                bind[h] = s
-                bind_h.setdefault(s, set()).add(h)
-        elif t == _VM_BIND_OP or t == _VM_BIND_UFENCE:
+            if lst is None:
+                continue
+            lst.append(i)
+            s = S[i]
+            old = bind.get(h)
+            if old is None:
+                unbound.discard(h)
+            elif bind_many:
+                m = bind_many.get(old)
+                if m:
+                    m.discard(h)
+            bind[h] = s
+            o = bind_of.get(s)
+            if o is not None and o != h and bind.get(o) == s:
+                bind_many.setdefault(s, {o}).add(h)
+            elif s == 0:
+                bind_many.setdefault(0, set()).add(h)
+            bind_of[s] = h
+        elif t == OP or t == UFENCE:
             r = R[i]
-            hs = bind_h.get(r)
-            if hs:
-                for h in hs:
-                    lists[h].append(i)
-                    if t == _VM_BIND_OP:
-                        old = op.get(h)
-                        if old is not None:
-                            op_h[old].discard(h)
-                        else:
-                            unop.discard(h)
-                        s = S[i]
-                        op[h] = s
-                        op_h.setdefault(s, set()).add(h)
+            m = bind_many.get(r) if bind_many else None
+            if m:
+                holders: Iterable[int] = m
+            else:
+                h = bind_of.get(r)
+                holders = (h,) if h is not None and bind[h] == r else ()
+            for h in holders:
+                lists[h].append(i)
+                if t == OP:
+                    s = S[i]
+                    old = op.get(h)
+                    if old is None:
+                        unop.discard(h)
+                    elif op_many:
+                        mo = op_many.get(old)
+                        if mo:
+                            mo.discard(h)
+                    op[h] = s
+                    o = op_of.get(s)
+                    if o is not None and o != h and op.get(o) == s:
+                        op_many.setdefault(s, {o}).add(h)
+                    elif s == 0:
+                        op_many.setdefault(0, set()).add(h)
+                    op_of[s] = h
             if unbound:
-                c = maybe_bind.get(r)
-                if c:
-                    ambiguous |= c & unbound
-        elif t == _VM_BIND_OP_METADATA:
+                if r == 0:
+                    ambiguous |= unbound
+                else:
+                    h0 = maybe_bind.get(r)
+                    if h0 is not None:
+                        mm = maybe_bind_many.get(r)
+                        if mm:
+                            ambiguous |= mm & unbound
+                        elif h0 in unbound:
+                            ambiguous.add(h0)
+        elif t == OPMETA:
             r = R[i]
-            hs = op_h.get(r)
-            if hs:
-                for h in hs:
-                    lists[h].append(i)
+            m = op_many.get(r) if op_many else None
+            if m:
+                holders = m
+            else:
+                h = op_of.get(r)
+                holders = (h,) if h is not None and op[h] == r else ()
+            for h in holders:
+                lists[h].append(i)
             if unop:
-                c = maybe_op.get(r)
-                if c:
-                    ambiguous |= c & unop
+                if r == 0:
+                    ambiguous |= unop
+                else:
+                    h0 = maybe_op.get(r)
+                    if h0 is not None:
+                        mm = maybe_op_many.get(r)
+                        if mm:
+                            ambiguous |= mm & unop
+                        elif h0 in unop:
+                            ambiguous.add(h0)
     return lists, ambiguous
 
 
@@ -720,25 +791,34 @@ def _compare_client_literal(
 class _Side:
     """One log's data for a compare call."""
 
-    def __init__(self, log: EventLog, filter: int) -> None:
+    def __init__(self, log: EventLog, filter: int, key_ids: dict[Any, int]) -> None:
         self.log = log
-        self.cols = _columns(log)
+        self.cols = _columns(log, key_ids)
         self.filter = filter
         self._as_a: dict[int, list[int]] = {}
         self._as_b: dict[int, list[int]] = {}
         self._ambiguous: set[int] = set()
         self._buckets: dict[int, dict[Any, list[int]]] = {}
+        self.unique_seqnos = len(set(self.cols.seqnos)) == len(self.cols.seqnos)
 
-    def classify(self, handles_a: set[int], handles_b: set[int]) -> None:
-        if handles_a:
-            self._as_a, _ = _classify(self.cols, handles_a, self.filter, True)
-        if handles_b:
-            self._as_b, self._ambiguous = _classify(self.cols, handles_b, 0, False)
-            if self._ambiguous:
-                logger.debug(
-                    "%s: client(s) %s need the step-by-step comparison",
-                    self.log.name, sorted(self._ambiguous),
-                )
+    def classify(self, handles: set[int]) -> None:
+        """Membership of the paired handles' events, for this log as side B (filter 0,
+        left-over trackers) and as side A (its filter, trackers from 0)."""
+        if not handles:
+            return
+        self._as_b, self._ambiguous = _classify(self.cols, handles, 0, False)
+        if self._ambiguous:
+            logger.debug(
+                "%s: client(s) %s need the step-by-step comparison",
+                self.log.name, sorted(self._ambiguous),
+            )
+        if self.filter == 0 and not self._ambiguous:
+            # Without a filter the two differ only where a reference could equal the
+            # starting tracker value 0 before a handle's first VM_BIND (or op) -- exactly
+            # what makes a handle ambiguous on side B.
+            self._as_a = self._as_b
+        else:
+            self._as_a, _ = _classify(self.cols, handles, self.filter, True)
 
     def buckets(self, hb: int) -> dict[Any, list[int]]:
         bk = self._buckets.get(hb)
@@ -757,16 +837,34 @@ class _Side:
 
 
 def _compare_client(
-    A: _Side, ha: int, B: _Side, hb: int
+    A: _Side, ha: int, B: _Side, hb: int, keep_pairs: bool = True
 ) -> tuple[list[tuple[int, int]], int | None]:
+    """IGT's compare_client(A, hA, B, hB) on the index: each selected A event takes the
+    first not yet matched B event of its client with an equal SAME key, in B's storage
+    order.  Returns (matched (i, j) pairs if ``keep_pairs``, first unmatched A position)."""
     if hb in B._ambiguous:
         return _compare_client_literal(A.cols, ha, B.cols, hb, A.filter)
     keys_a = A.cols.keys
     seq_b = B.cols.seqnos
     buckets = B.buckets(hb)
-    ptr: dict[Any, int] = {}
-    matched: set[int] = set()
+    ptr: dict[int, int] = {}
     pairs: list[tuple[int, int]] = []
+    if B.unique_seqnos:
+        # every B position is taken at most once through its bucket's cursor, so with unique
+        # seqnos IGT's matched-seqno list never rejects a candidate
+        for i in A._as_a[ha]:
+            k = keys_a[i]
+            lst = buckets.get(k)
+            if lst is None:
+                return pairs, i
+            p = ptr.get(k, 0)
+            if p == len(lst):
+                return pairs, i
+            ptr[k] = p + 1
+            if keep_pairs:
+                pairs.append((i, lst[p]))
+        return pairs, None
+    matched: set[int] = set()
     for i in A._as_a[ha]:
         k = keys_a[i]
         lst = buckets.get(k)
@@ -782,7 +880,8 @@ def _compare_client(
         j = lst[p]
         matched.add(seq_b[j])
         ptr[k] = p + 1
-        pairs.append((i, j))
+        if keep_pairs:
+            pairs.append((i, j))
     return pairs, None
 
 
@@ -905,13 +1004,13 @@ def _pairings(log1: EventLog, c1: _Columns, c2: _Columns) -> list[tuple[int, int
     by_flags: dict[int, list[int]] = {}
     for j, t in enumerate(c2.types):
         if t == _OPEN:
-            by_flags.setdefault(c2.keys[j] & 0xFFFF, []).append(j)
+            by_flags.setdefault(c2.flags[j], []).append(j)
     out: list[tuple[int, int | None]] = []
     cursor = -1
     for i, t in enumerate(c1.types):
-        if t != _OPEN or not (c1.keys[i] & _CREATE):
+        if t != _OPEN or not (c1.flags[i] & _CREATE):
             continue
-        lst = by_flags.get(c1.keys[i] & 0xFFFF, [])
+        lst = by_flags.get(c1.flags[i], [])
         p = bisect.bisect_right(lst, cursor)
         if p == len(lst):
             out.append((i, None))
@@ -938,13 +1037,14 @@ def compare(log1: EventLog, log2: EventLog, filter: int = 0, strict: bool = Fals
     Raises :class:`EventLogMismatch` naming the first unmatched event.
     """
     with _gc_paused():
-        A1 = _Side(log1, filter)
-        A2 = _Side(log2, filter)
+        key_ids: dict[Any, int] = {}
+        A1 = _Side(log1, filter, key_ids)
+        A2 = _Side(log2, filter, key_ids)
         pairs = _pairings(log1, A1.cols, A2.cols)
         h1 = {A1.cols.refs[i] for i, _ in pairs}
         h2 = {A2.cols.refs[j] for _, j in pairs if j is not None}
-        A1.classify(h1, h1)
-        A2.classify(h2, h2)
+        A1.classify(h1)
+        A2.classify(h2)
         vms = _StrictMap("vm handle", log1.name, log2.name)
         mds = _StrictMap("metadata handle", log1.name, log2.name)
         live1: dict[int, int] = {}
@@ -965,13 +1065,15 @@ def compare(log1: EventLog, log2: EventLog, filter: int = 0, strict: bool = Fals
                 _strict_clients(log1, A1.cols, last_i, i, live1, log2, A2.cols, last_j, j, live2, ha, hb)
                 last_i, last_j = i, j
             logger.debug("client: %d -> %d", ha, hb)
-            got, miss = _compare_client(A1, ha, A2, hb)
+            got, miss = _compare_client(A1, ha, A2, hb, strict)
             if miss is not None:
+                got, miss = _compare_client(A1, ha, A2, hb, True)
                 raise _mismatch(A1, miss, ha, A2, hb, got)
             if strict:
                 _strict_check(A1, ha, A2, hb, got, vms, mds)
-            got, miss = _compare_client(A2, hb, A1, ha)
+            got, miss = _compare_client(A2, hb, A1, ha, False)
             if miss is not None:
+                got, miss = _compare_client(A2, hb, A1, ha, True)
                 raise _mismatch(A2, miss, hb, A1, ha, got)
 
 
@@ -982,7 +1084,7 @@ def _strict_clients(
 ) -> None:
     for cols, lo, hi, live in ((c1, last_i, i, live1), (c2, last_j, j, live2)):
         for k in range(lo + 1, hi):
-            if cols.types[k] == _OPEN and cols.keys[k] & _DESTROY:
+            if cols.types[k] == _OPEN and cols.flags[k] & _DESTROY:
                 live.pop(cols.refs[k], None)
     if live1.get(ha, hb) != hb or live2.get(hb, ha) != ha:
         raise EventLogMismatch(
@@ -998,7 +1100,8 @@ def _strict_clients(
 
 def _compare_reference(log1: EventLog, log2: EventLog, filter: int = 0) -> None:
     """IGT's compare run literally (quadratic); the tests check the fast path against it."""
-    c1, c2 = _columns(log1), _columns(log2)
+    key_ids: dict[Any, int] = {}
+    c1, c2 = _columns(log1, key_ids), _columns(log2, key_ids)
     for i, j in _pairings(log1, c1, c2):
         if j is None:
             raise EventLogMismatch(
