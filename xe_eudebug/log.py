@@ -584,9 +584,65 @@ def _note(one: dict[int, int], many: dict[int, set[int]], key: int, h: int) -> N
         many.setdefault(key, {o}).add(h)
 
 
+class _Tracker:
+    """IGT's "last VM_BIND seqno" (or "last VM_BIND_OP seqno") tracker, for every handle at
+    once.  ``value``: the current value per handle (absent while unknown); ``of``: value -> the
+    handle that took it last; ``many``: the rare values several handles hold at once (0 at the
+    start, repeated seqnos); ``maybe``/``maybe_many``: the left-over values a handle whose
+    value is unknown could hold."""
+
+    __slots__ = ("value", "of", "many", "unknown", "maybe", "maybe_many")
+
+    def __init__(self, handles: set[int], known: bool) -> None:
+        self.value: dict[int, int] = dict.fromkeys(handles, 0) if known else {}
+        self.of: dict[int, int] = {}
+        self.many: dict[int, set[int]] = {0: set(handles)} if known else {}
+        self.unknown: set[int] = set() if known else set(handles)
+        self.maybe: dict[int, int] = {}
+        self.maybe_many: dict[int, set[int]] = {}
+
+    def take(self, h: int, s: int) -> None:
+        """Handle ``h``'s tracker becomes ``s``."""
+        value, many = self.value, self.many
+        old = value.get(h)
+        if old is None:
+            self.unknown.discard(h)
+        elif many:
+            m = many.get(old)
+            if m:
+                m.discard(h)
+        value[h] = s
+        o = self.of.get(s)
+        if o is not None and o != h and value.get(o) == s:
+            many.setdefault(s, {o}).add(h)
+        elif s == 0:
+            many.setdefault(0, set()).add(h)
+        self.of[s] = h
+
+    def holders(self, r: int) -> Iterable[int]:
+        """Handles whose tracker equals ``r``."""
+        m = self.many.get(r) if self.many else None
+        if m:
+            return m
+        h = self.of.get(r)
+        return (h,) if h is not None and self.value[h] == r else ()
+
+    def suspects(self, r: int) -> Iterable[int]:
+        """Handles with an unknown tracker that could be holding ``r``."""
+        if r == 0:
+            return self.unknown
+        h0 = self.maybe.get(r)
+        if h0 is None:
+            return ()
+        mm = self.maybe_many.get(r)
+        if mm:
+            return mm & self.unknown
+        return (h0,) if h0 in self.unknown else ()
+
+
 def _classify(
     cols: _Columns, handles: set[int], filter: int, trackers_known: bool
-) -> tuple[dict[int, list[int]], set[int]]:
+) -> tuple[dict[int, Any], set[int]]:
     """Positions of the events that BELONG to each handle, scanning the log once.
 
     ``trackers_known``: the bind/op trackers start at 0 (side A of IGT's compare_client,
@@ -598,47 +654,22 @@ def _classify(
     T, S, R = cols.types, cols.seqnos, cols.refs
     DIRECT, BIND, OP, UFENCE, OPMETA = _DIRECT, _VM_BIND, _VM_BIND_OP, _VM_BIND_UFENCE, _VM_BIND_OP_METADATA
     lists: dict[int, Any] = {h: array("q") for h in handles}
-    # Current tracker value per handle; absent = not known (side B before the handle's first
-    # VM_BIND / belonging op).  Reverse maps: value -> the handle that took it last, and
-    # *_many for the values several handles hold at once (0 at the start, repeated seqnos).
-    bind: dict[int, int] = {}
-    op: dict[int, int] = {}
-    bind_of: dict[int, int] = {}
-    op_of: dict[int, int] = {}
-    bind_many: dict[int, set[int]] = {}
-    op_many: dict[int, set[int]] = {}
+    bind = _Tracker(handles, trackers_known)
+    op = _Tracker(handles, trackers_known)
     ambiguous: set[int] = set()
-    unbound: set[int] = set()
-    unop: set[int] = set()
-    # possible left-over values (side B): bind -> 0 or a seqno of one of the handle's
-    # VM_BINDs; op -> 0 or a seqno of an op whose reference is a possible bind value
-    maybe_bind: dict[int, int] = {}
-    maybe_bind_many: dict[int, set[int]] = {}
-    maybe_op: dict[int, int] = {}
-    maybe_op_many: dict[int, set[int]] = {}
-    if trackers_known:
-        bind = dict.fromkeys(handles, 0)
-        op = dict.fromkeys(handles, 0)
-        bind_many = {0: set(handles)}
-        op_many = {0: set(handles)}
-    else:
-        unbound = set(handles)
-        unop = set(handles)
+    if not trackers_known:
+        # left-over bind values: 0 or a seqno of one of the handle's VM_BINDs; left-over op
+        # values: 0 or a seqno of an op whose reference is a possible bind value
         for i, t in enumerate(T):
             if t == BIND and R[i] in lists:
-                _note(maybe_bind, maybe_bind_many, S[i], R[i])
+                _note(bind.maybe, bind.maybe_many, S[i], R[i])
         for i, t in enumerate(T):
             if t == OP:
                 r = R[i]
-                if r == 0:
-                    cands: Iterable[int] = handles
-                else:
-                    h0 = maybe_bind.get(r)
-                    if h0 is None:
-                        continue
-                    cands = maybe_bind_many.get(r) or (h0,)
+                cands = handles if r == 0 else bind.maybe_many.get(r) or (
+                    (bind.maybe[r],) if r in bind.maybe else ())
                 for h in cands:
-                    _note(maybe_op, maybe_op_many, S[i], h)
+                    _note(op.maybe, op.maybe_many, S[i], h)
 
     for i, t in enumerate(T):
         if (filter >> t) & 1:
@@ -650,82 +681,23 @@ def _classify(
         elif t == BIND:
             h = R[i]
             lst = lists.get(h)
-            if lst is None:
-                continue
-            lst.append(i)
-            s = S[i]
-            old = bind.get(h)
-            if old is None:
-                unbound.discard(h)
-            elif bind_many:
-                m = bind_many.get(old)
-                if m:
-                    m.discard(h)
-            bind[h] = s
-            o = bind_of.get(s)
-            if o is not None and o != h and bind.get(o) == s:
-                bind_many.setdefault(s, {o}).add(h)
-            elif s == 0:
-                bind_many.setdefault(0, set()).add(h)
-            bind_of[s] = h
+            if lst is not None:
+                lst.append(i)
+                bind.take(h, S[i])
         elif t == OP or t == UFENCE:
             r = R[i]
-            m = bind_many.get(r) if bind_many else None
-            if m:
-                holders: Iterable[int] = m
-            else:
-                h = bind_of.get(r)
-                holders = (h,) if h is not None and bind[h] == r else ()
-            for h in holders:
+            for h in bind.holders(r):
                 lists[h].append(i)
                 if t == OP:
-                    s = S[i]
-                    old = op.get(h)
-                    if old is None:
-                        unop.discard(h)
-                    elif op_many:
-                        mo = op_many.get(old)
-                        if mo:
-                            mo.discard(h)
-                    op[h] = s
-                    o = op_of.get(s)
-                    if o is not None and o != h and op.get(o) == s:
-                        op_many.setdefault(s, {o}).add(h)
-                    elif s == 0:
-                        op_many.setdefault(0, set()).add(h)
-                    op_of[s] = h
-            if unbound:
-                if r == 0:
-                    ambiguous |= unbound
-                else:
-                    h0 = maybe_bind.get(r)
-                    if h0 is not None:
-                        mm = maybe_bind_many.get(r)
-                        if mm:
-                            ambiguous |= mm & unbound
-                        elif h0 in unbound:
-                            ambiguous.add(h0)
+                    op.take(h, S[i])
+            if bind.unknown:
+                ambiguous.update(bind.suspects(r))
         elif t == OPMETA:
             r = R[i]
-            m = op_many.get(r) if op_many else None
-            if m:
-                holders = m
-            else:
-                h = op_of.get(r)
-                holders = (h,) if h is not None and op[h] == r else ()
-            for h in holders:
+            for h in op.holders(r):
                 lists[h].append(i)
-            if unop:
-                if r == 0:
-                    ambiguous |= unop
-                else:
-                    h0 = maybe_op.get(r)
-                    if h0 is not None:
-                        mm = maybe_op_many.get(r)
-                        if mm:
-                            ambiguous |= mm & unop
-                        elif h0 in unop:
-                            ambiguous.add(h0)
+            if op.unknown:
+                ambiguous.update(op.suspects(r))
     return lists, ambiguous
 
 
