@@ -17,6 +17,7 @@ import mmap as _mmap
 import os
 import select
 import threading
+import time
 from typing import Any, Callable, Iterable, Protocol
 
 __all__ = [
@@ -302,25 +303,42 @@ def mmap(fd: int, length: int, offset: int) -> Any:
 def poll(fds: Iterable[tuple[int, int]], timeout_ms: int | None) -> list[tuple[int, int]]:
     """Wait for events on ``fds`` (pairs of fd and event mask) like ``poll(2)``.
 
-    Returns the ``(fd, revents)`` pairs with a non-zero mask. For fds served by a backend the
-    mask is the backend's exact answer (e.g. ``POLLHUP|POLLERR`` for a debugger fd detached by an
-    error), which a raw ``select.poll`` on such an fd may only approximate.
+    ``timeout_ms`` of None or a negative value waits without limit, 0 does not wait. Returns the
+    ``(fd, revents)`` pairs with a non-zero mask. For fds served by a backend the mask is the
+    backend's exact answer (e.g. ``POLLHUP|POLLERR`` for a debugger fd detached by an error),
+    which a raw ``select.poll`` on such an fd can only approximate.
     """
     fds = list(fds)
+    always = select.POLLHUP | select.POLLERR | select.POLLNVAL
+    claimed = [(fd, events, b) for fd, events in fds if (b := _backend_for(fd)) is not None]
+    claimed_fds = {fd for fd, _, _ in claimed}
     poller = select.poll()
     for fd, events in fds:
         poller.register(fd, events)
-    ready = dict(poller.poll(timeout_ms))
-    result: list[tuple[int, int]] = []
-    always = select.POLLHUP | select.POLLERR | select.POLLNVAL
-    for fd, events in fds:
-        backend = _backend_for(fd)
-        if backend is not None:
-            # the raw readiness may be stale or coarser than the backend's answer: as with the
-            # kernel's wakeups, callers loop on poll
-            mask = backend.poll_mask(fd) & (events | always)
-        else:
-            mask = ready.get(fd, 0)
-        if mask:
-            result.append((fd, mask))
-    return result
+    if not claimed:
+        return [(fd, mask) for fd, mask in poller.poll(timeout_ms if timeout_ms is None or timeout_ms >= 0 else None)]
+
+    deadline = None if timeout_ms is None or timeout_ms < 0 else time.monotonic() + timeout_ms / 1000
+    while True:
+        raw = dict(poller.poll(0))
+        result: list[tuple[int, int]] = []
+        for fd, events in fds:
+            if fd in claimed_fds:
+                backend = next(b for cfd, _, b in claimed if cfd == fd)
+                mask = backend.poll_mask(fd) & (events | always)
+            else:
+                mask = raw.get(fd, 0)
+            if mask:
+                result.append((fd, mask))
+        now = time.monotonic()
+        if result or (deadline is not None and now >= deadline):
+            return result
+        # Sleep on the raw readiness of every fd, in short slices: a backend's fd may become
+        # ready in ways its raw readiness does not show (an error without data).
+        slice_ms = _POLL_SLICE_MS if deadline is None else max(0, min(_POLL_SLICE_MS, int((deadline - now) * 1000) + 1))
+        started = time.monotonic()
+        if poller.poll(slice_ms) and time.monotonic() - started < 0.001:
+            time.sleep(0.002)  # stale raw readiness: do not spin
+
+
+_POLL_SLICE_MS = 20
