@@ -192,14 +192,17 @@ def recv_msg(sock: socket.socket, buf: bytearray, flags: int = _MSG_CMSG_CLOEXEC
 # Safe access to this process's memory (a bad address gives EFAULT, never a crash)
 
 _libc = ctypes.CDLL(None, use_errno=True)
+# process_vm_readv/writev never block: call them without releasing the GIL (PyDLL), which
+# spares a thread switch per copy in the multi-threaded server.
+_libc_gil = ctypes.PyDLL(None, use_errno=True)
 
 
 class _iovec(ctypes.Structure):
     _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
 
 
-_pvm_read = getattr(_libc, "process_vm_readv", None)
-_pvm_write = getattr(_libc, "process_vm_writev", None)
+_pvm_read = getattr(_libc_gil, "process_vm_readv", None)
+_pvm_write = getattr(_libc_gil, "process_vm_writev", None)
 for _fn in (_pvm_read, _pvm_write):
     if _fn is not None:
         _fn.restype = ctypes.c_ssize_t

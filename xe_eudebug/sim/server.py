@@ -48,6 +48,7 @@ _CONNECT = 0xC018644E   # DRM_IOCTL_XE_EUDEBUG_CONNECT: debugger fd, flags 0 (no
 _VM_OPEN = 0x40286A01   # DRM_XE_EUDEBUG_IOCTL_VM_OPEN: vm fd, O_CLOEXEC
 
 _SIOCOUTQ = 0x5411
+MEMORY_ANSWER_TIMEOUT = 30.0  # seconds a caller may take to answer a memory request
 _MAX_RW = wire._MAX_RW  # largest read served in one call (short counts beyond, like the VFS)
 
 
@@ -138,6 +139,12 @@ class Caller:
             raise self._fault()
         try:
             send_msg(conn.sock, kind, 0, addr, size, 0, data)
+            # The caller answers at once while blocked in its call; a stopped or wedged process
+            # costs this call an EFAULT, never a server thread.
+            waiter = select.poll()
+            waiter.register(conn.sock.fileno(), select.POLLIN)
+            if not waiter.poll(MEMORY_ANSWER_TIMEOUT * 1000):
+                raise ProtocolError(f"no answer to a memory request within {MEMORY_ANSWER_TIMEOUT:.0f} s")
             msg = recv_msg(conn.sock, conn.buf)
             if msg is None:
                 raise ProtocolError("end of file during a memory request")
