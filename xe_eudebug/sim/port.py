@@ -137,6 +137,15 @@ def _close_fds(fds: list[int]) -> None:
             pass
 
 
+def _fds_of(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
+    fds: list[int] = []
+    for level, ctype, cdata in ancdata:
+        if level == _SOL_SOCKET and ctype == _SCM_RIGHTS:
+            for off in range(0, len(cdata) - 3, 4):
+                fds.append(int.from_bytes(cdata[off:off + 4], "little", signed=True))
+    return fds
+
+
 def recv_msg(sock: socket.socket, buf: bytearray, flags: int = _MSG_CMSG_CLOEXEC
              ) -> tuple[int, int, int, int, int, bytes, list[int]] | None:
     """Receive one message into `buf` (grown as needed). None on a clean end of file.
@@ -144,20 +153,28 @@ def recv_msg(sock: socket.socket, buf: bytearray, flags: int = _MSG_CMSG_CLOEXEC
     Raises ProtocolError on a truncated or oversized message; received fds are returned (the
     caller owns them) or closed when the message is malformed.
     """
-    view = memoryview(buf)
-    nbytes, ancdata, msg_flags, _ = sock.recvmsg_into([view], _FDS_ANC, flags)
-    fds: list[int] = []
-    for level, ctype, cdata in ancdata:
-        if level == _SOL_SOCKET and ctype == _SCM_RIGHTS:
-            arr = array.array("i")
-            arr.frombytes(cdata[: len(cdata) - (len(cdata) % arr.itemsize)])
-            fds.extend(arr)
+    nbytes, ancdata, msg_flags, _ = sock.recvmsg_into([buf], _FDS_ANC, flags)
+    fds = _fds_of(ancdata) if ancdata else []
     if msg_flags & _MSG_CTRUNC:
         _close_fds(fds)
         raise ProtocolError("control data truncated")
     if nbytes == 0:
         _close_fds(fds)
         return None
+    if nbytes >= HEADER_SIZE:
+        length, kind, mflags, a, b, c = _unpack_header(buf)
+        if nbytes == HEADER_SIZE + length:  # the common case: the whole message at once
+            return kind, mflags, a, b, c, bytes(buf[HEADER_SIZE:nbytes]) if length else b"", fds
+    try:
+        return _recv_rest(sock, buf, nbytes, fds)
+    except BaseException:
+        _close_fds(fds)
+        raise
+
+
+def _recv_rest(sock: socket.socket, buf: bytearray, nbytes: int, fds: list[int]
+               ) -> tuple[int, int, int, int, int, bytes, list[int]]:
+    view = memoryview(buf)
     try:
         while nbytes < HEADER_SIZE:
             got = sock.recv_into(view[nbytes:HEADER_SIZE])
@@ -180,9 +197,6 @@ def recv_msg(sock: socket.socket, buf: bytearray, flags: int = _MSG_CMSG_CLOEXEC
                 raise ProtocolError("end of file inside a message")
             nbytes += got
         payload = bytes(view[HEADER_SIZE:total]) if length else b""
-    except BaseException:
-        _close_fds(fds)
-        raise
     finally:
         view.release()
     return kind, mflags, a, b, c, payload, fds
