@@ -256,3 +256,18 @@ def test_iteration_decodes_typed_views():
     log.append(make(EventType.METADATA, C, seqno=1, client_handle=2, metadata_handle=3, type=1, len=99))
     (e,) = list(log)
     assert e.len == 99 and e.base.len == 56 and decode(bytes(e)) == e
+
+
+def test_layering_events_and_log_import_no_upper_layer():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, xe_eudebug.log, xe_eudebug.events\n"
+        "bad = [m for m in ('xe_eudebug.client', 'xe_eudebug.debugger', 'xe_eudebug.session',"
+        " 'xe_eudebug.device') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    res = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr

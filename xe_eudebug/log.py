@@ -35,6 +35,7 @@ from xe_eudebug.events import (
     EventType,
     _decode_exact,
     event_class,
+    flags_str,
 )
 
 __all__ = [
@@ -1027,7 +1028,7 @@ def compare(log1: EventLog, log2: EventLog, filter: int = 0, strict: bool = Fals
             if j is None:
                 ev = log1[i]
                 raise EventLogMismatch(
-                    f"{log2.name}: no client event with flags {ev.flags!s} left to pair with "
+                    f"{log2.name}: no client event with flags {flags_str(ev.flags)} left to pair with "
                     f"{log1.name} ({ev.seqno}) {ev}",
                     event=ev, log_name=log1.name, other_name=log2.name,
                     client_handle=A1.cols.refs[i],
