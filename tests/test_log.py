@@ -271,3 +271,16 @@ def test_layering_events_and_log_import_no_upper_layer():
     root = __import__("pathlib").Path(__file__).resolve().parents[1]
     res = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
+
+
+def test_append_rejects_short_raw_bytes():
+    log = EventLog("x")
+    raw = bytes(vm(1))[:20]
+    raw = struct.pack("=I", 20) + raw[4:]
+    with pytest.raises((ValueError, struct.error)):
+        log.append(raw)
+    assert len(log) == 0
+    log.max_size = 50
+    log.append(vm(1))
+    with pytest.raises(EventLogFull):
+        log.append(vm(2))

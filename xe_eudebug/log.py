@@ -69,6 +69,7 @@ _CRC = struct.Struct("<I")
 _BYTEORDER = {"little": 1, "big": 2}
 
 _HDR4 = struct.Struct("=IHHQ").unpack_from
+_LEN_SEQNO = struct.Struct("=I4xQ").unpack_from
 _LEN = struct.Struct("=I").unpack_from
 _SEQNO = struct.Struct("=Q").unpack_from
 
@@ -155,7 +156,8 @@ class EventLog:
         if max_size is not None and max_size <= 0:
             raise ValueError(f"invalid event log capacity {max_size}")
         self.name: str = str(name)[:NAME_MAX]
-        self.max_size = max_size
+        self._max_size = max_size
+        self._limit = max_size if max_size is not None else 1 << 64
         self._buf = bytearray()
         self._offs = array("Q")
         self._lock = threading.Lock()
@@ -164,6 +166,18 @@ class EventLog:
         self._dups: set[int] = set()
 
     # -- size ------------------------------------------------------------------------------
+    @property
+    def max_size(self) -> int | None:
+        """Capacity in bytes (None: unbounded); an append may not bring ``head`` up to it."""
+        return self._max_size
+
+    @max_size.setter
+    def max_size(self, value: int | None) -> None:
+        if value is not None and value <= 0:
+            raise ValueError(f"invalid event log capacity {value}")
+        self._max_size = value
+        self._limit = value if value is not None else 1 << 64
+
     @property
     def head(self) -> int:
         """Number of bytes used (IGT ``log->head``)."""
@@ -188,23 +202,28 @@ class EventLog:
         given bytes, and :class:`EventLogFull` when ``head + len`` would reach ``max_size``.
         """
         raw = event._raw if isinstance(event, Event) else event
-        ln, _t, _f, seqno = _HDR4(raw, 0)
-        if seqno == 0 or seqno >= SEQNO_LIMIT:
+        ln, seqno = _LEN_SEQNO(raw, 0)
+        if not 0 < seqno < SEQNO_LIMIT:
             _check_seqno(seqno)
         n = len(raw)
-        if ln < HEADER_SIZE or ln > n:
-            raise ValueError(f"event header len {ln} invalid for {n} bytes of event")
-        if ln != n:
+        if ln != n or ln < HEADER_SIZE:
+            if ln < HEADER_SIZE or ln > n:
+                raise ValueError(f"event header len {ln} invalid for {n} bytes of event")
             raw = memoryview(raw)[:ln]
-        with self._lock:
-            head = len(self._buf)
-            if self.max_size is not None and head + ln >= self.max_size:
+        lock = self._lock
+        lock.acquire()  # cheaper than a with-block on this hot path
+        try:
+            buf = self._buf
+            head = len(buf)
+            if head + ln >= self._limit:
                 raise EventLogFull(
                     f"event log '{self.name}' full: {head} + {ln} bytes reach its capacity "
                     f"of {self.max_size}"
                 )
             self._offs.append(head)
-            self._buf += raw
+            buf += raw
+        finally:
+            lock.release()
 
     write = append
 
