@@ -1,0 +1,168 @@
+"""Session: one client and one debugger on a device (IGT ``struct xe_eudebug_session``).
+
+::
+
+    with Session(work) as s:
+        s.debugger.add_trigger(EventType.METADATA, on_metadata)
+        s.run()
+        s.check(match_opposite=True)
+
+Creating a session opens the device (unless an fd is given), enables eudebug on it for the
+session's lifetime (the previous state is restored when the last session on that device
+closes), forks the client (before any debugger thread exists) and creates the debugger.
+Closing reaps everything -- worker thread, client process or thread, fds -- even after a
+failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any, Callable
+
+from .client import DEFAULT_TIMEOUT, Client
+from .debugger import STOP_TIMEOUT, Debugger
+from .device import device_name, enable_eudebug, open_device
+
+__all__ = ["Session", "enable_eudebug_for"]
+
+log = logging.getLogger(__name__)
+
+_enable_lock = threading.Lock()
+_enable_users: dict[str, tuple[int, bool]] = {}
+
+
+def _device_key(fd: int) -> str:
+    try:
+        return device_name(fd)
+    except OSError:
+        st = os.fstat(fd)
+        return f"{st.st_dev}:{st.st_ino}"
+
+
+def enable_eudebug_for(fd: int) -> str:
+    """Enable eudebug on the device of ``fd`` for one user; returns the key to pass to
+    :func:`restore_eudebug`.  The state before the first user is restored after the last."""
+    key = _device_key(fd)
+    with _enable_lock:
+        users, previous = _enable_users.get(key, (0, False))
+        if users == 0:
+            previous = enable_eudebug(fd, True)
+        else:
+            enable_eudebug(fd, True)
+        _enable_users[key] = (users + 1, previous)
+    return key
+
+
+def restore_eudebug(fd: int, key: str) -> None:
+    """Drop one user of :func:`enable_eudebug_for`; the last one restores the previous state."""
+    with _enable_lock:
+        users, previous = _enable_users.get(key, (1, True))
+        if users <= 1:
+            _enable_users.pop(key, None)
+            if not previous:
+                enable_eudebug(fd, False)
+        else:
+            _enable_users[key] = (users - 1, previous)
+
+
+class Session:
+    """A client running ``work`` plus a debugger, created with the same ``flags`` and ``data``.
+
+    ``Session(work, flags=0, *, device=None, client_thread=False, data=None, timeout=60.0,
+    enable=True)``: ``device`` is a selector (``None`` = ``XE_EUDEBUG_DEVICE`` / auto, a path,
+    ``"sim"``) or an open DRM fd (borrowed, not closed).  ``client_thread`` runs the work
+    function in a thread of this process instead of a forked process.  ``enable=False`` leaves
+    the device's eudebug toggle alone.
+
+    Attributes: ``fd`` (the device), ``flags``, ``client`` (:class:`Client`), ``debugger``
+    (:class:`Debugger`).
+    """
+
+    def __init__(self, work: Callable[[Client], Any] | None, flags: int = 0, *, device: str | int | None = None,
+                 client_thread: bool = False, data: Any = None, timeout: float = DEFAULT_TIMEOUT,
+                 enable: bool = True) -> None:
+        self.flags = flags
+        self.client: Client | None = None
+        self.debugger: Debugger | None = None
+        self._own_fd = not isinstance(device, int)
+        self.fd = open_device(device) if self._own_fd else int(device)  # type: ignore[arg-type]
+        self._enable_key: str | None = None
+        self._closed = False
+        try:
+            if enable:
+                self._enable_key = enable_eudebug_for(self.fd)
+            self.client = Client(self.fd, work, flags, data, thread=client_thread, timeout=timeout)
+            self.debugger = Debugger(self.fd, flags, data)
+            self.debugger.client = self.client
+            self.client.idle_hooks.append(self.debugger.raise_trigger_failures)
+        except BaseException:
+            self.close()
+            raise
+
+    def run(self) -> None:
+        """Attach, start the worker, start the client, wait for it to finish, stop the worker
+        (1 s, drain + sort), print both logs at debug level (IGT ``xe_eudebug_session_run``)."""
+        c, d = self.client, self.debugger
+        assert c is not None and d is not None
+        d.attach(c)
+        d.start_worker()
+        c.start()
+        try:
+            c.wait_done()
+        finally:
+            d.stop_worker(STOP_TIMEOUT)
+        d.log.print(debug=True)
+        c.log.print(debug=True)
+
+    def check(self, match_opposite: bool = True, filter: int = 0, strict: bool = False) -> None:
+        """Compare the client log with the debugger log (``EventLogMismatch`` on a difference);
+        with ``match_opposite`` also check every creation in the debugger log has its
+        destruction (IGT ``xe_eudebug_session_check``).  Pending trigger failures are raised
+        first."""
+        c, d = self.client, self.debugger
+        assert c is not None and d is not None
+        d.raise_trigger_failures()
+        c.log.compare(d.log, filter, strict)
+        if match_opposite:
+            d.log.match_opposite(filter)
+
+    def wait_stage(self, stage: int) -> None:
+        """IGT ``xe_eudebug_debugger_wait_stage(s, stage)``."""
+        assert self.debugger is not None
+        self.debugger.wait_stage(stage)
+
+    def close(self) -> None:
+        """Destroy the debugger, then the client, restore the eudebug toggle, close the device
+        (IGT ``xe_eudebug_session_destroy``).  Idempotent; every step runs even if one fails."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self.debugger is not None:
+                self.debugger.close()
+        finally:
+            try:
+                if self.client is not None:
+                    self.client.close()
+            finally:
+                try:
+                    if self._enable_key is not None:
+                        restore_eudebug(self.fd, self._enable_key)
+                finally:
+                    if self._own_fd and self.fd >= 0:
+                        os.close(self.fd)
+                        self.fd = -1
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        try:
+            self.close()
+        except Exception as close_exc:  # the original failure matters more
+            log.debug("session close after failure: %s", close_exc)
