@@ -14,7 +14,9 @@ from xe_eudebug.log import EventLog, EventLogMismatch, compare  # noqa: E402
 
 T = EventType
 C, D, S, A = EventFlags.CREATE, EventFlags.DESTROY, EventFlags.STATE_CHANGE, EventFlags.NEED_ACK
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 FILTERS = [
     0,

@@ -69,6 +69,7 @@ __all__ = [
     "decode",
     "make",
     "encode",
+    "iter_events",
     "event_class",
     "type_name",
     "flags_str",
