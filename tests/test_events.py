@@ -322,3 +322,19 @@ def test_filter_helpers():
     assert events.filter_mask(EventType.VM_BIND, EventType.OPEN) == 0x44
     assert events.is_filtered(EventType.VM, 0x8) and not events.is_filtered(EventType.VM, 0x4)
     assert events.type_name(EventType.OPEN) == "client" and events.type_name(200) == "UNKNOWN"
+
+
+def test_iter_events_walks_back_to_back_bytes_and_stops_at_garbage():
+    a = make(EventType.OPEN, EventFlags.CREATE, seqno=1, client_handle=3)
+    b = make(EventType.EXEC_QUEUE, EventFlags.CREATE, seqno=2, lrc_handle=[1, 2])
+    blob = bytes(a) + bytes(b)
+    assert list(events.iter_events(blob)) == [a, b]
+    assert list(events.iter_events(blob + bytes(a)[:30])) == [a, b]  # truncated tail
+    assert list(events.iter_events(bytes(a.with_header(len=8)) + bytes(b))) == []
+
+
+def test_event_constructor_checks_the_view_class():
+    raw = bytes(make(EventType.VM, EventFlags.CREATE, seqno=1, vm_handle=4))
+    assert events.VmEvent(raw).vm_handle == 4
+    with pytest.raises(TypeError):
+        events.ClientEvent(raw)
