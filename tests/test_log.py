@@ -284,3 +284,16 @@ def test_append_rejects_short_raw_bytes():
     log.append(vm(1))
     with pytest.raises(EventLogFull):
         log.append(vm(2))
+
+
+def test_find_seqno_dense_then_sparse():
+    log = EventLog("x", max_size=None)
+    for s in range(1, 300):
+        log.append(vm(s, handle=s))
+    assert log.find_seqno(150).vm_handle == 150 and log.find_seqno(300) is None
+    log.append(vm(9_000_000, handle=7))  # too sparse for the direct table
+    log.append(vm(299, handle=1))  # a repeat, seen after the switch
+    assert log.find_seqno(9_000_000).vm_handle == 7
+    assert log.find_seqno(42).vm_handle == 42 and log.find_seqno(8_999_999) is None
+    with pytest.raises(DuplicateSeqnoError):
+        log.find_seqno(299)

@@ -142,6 +142,53 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+_MISSING = array("i", [-1])
+
+
+class _SeqnoIndex:
+    """seqno -> storage position.  Dense seqnos (counters from 1, the usual case) live in a
+    direct-address array of 4-byte slots; the index turns into a dict once seqnos are too
+    sparse for that to pay.  Repeated seqnos are collected in ``dups``."""
+
+    __slots__ = ("table", "map", "dups", "count")
+
+    def __init__(self) -> None:
+        self.table = array("i")
+        self.map: dict[int, int] | None = None
+        self.dups: set[int] = set()
+        self.count = 0
+
+    def add(self, s: int, i: int) -> None:
+        self.count += 1
+        m = self.map
+        if m is None:
+            t = self.table
+            if s < len(t):
+                if t[s] >= 0:
+                    self.dups.add(s)
+                else:
+                    t[s] = i
+                return
+            if s <= 4 * self.count + 65536:
+                t.extend(_MISSING * (max(s + 1, 2 * len(t)) - len(t)))
+                t[s] = i
+                return
+            m = self.map = {k: v for k, v in enumerate(t) if v >= 0}
+            self.table = array("i")
+        if s in m:
+            self.dups.add(s)
+        else:
+            m[s] = i
+
+    def get(self, s: int) -> int:
+        """Position of the (first) event with seqno ``s``, -1 if none."""
+        m = self.map
+        if m is not None:
+            return m.get(s, -1)
+        t = self.table
+        return t[s] if s < len(t) else -1
+
+
 class EventLog:
     """An append-only, thread-safe log of raw events (IGT ``struct xe_eudebug_event_log``).
 
@@ -161,9 +208,8 @@ class EventLog:
         self._buf = bytearray()
         self._offs = array("Q")
         self._lock = threading.Lock()
-        self._index: dict[int, int] = {}
+        self._index = _SeqnoIndex()
         self._indexed = 0
-        self._dups: set[int] = set()
 
     # -- size ------------------------------------------------------------------------------
     @property
@@ -268,14 +314,9 @@ class EventLog:
 
     def _update_index(self) -> None:
         with self._lock:
-            buf, offs = self._buf, self._offs
-            index, dups = self._index, self._dups
+            buf, offs, index = self._buf, self._offs, self._index
             for i in range(self._indexed, len(offs)):
-                s = _SEQNO(buf, offs[i] + 8)[0]
-                if s in index:
-                    dups.add(s)
-                else:
-                    index[s] = i
+                index.add(_SEQNO(buf, offs[i] + 8)[0], i)
             self._indexed = len(offs)
 
     def find_seqno(self, seqno: int) -> Event | None:
@@ -289,18 +330,17 @@ class EventLog:
         _check_seqno(seqno)
         if self._indexed != len(self._offs):
             self._update_index()
-        if seqno in self._dups:
+        if seqno in self._index.dups:
             logger.warning("found multiple events with the same seqno %d", seqno)
             self.print(debug=False)
             raise DuplicateSeqnoError(
                 f"event log '{self.name}': several events carry seqno {seqno}"
             )
         i = self._index.get(seqno)
-        return None if i is None else self[i]
+        return None if i < 0 else self[i]
 
     def _reset_index(self) -> None:
-        self._index = {}
-        self._dups = set()
+        self._index = _SeqnoIndex()
         self._indexed = 0
 
     def sort(self) -> None:
