@@ -499,3 +499,20 @@ def test_match_opposite_other_created_types_fail():
     r2.add(T.VM_BIND_OP_METADATA, C, vm_bind_op_ref_seqno=1)
     r2.add(T.VM_BIND, C, client_handle=1)
     match_opposite(r2.log)  # bind family is skipped
+
+
+def test_mismatch_message_points_at_events_outside_the_chain():
+    a = Rec("client")
+    a.add(T.OPEN, C, client_handle=1)
+    b1 = a.add(T.VM_BIND, S, client_handle=1, num_binds=1)
+    a.add(T.VM_BIND_OP, C, vm_bind_ref_seqno=b1, addr=0x1000, range=0x1000)
+    d = Rec("debugger", 10)
+    d.add(T.OPEN, C, client_handle=7)
+    d.add(T.VM_BIND, S, client_handle=7, num_binds=1)
+    d.add(T.VM_BIND_OP, C, vm_bind_ref_seqno=99, addr=0x1000, range=0x1000)  # dangling
+    with pytest.raises(EventLogMismatch) as ei:
+        compare(a.log, d.log)
+    msg = str(ei.value)
+    assert "no VM_BIND_OP event counted for client 7" in msg
+    assert "(13)   vm_bind_op(7):create: vm_bind_ref_seqno=99" in msg
+    assert ei.value.candidates[0].vm_bind_ref_seqno == 99

@@ -937,7 +937,11 @@ def _mismatch(
         pool = B._as_b[hb]
     else:
         pool = range(len(B.cols.types))
-    same_type = [j for j in pool if B.cols.types[j] == int(ev.type)]
+    etype = int(ev.type)
+    same_type = [j for j in pool if B.cols.types[j] == etype]
+    elsewhere = not same_type
+    if elsewhere:  # none in the client's chain: show equal-typed events of other chains
+        same_type = [j for j, t in enumerate(B.cols.types) if t == etype]
     ranked = []
     for j in same_type:
         cand = lb[j]
@@ -945,15 +949,21 @@ def _mismatch(
         ranked.append((len(diff), j in matched_by, j, cand, diff))
     ranked.sort(key=lambda r: (r[0], r[1], r[2]))
     lines = [
-        f"{la.name} ({ev.seqno}): no matching event type {int(ev.type)} found for client {ha}",
+        f"{la.name} ({ev.seqno}): no matching event type {etype} found for client {ha}",
         f"  unmatched {la.name} event: {ev}",
         f"  '{la.name}' client {ha} is paired with '{lb.name}' client {hb}",
     ]
+    tname = ev.type.name if isinstance(ev.type, EventType) else str(etype)
     if not ranked:
-        lines.append(f"  {lb.name} has no {ev.type.name if isinstance(ev.type, EventType) else ev.type}"
-                     f" event for client {hb}")
+        lines.append(f"  {lb.name} has no {tname} event at all")
     else:
-        lines.append(f"  nearest {lb.name} candidates:")
+        if elsewhere:
+            lines.append(
+                f"  {lb.name} has no {tname} event counted for client {hb} (bind chains are "
+                f"followed by position); nearest {tname} events of other clients or chains:"
+            )
+        else:
+            lines.append(f"  nearest {lb.name} candidates:")
         for ndiff, used, j, cand, diff in ranked[:3]:
             notes = []
             if diff:
