@@ -198,16 +198,17 @@ def _walk_extensions(address: int, limit: int = 4096) -> Iterable[int]:
         seen += 1
 
 
-def _count_attach_debug(address: int) -> int:
-    name = _uapi.XE_VM_BIND_OP_EXTENSIONS_ATTACH_DEBUG
-    return sum(1 for a in _walk_extensions(address)
-               if _uapi.drm_xe_user_extension.from_address(a).name == name)
 
-
-def _attach_debug_nodes(address: int) -> list[Any]:
+def _attach_debug_nodes(address: int) -> list[tuple[int, int]]:
+    """(metadata_id, cookie) of every ATTACH_DEBUG node of a vm-bind-op extension chain, in
+    chain order (other extension names are skipped, not counted)."""
     name = _uapi.XE_VM_BIND_OP_EXTENSIONS_ATTACH_DEBUG
-    return [_uapi.drm_xe_vm_bind_op_ext_attach_debug.from_address(a) for a in _walk_extensions(address)
-            if _uapi.drm_xe_user_extension.from_address(a).name == name]
+    out = []
+    for a in _walk_extensions(address):
+        if _uapi.drm_xe_user_extension.from_address(a).name == name:
+            node = _uapi.drm_xe_vm_bind_op_ext_attach_debug.from_address(a)
+            out.append((int(node.metadata_id), int(node.cookie)))
+    return out
 
 
 def _eudebug_enabled_queue(create: Any) -> bool:
@@ -361,6 +362,7 @@ class Client:
         self._thread_error: str = ""
         self._err_text = ""
         self._last_read_error = ""
+        self._failed = False
         self._child_pid = 0
         # p_in: parent -> client; p_out: client -> parent; p_err: client traceback -> parent
         in_r, in_w = os.pipe2(os.O_CLOEXEC)
@@ -541,7 +543,8 @@ class Client:
     def _parent_wait(self, token: Token) -> int:
         value = self._wait_token(self._out_r, token, self._check_exited)
         if value == DEAD_CLIENT and not self.allow_dead_client:
-            raise self._failure(f"sent no {token.name} ({self._last_read_error})")
+            silent = self._last_read_error.startswith("nothing")
+            raise self._failure(f"sent no {token.name} ({self._last_read_error})", 0.2 if silent else 2.0)
         return value
 
     # -- failure reporting -----------------------------------------------------------------
@@ -601,13 +604,16 @@ class Client:
                 self._err_text += b"".join(chunks).decode(errors="replace")
         return self._err_text
 
-    def _failure(self, what: str) -> ClientError:
+    def _failure(self, what: str, wait: float = 2.0) -> ClientError:
+        """A ClientError for ``what``, with the exit status (waiting up to ``wait`` seconds for
+        the client to exit) and its traceback."""
+        self._failed = True
         if self.threaded:
-            self._reap(block=True, timeout=1.0)
+            self._reap(block=True, timeout=min(wait, 1.0))
             state = "raised" if self._thread_error else "is still running"
             status = 1 if self._thread_error else None
         else:
-            self._reap(block=True, timeout=2.0)
+            self._reap(block=True, timeout=wait)
             status = self.status if self._reaped else None
             state = _describe_status(status)
         who = self.pid or self._child_pid or "?"
@@ -685,7 +691,7 @@ class Client:
             return
         self._closed = True
         try:
-            if self.pid and self._started and self.done:
+            if self.pid and self._started and self.done and not self._failed:
                 try:
                     self.stop()
                 except (OSError, ClientError) as exc:
@@ -701,7 +707,7 @@ class Client:
             if not self._reap(block=True, timeout=5.0):
                 log.warning("client thread did not finish; leaving it behind")
         elif self._child_pid and not self._reaped:
-            if not self._reap(block=True, timeout=2.0):
+            if not self._reap(block=True, timeout=0.5 if self._failed else 2.0):
                 try:
                     os.kill(self._child_pid, signal.SIGKILL)
                 except ProcessLookupError:
@@ -925,8 +931,8 @@ class Client:
             return -_errno.EINVAL
         ref = self.vm_bind_event(EventFlags.STATE_CHANGE, fd, vm, bind_flags, 1)
         op_ref = self.vm_bind_op_event(op_flags, ref, addr, size, len(nodes))
-        for node in nodes:
-            self.vm_bind_op_metadata_event(EventFlags.CREATE, op_ref, int(node.metadata_id), int(node.cookie))
+        for metadata_id, cookie in nodes:
+            self.vm_bind_op_metadata_event(EventFlags.CREATE, op_ref, metadata_id, cookie)
         if ufence:
             self.vm_bind_ufence_event(EventFlags.CREATE | EventFlags.NEED_ACK, ref)
         return 0

@@ -22,6 +22,7 @@ additionally makes the worker exit at once after that poll with :attr:`handled_s
 from __future__ import annotations
 
 import ctypes
+import errno
 import logging
 import os
 import queue
@@ -396,8 +397,12 @@ class Debugger:
                     ready = dict(_seam.poll(fds, POLL_TIMEOUT_MS))
                     r = sum(1 for f, _m in ready.items() if f != wake)
                 except OSError as exc:
-                    log.info("poll failed with errno %d", exc.errno or 0)
-                    break
+                    if exc.errno != errno.EBADF or fd == self.fd:
+                        log.info("poll failed with errno %d", exc.errno or 0)
+                        break
+                    # the fd was closed by a concurrent detach: the kernel's poll reports
+                    # POLLNVAL for it, which is a non-zero result with nothing to read
+                    ready, r = {}, 1
                 if self.received_sigint:
                     self.handled_sigint = True
                     return  # the state is left as it is, as IGT's thread exit does
