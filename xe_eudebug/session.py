@@ -16,21 +16,64 @@ failure.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import socket
+import sys
 import threading
+import time
+import traceback
 from typing import Any, Callable
 
 from .client import DEFAULT_TIMEOUT, Client
 from .debugger import STOP_TIMEOUT, Debugger
 from .device import device_name, enable_eudebug, open_device
 
-__all__ = ["Session", "enable_eudebug_for"]
+__all__ = ["Session", "enable_eudebug_for", "restore_eudebug", "open_device_elsewhere"]
 
 log = logging.getLogger(__name__)
 
 _enable_lock = threading.Lock()
 _enable_users: dict[str, tuple[int, bool]] = {}
+
+
+def open_device_elsewhere(device: str | None = None, timeout: float = 30.0) -> int:
+    """Open the device in a short-lived child process and receive the fd (``SCM_RIGHTS``).
+
+    The kernel counts a DRM file as a client of the process that opened it, so a debugger
+    attached to its own process (a thread client) does not see this fd as one of its clients."""
+    parent_end, child_end = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:
+        status = 1
+        try:
+            parent_end.close()
+            fd = open_device(device)
+            socket.send_fds(child_end, [b"f"], [fd])
+            status = 0
+        except BaseException:
+            try:
+                child_end.sendall(traceback.format_exc().encode(errors="replace")[-4000:])
+            except Exception:
+                pass
+        finally:
+            try:
+                sys.stderr.flush()
+            except Exception:
+                pass
+            os._exit(status)
+    child_end.close()
+    try:
+        parent_end.settimeout(timeout)
+        msg, fds, _flags, _addr = socket.recv_fds(parent_end, 4096, 1)
+    finally:
+        parent_end.close()
+        os.waitpid(pid, 0)
+    if not fds:
+        raise OSError(f"opening the device in a helper process failed:\n{msg.decode(errors='replace')}")
+    os.set_inheritable(fds[0], False)
+    return fds[0]
 
 
 def _device_key(fd: int) -> str:
@@ -55,6 +98,21 @@ def enable_eudebug_for(fd: int) -> str:
     return key
 
 
+def _disable(fd: int, timeout: float = 2.0) -> None:
+    """Disable eudebug, retrying EBUSY for up to ``timeout`` seconds: a debugger fd closed just
+    before may still be in its release path (the device refuses to disable while a connection
+    is attached)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            enable_eudebug(fd, False)
+            return
+        except OSError as exc:
+            if exc.errno != errno.EBUSY or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+
+
 def restore_eudebug(fd: int, key: str) -> None:
     """Drop one user of :func:`enable_eudebug_for`; the last one restores the previous state."""
     with _enable_lock:
@@ -62,7 +120,7 @@ def restore_eudebug(fd: int, key: str) -> None:
         if users <= 1:
             _enable_users.pop(key, None)
             if not previous:
-                enable_eudebug(fd, False)
+                _disable(fd)
         else:
             _enable_users[key] = (users - 1, previous)
 
@@ -73,7 +131,9 @@ class Session:
     ``Session(work, flags=0, *, device=None, client_thread=False, data=None, timeout=60.0,
     enable=True)``: ``device`` is a selector (``None`` = ``XE_EUDEBUG_DEVICE`` / auto, a path,
     ``"sim"``) or an open DRM fd (borrowed, not closed).  ``client_thread`` runs the work
-    function in a thread of this process instead of a forked process.  ``enable=False`` leaves
+    function in a thread of this process instead of a forked process; the debugger then
+    targets this process, so every DRM file this process opens counts as a client (the
+    session opens its own device fd in a helper process so that it does not).  ``enable=False`` leaves
     the device's eudebug toggle alone.
 
     Attributes: ``fd`` (the device), ``flags``, ``client`` (:class:`Client`), ``debugger``
@@ -87,7 +147,13 @@ class Session:
         self.client: Client | None = None
         self.debugger: Debugger | None = None
         self._own_fd = not isinstance(device, int)
-        self.fd = open_device(device) if self._own_fd else int(device)  # type: ignore[arg-type]
+        if not self._own_fd:
+            self.fd = int(device)  # type: ignore[arg-type]
+        elif client_thread:
+            # the target is this process: keep the session's own DRM file out of its clients
+            self.fd = open_device_elsewhere(device)  # type: ignore[arg-type]
+        else:
+            self.fd = open_device(device)  # type: ignore[arg-type]
         self._enable_key: str | None = None
         self._closed = False
         try:

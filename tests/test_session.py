@@ -1,0 +1,321 @@
+"""End to end: Session = forked (or thread) client + debugger on a device.
+
+Runs on the run's private simulator (tests/conftest.py sets ``XE_EUDEBUG_DEVICE=sim``) or on real
+hardware when ``XE_EUDEBUG_DEVICE`` names a render node; the code never knows which.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from xe_eudebug import uapi
+from xe_eudebug.client import Client, ClientError, exec_queue_args
+from xe_eudebug.debugger import Debugger, TriggerError, WorkerState
+from xe_eudebug.device import eudebug_enabled, min_alignment, open_device, query_engines
+from xe_eudebug.events import EventFlags, EventType
+from xe_eudebug.log import EventLogMismatch
+from xe_eudebug.session import Session
+
+if not os.environ.get("XE_EUDEBUG_DEVICE", "").startswith("/"):
+    pytest.importorskip("xe_eudebug.sim.kernel", reason="the simulator's kernel model is not available")
+
+MODES = [pytest.param(False, id="fork"), pytest.param(True, id="thread")]
+TIMEOUT = 20.0
+METADATA = b"\x01" * 8192
+BO_ADDR = 0x1A0000
+
+
+def debug_engine(fd: int) -> Any:
+    for e in query_engines(fd):
+        if e.engine_class in (uapi.DRM_XE_ENGINE_CLASS_RENDER, uapi.DRM_XE_ENGINE_CLASS_COMPUTE):
+            return e
+    pytest.skip("device has no render or compute engine")
+
+
+def basic_work(c: Client) -> None:
+    """open, LR VM, metadata (released by the debugger), EUDEBUG exec queue, BO bind/unbind, close."""
+    fd = c.open_driver()
+    vm = c.vm_create(fd, uapi.DRM_XE_VM_CREATE_FLAG_LR_MODE)
+    mid = c.metadata_create(fd, type=1, data=METADATA)
+    c.wait_stage(1)
+    q = exec_queue_args(vm, debug_engine(fd))
+    c.exec_queue_create(fd, q)
+    size = min_alignment(fd)
+    bo = c.bo_create(fd, size)
+    c.vm_bind(fd, vm, bo, 0, BO_ADDR, size, ext=[(mid, 42)])
+    c.vm_unbind(fd, vm, 0, BO_ADDR, size)
+    c.bo_close(fd, bo)
+    c.exec_queue_destroy(fd, q)
+    c.metadata_destroy(fd, mid, type=1, length=len(METADATA))
+    c.vm_destroy(fd, vm)
+    c.close_driver(fd)
+
+
+def on_metadata(d: Debugger, e: Any) -> None:
+    if e.flags & EventFlags.CREATE:
+        assert d.read_metadata(e.client_handle, e.metadata_handle, e.len) == METADATA
+        d.signal_stage(1)
+
+
+def baseline() -> tuple[set[int], int, set[int]]:
+    """The process state to return to; the first device open of a process sets up its link to the
+    simulator (kept for the process's life), so open one before taking the snapshot."""
+    os.close(open_device())
+    return process_state()
+
+
+def process_state() -> tuple[set[int], int, set[int]]:
+    pid = os.getpid()
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        kids = {int(x) for x in f.read().split()}
+    return {int(n) for n in os.listdir("/proc/self/fd")}, threading.active_count(), kids
+
+
+def settled(before: tuple[set[int], int, set[int]], timeout: float = 5.0) -> tuple[set[int], int, set[int]]:
+    deadline = time.monotonic() + timeout
+    now = process_state()
+    while now != before and time.monotonic() < deadline:
+        time.sleep(0.02)
+        now = process_state()
+    return now
+
+
+@pytest.mark.parametrize("thread", MODES)
+def test_basic_client_matches_and_leaves_nothing_behind(thread: bool) -> None:
+    before = baseline()
+    with Session(basic_work, client_thread=thread, timeout=TIMEOUT) as s:
+        s.debugger.add_trigger(EventType.METADATA, on_metadata)
+        s.run()
+        s.check(match_opposite=True, filter=0)
+        types = [e.type for e in s.debugger.log]
+        assert types.count(EventType.OPEN) == 2 and types.count(EventType.EXEC_QUEUE) == 2
+        assert types.count(EventType.VM_BIND_OP_METADATA) == 1 and types.count(EventType.VM_BIND_OP) == 2
+        assert s.debugger.event_count == len(s.debugger.log) == len(s.client.log)
+        assert s.client.seqno == len(s.client.log) + 1
+    assert settled(before) == before
+
+
+def test_missing_or_extra_event_fails_check() -> None:
+    def work(c: Client) -> None:
+        fd = c.open_driver()
+        vm = c.vm_create(fd, uapi.DRM_XE_VM_CREATE_FLAG_LR_MODE)
+        c.record(EventType.VM, EventFlags.CREATE, client_handle=fd, vm_handle=99)  # never happens
+        c.vm_destroy(fd, vm)
+        c.close_driver(fd)
+
+    with Session(work, timeout=TIMEOUT) as s:
+        s.run()
+        with pytest.raises(EventLogMismatch) as info:
+            s.check()
+        assert isinstance(info.value, AssertionError) and "vm" in str(info.value)
+
+    def unlogged(c: Client) -> None:
+        fd = c.open_driver()
+        arg = uapi.drm_xe_vm_create()
+        arg.flags = uapi.DRM_XE_VM_CREATE_FLAG_LR_MODE
+        from xe_eudebug import ioctl
+        ioctl.ioctl(fd, uapi.DRM_IOCTL_XE_VM_CREATE, arg)  # the debugger sees a VM the client did not log
+        c.close_driver(fd)
+
+    with Session(unlogged, timeout=TIMEOUT) as s:
+        s.run()
+        with pytest.raises(EventLogMismatch):
+            s.check(match_opposite=False)
+        s.check(match_opposite=False, filter=1 << EventType.VM)  # filtered out: passes
+
+
+@pytest.mark.parametrize("thread", MODES)
+def test_stages_both_ways_with_running_worker(thread: bool) -> None:
+    def work(c: Client) -> None:
+        fd = c.open_driver()
+        vm = c.vm_create(fd, uapi.DRM_XE_VM_CREATE_FLAG_LR_MODE)
+        c.signal_stage(5)
+        c.wait_stage(6)
+        c.vm_destroy(fd, vm)
+        c.close_driver(fd)
+
+    with Session(work, client_thread=thread, timeout=TIMEOUT) as s:
+        d, c = s.debugger, s.client
+        d.attach(c)
+        assert d.target_pid == c.pid and d.fd >= 0
+        d.start_worker()
+        c.start()
+        s.wait_stage(5)
+        deadline = time.monotonic() + 5
+        while d.event_count < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert d.event_count == 2  # OPEN + VM; the client waits for stage 6
+        d.signal_stage(6)
+        c.wait_done()
+        d.stop_worker()
+        assert d.event_count == 4
+        s.check()
+
+
+def test_trigger_failure_surfaces_promptly() -> None:
+    def bad(d: Debugger, e: Any) -> None:
+        raise AssertionError("debugger disagrees")
+
+    t0 = time.monotonic()
+    with Session(basic_work, timeout=TIMEOUT) as s:
+        s.debugger.add_trigger(EventType.METADATA, bad)  # so stage 1 is never signalled
+        with pytest.raises(TriggerError) as info:
+            s.run()
+    assert time.monotonic() - t0 < 8  # not the client's 20 s stage timeout
+    assert "debugger disagrees" in str(info.value) and "metadata(9):create" in str(info.value)
+
+
+def test_client_crash_reported() -> None:
+    def work(c: Client) -> None:
+        fd = c.open_driver()
+        raise RuntimeError(f"client broke with fd {fd}")
+
+    before = baseline()
+    with Session(work, timeout=TIMEOUT) as s:
+        with pytest.raises(ClientError) as info:
+            s.run()
+    msg = str(info.value)
+    assert "RuntimeError: client broke" in msg and "exited with status 1" in msg
+    assert settled(before) == before
+
+
+def test_session_failure_inside_with_block_still_cleans_up() -> None:
+    before = baseline()
+    with pytest.raises(KeyError):
+        with Session(basic_work, timeout=TIMEOUT) as s:
+            s.debugger.attach(s.client)
+            s.debugger.start_worker()
+            raise KeyError("test body failed")
+    assert settled(before) == before
+
+
+def test_sigterm_and_sigint_on_an_attached_worker() -> None:
+    def work(c: Client) -> None:
+        fd = c.open_driver()
+        c.wait_stage(1)
+        vm = c.vm_create(fd, uapi.DRM_XE_VM_CREATE_FLAG_LR_MODE)
+        c.signal_stage(2)
+        c.wait_stage(3)
+        c.vm_destroy(fd, vm)
+        c.close_driver(fd)
+
+    with Session(work, timeout=TIMEOUT) as s:
+        d, c = s.debugger, s.client
+        d.attach(c)
+        d.start_worker()
+        c.start()
+        d.kill(signal.SIGTERM)           # interrupts the poll; the worker carries on
+        d.signal_stage(1)
+        d.wait_stage(2)
+        deadline = time.monotonic() + 5
+        while d.event_count < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert d.event_count == 2 and d.worker_running and not d.handled_sigint
+        d.kill(signal.SIGINT)            # the worker exits at once, state untouched
+        deadline = time.monotonic() + 2
+        while d.worker_running and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not d.worker_running and d.handled_sigint and d.worker_state == WorkerState.ACTIVE
+        d.signal_stage(3)
+        c.wait_done()
+        time.sleep(0.2)
+        assert d.event_count == 2        # nothing read after SIGINT
+        d.stop_worker()
+
+
+def test_ufence_held_until_acked() -> None:
+    def work(c: Client) -> None:
+        fd = c.open_driver()
+        vm = c.vm_create(fd, uapi.DRM_XE_VM_CREATE_FLAG_LR_MODE)
+        size = min_alignment(fd)
+        bo = c.bo_create(fd, size)
+        fence = ctypes.c_uint64(0)
+        sync = uapi.drm_xe_sync()
+        sync.type = uapi.DRM_XE_SYNC_TYPE_USER_FENCE
+        sync.flags = uapi.DRM_XE_SYNC_FLAG_SIGNAL
+        sync.addr = ctypes.addressof(fence)
+        sync.timeline_value = 1337
+        c.vm_bind(fd, vm, bo, 0, BO_ADDR, size, syncs=[sync])
+        assert c.wait_ufence(fd, ctypes.addressof(fence), 1337, 200_000_000) == -errno.ETIME
+        c.signal_stage(1)                 # let the debugger ack
+        assert c.wait_ufence(fd, ctypes.addressof(fence), 1337, 10_000_000_000) == 0
+        c.vm_unbind(fd, vm, 0, BO_ADDR, size)
+        c.bo_close(fd, bo)
+        c.vm_destroy(fd, vm)
+        c.close_driver(fd)
+
+    held: list[Any] = []
+    with Session(work, timeout=TIMEOUT) as s:
+        d, c = s.debugger, s.client
+        d.add_trigger(EventType.VM_BIND_UFENCE, lambda dbg, e: held.append(e))
+        d.attach(c)
+        d.start_worker()
+        c.start()
+        d.wait_stage(1)
+        assert len(held) == 1 and held[0].flags == EventFlags.CREATE | EventFlags.NEED_ACK
+        d.ack_ufence(held[0])
+        c.wait_done()
+        d.stop_worker()
+        s.check(match_opposite=True)
+
+
+def test_vm_access_through_the_debugger() -> None:
+    def work(c: Client) -> None:
+        fd = c.open_driver()
+        vm = c.vm_create(fd, uapi.DRM_XE_VM_CREATE_FLAG_LR_MODE)
+        size = min_alignment(fd)
+        bo = c.bo_create(fd, size)
+        c.vm_bind(fd, vm, bo, 0, BO_ADDR, size)
+        c.wait_stage(1)
+        c.vm_unbind(fd, vm, 0, BO_ADDR, size)
+        c.bo_close(fd, bo)
+        c.vm_destroy(fd, vm)
+        c.close_driver(fd)
+
+    seen: list[bytes] = []
+
+    def on_op(d: Debugger, e: Any) -> None:
+        if not e.flags & EventFlags.CREATE:
+            return
+        bind = d.log.find_seqno(e.vm_bind_ref_seqno)
+        with d.vm_open(bind.client_handle, bind.vm_handle) as vmf:
+            assert vmf.pwrite(b"hello", e.addr + 16) == 5
+            vmf.fsync()
+            seen.append(vmf.pread(5, e.addr + 16))
+        d.signal_stage(1)
+
+    with Session(work, timeout=TIMEOUT) as s:
+        s.debugger.add_trigger(EventType.VM_BIND_OP, on_op)
+        s.run()
+        s.check()
+    assert seen == [b"hello"]
+
+
+def test_attach_errors_name_the_ioctl_and_toggle_is_restored() -> None:
+    fd = open_device()
+    try:
+        was = eudebug_enabled(fd)
+        with Session(lambda c: None, device=fd, timeout=TIMEOUT) as s:
+            assert eudebug_enabled(fd)
+            d2 = Debugger(fd)
+            try:
+                s.debugger.attach(s.client)
+                assert d2.try_attach(s.client) == -errno.EBUSY
+                with pytest.raises(OSError, match="DRM_IOCTL_XE_EUDEBUG_CONNECT") as info:
+                    d2.attach(s.client)
+                assert info.value.errno == errno.EBUSY
+            finally:
+                d2.close()
+            s.client.start()
+            s.client.wait_done()
+        assert eudebug_enabled(fd) == was
+    finally:
+        os.close(fd)
