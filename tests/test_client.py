@@ -27,6 +27,7 @@ from xe_eudebug.client import (
     ExtensionChain,
     attach_debug_chain,
     exec_queue_args,
+    user_fence_sync,
 )
 from xe_eudebug.events import EventFlags, EventType, VM_BIND_FLAG_UFENCE
 
@@ -295,11 +296,7 @@ def test_exec_queue_helpers_log_only_eudebug_queues(drm: Any) -> None:
 def test_vm_bind_logs_the_chain_with_metadata_and_ufence(drm: Any) -> None:
     c, h, fd = drm
     fence = ctypes.c_uint64(0)
-    sync = uapi.drm_xe_sync()
-    sync.type = uapi.DRM_XE_SYNC_TYPE_USER_FENCE
-    sync.flags = uapi.DRM_XE_SYNC_FLAG_SIGNAL
-    sync.addr = ctypes.addressof(fence)
-    sync.timeline_value = 1337
+    sync = user_fence_sync(ctypes.addressof(fence), 1337)
     c.vm_bind(fd, 11, 5, 0, 0x1A0000, 0x10000, syncs=[sync], ext=[(31, 7), (32, 8)])
     b, sync_types, chain = h.binds[0]
     assert (b.vm_id, b.num_binds, b.exec_queue_id) == (11, 1, 0)
@@ -326,8 +323,7 @@ def test_vm_unbind_logs_destroy_op_and_refuses_ufence(drm: Any) -> None:
     bind, op = list(c.log)
     assert bind.bind_flags == 0 and op.flags == EventFlags.DESTROY and op.num_extensions == 0
     assert h.binds[0][0].bind.op == uapi.DRM_XE_VM_BIND_OP_UNMAP and h.binds[0][0].bind.obj == 0
-    sync = uapi.drm_xe_sync()
-    sync.type = uapi.DRM_XE_SYNC_TYPE_USER_FENCE
+    sync = user_fence_sync(0, 1)
     with pytest.raises(ValueError):
         c.vm_unbind(fd, 11, 0, 0x1A0000, 0x1000, syncs=[sync])
 

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from xe_eudebug import uapi
-from xe_eudebug.client import Client, ClientError, exec_queue_args
+from xe_eudebug.client import Client, ClientError, eudebug_engines, exec_queue_args, user_fence_sync
 from xe_eudebug.debugger import Debugger, TriggerError, WorkerState
-from xe_eudebug.device import eudebug_enabled, min_alignment, open_device, query_engines
+from xe_eudebug.device import eudebug_enabled, min_alignment, open_device
 from xe_eudebug.events import EventFlags, EventType
 from xe_eudebug.log import EventLogMismatch
 from xe_eudebug.session import Session
@@ -34,10 +34,11 @@ BO_ADDR = 0x1A0000
 
 
 def debug_engine(fd: int) -> Any:
-    for e in query_engines(fd):
-        if e.engine_class in (uapi.DRM_XE_ENGINE_CLASS_RENDER, uapi.DRM_XE_ENGINE_CLASS_COMPUTE):
-            return e
-    pytest.skip("device has no render or compute engine")
+    engines = eudebug_engines(fd)
+    assert engines, "device has no render or compute engine"
+    assert all(e.engine_class in (uapi.DRM_XE_ENGINE_CLASS_RENDER, uapi.DRM_XE_ENGINE_CLASS_COMPUTE)
+               for e in engines)
+    return engines[0]
 
 
 def basic_work(c: Client) -> None:
@@ -238,11 +239,7 @@ def test_ufence_held_until_acked() -> None:
         size = min_alignment(fd)
         bo = c.bo_create(fd, size)
         fence = ctypes.c_uint64(0)
-        sync = uapi.drm_xe_sync()
-        sync.type = uapi.DRM_XE_SYNC_TYPE_USER_FENCE
-        sync.flags = uapi.DRM_XE_SYNC_FLAG_SIGNAL
-        sync.addr = ctypes.addressof(fence)
-        sync.timeline_value = 1337
+        sync = user_fence_sync(ctypes.addressof(fence), 1337)
         c.vm_bind(fd, vm, bo, 0, BO_ADDR, size, syncs=[sync])
         assert c.wait_ufence(fd, ctypes.addressof(fence), 1337, 200_000_000) == -errno.ETIME
         c.signal_stage(1)                 # let the debugger ack

@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterable
 
 from . import ioctl as _seam
 from . import uapi as _uapi
-from .device import query_config, reopen
+from .device import query_config, query_engines, reopen
 from .events import EventFlags, EventType, make
 from .log import EventLog
 
@@ -48,9 +48,12 @@ __all__ = [
     "DEAD_CLIENT",
     "DEFAULT_TIMEOUT",
     "ExtensionChain",
+    "eudebug_engines",
     "attach_debug_chain",
     "exec_queue_args",
     "retry_ioctl",
+    "try_retry_ioctl",
+    "user_fence_sync",
     "wb_pat_index",
 ]
 
@@ -122,6 +125,13 @@ def _wb_pat_for_devid(devid: int) -> int:
     if (devid & 0xFFF0) == 0x0BD0:
         return 3  # Ponte Vecchio
     return 0
+
+
+def eudebug_engines(fd: int) -> list[Any]:
+    """The device's engines that can run debuggable exec queues: class RENDER or COMPUTE
+    (IGT ``xe_eudebug_for_each_engine``)."""
+    classes = (_uapi.DRM_XE_ENGINE_CLASS_RENDER, _uapi.DRM_XE_ENGINE_CLASS_COMPUTE)
+    return [e for e in query_engines(fd) if e.engine_class in classes]
 
 
 def wb_pat_index(fd: int) -> int:
@@ -260,6 +270,18 @@ def exec_queue_args(vm: int, engine: Any, *, width: int = 1, eudebug: bool = Tru
         create.extensions = tail
     create._keepalive = keep  # ctypes structs accept extra attributes
     return create
+
+
+def user_fence_sync(addr: int, value: int) -> Any:
+    """A ``drm_xe_sync`` of type USER_FENCE with SIGNAL: the kernel writes ``value`` (64-bit) at
+    user address ``addr`` when the operation completes (held while a debugger holds the
+    VM_BIND_UFENCE event)."""
+    sync = _uapi.drm_xe_sync()
+    sync.type = _uapi.DRM_XE_SYNC_TYPE_USER_FENCE
+    sync.flags = _uapi.DRM_XE_SYNC_FLAG_SIGNAL
+    sync.addr = addr
+    sync.timeline_value = value
+    return sync
 
 
 def _sync_array(syncs: Any) -> tuple[int, int, Any]:
