@@ -531,6 +531,16 @@ class Debugger:
                     os.close(fd)
                 self._wake_r = self._wake_w = -1
 
+    def __del__(self) -> None:
+        try:
+            if not self._closed and not self.worker_running:
+                self._closed = True
+                for fd in (self.fd, self._wake_r, self._wake_w):
+                    if fd >= 0:
+                        os.close(fd)
+        except Exception:
+            pass
+
     def __enter__(self) -> "Debugger":
         return self
 
