@@ -316,3 +316,64 @@ def test_attach_errors_name_the_ioctl_and_toggle_is_restored() -> None:
         assert eudebug_enabled(fd) == was
     finally:
         os.close(fd)
+
+
+def test_concurrent_sessions_and_threads_inside_the_client() -> None:
+    """IGT multiple-sessions and basic-client-th: four pairs at once, each client creating VMs
+    from several threads (seqnos are drawn under the client's lock)."""
+
+    def work(c: Client) -> None:
+        fd = c.open_driver()
+
+        def vms() -> None:
+            for _ in range(3):
+                c.vm_destroy(fd, c.vm_create(fd, uapi.DRM_XE_VM_CREATE_FLAG_LR_MODE))
+
+        threads = [threading.Thread(target=vms) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(TIMEOUT)
+        c.close_driver(fd)
+
+    before = baseline()
+    sessions = [Session(work, timeout=TIMEOUT) for _ in range(4)]  # all forks before any worker
+    try:
+        for s in sessions:
+            s.debugger.attach(s.client)
+            s.debugger.start_worker()
+        for s in sessions:
+            s.client.start()
+        for s in sessions:
+            s.client.wait_done()
+            s.debugger.stop_worker()
+        for s in sessions:
+            assert len(s.client.log) == 2 + 4 * 3 * 2
+            s.check(match_opposite=True)
+    finally:
+        for s in sessions:
+            s.close()
+    assert settled(before) == before
+
+
+def test_later_clients_do_not_inherit_debugger_connections() -> None:
+    def work(c: Client) -> None:
+        c.wait_stage(1)
+
+    with Session(work, timeout=TIMEOUT) as a:
+        a.debugger.attach(a.client)
+        ino = os.fstat(a.debugger.fd).st_ino
+        with Session(work, timeout=TIMEOUT) as b:
+            held = set()
+            for n in os.listdir(f"/proc/{b.client.pid}/fd"):
+                try:
+                    held.add(os.stat(f"/proc/{b.client.pid}/fd/{n}").st_ino)
+                except OSError:
+                    pass
+            assert ino not in held
+            b.client.start()
+            b.debugger.signal_stage(1)
+            b.client.wait_done()
+        a.client.start()
+        a.debugger.signal_stage(1)
+        a.client.wait_done()

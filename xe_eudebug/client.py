@@ -70,6 +70,7 @@ _MASK64 = (1 << 64) - 1
 _TOKEN = struct.Struct("=Q")
 _MESSAGE = struct.Struct("=QQ")
 _ERR_TEXT_MAX = 32 * 1024
+_PIPE_ENDS = ("_in_r", "_in_w", "_out_r", "_out_w", "_err_r", "_err_w")
 
 
 class Token(IntEnum):
@@ -395,6 +396,7 @@ class Client:
         self._err_r, self._err_w = err_r, err_w
         try:
             if thread:
+                register_private_fds(self, *(getattr(self, n) for n in _PIPE_ENDS))
                 self._thread = threading.Thread(target=self._thread_main, name="xe_eudebug-client", daemon=True)
                 self._thread.start()
             else:
@@ -422,7 +424,7 @@ class Client:
     # -- creation --------------------------------------------------------------------------
     def _fork(self) -> None:
         own = {self._in_r, self._out_w, self._err_w}
-        others = _live_parent_fds() - own
+        others = _private_fds_now() - own
         pid = os.fork()
         if pid == 0:
             # child: never return into the caller's stack
@@ -446,7 +448,7 @@ class Client:
         for fd in (self._in_r, self._out_w, self._err_w):
             os.close(fd)
         self._in_r = self._out_w = self._err_w = -1
-        _register_parent_fds(self)
+        register_private_fds(self, *(getattr(self, n) for n in _PIPE_ENDS))
 
     def _thread_main(self) -> None:
         self._client_main()
@@ -490,15 +492,18 @@ class Client:
             self._close_ends("_out_w", "_in_r", "_err_w")
 
     def _close_ends(self, *names: str) -> None:
-        """Close the pipe ends held in the named attributes and mark them -1."""
+        """Close the pipe ends held in the named attributes and mark them -1 (and keep the
+        record of fds to close in later forks exact: a stale number could be reused)."""
         for name in names:
             fd = getattr(self, name)
             if fd >= 0:
+                setattr(self, name, -1)
+                if not self._in_client or self.threaded:
+                    register_private_fds(self, *(getattr(self, n) for n in _PIPE_ENDS))
                 try:
                     os.close(fd)
                 except OSError:
                     pass
-                setattr(self, name, -1)
 
     # -- token protocol --------------------------------------------------------------------
     @staticmethod
@@ -737,7 +742,7 @@ class Client:
                 self._reap(block=True, timeout=5.0)
         self._read_error_text()
         self._close_ends("_err_r")
-        _unregister_parent_fds(self)
+        unregister_private_fds(self)
         self.pid = 0
 
     def __enter__(self) -> "Client":
@@ -1021,23 +1026,26 @@ class Client:
 
 
 # ------------------------------------------------------------------------------------------------
-# Parent-side pipe ends of live clients: closed in every new child, so that one client's death is
-# seen by the parent even when later clients were forked from it.
+# Fds that must not live on in forked clients: the pipe ends of other clients (so that a client's
+# death is seen even when later clients were forked after it), debugger connections (a debug fd
+# inherited by a child would keep its connection attached) and debugger wake-up pipes.  Every
+# new client process closes them right after the fork.
 
-_parent_fds_lock = threading.Lock()
-_parent_fds: dict[int, tuple[int, ...]] = {}
-
-
-def _register_parent_fds(c: Client) -> None:
-    with _parent_fds_lock:
-        _parent_fds[id(c)] = (c._in_w, c._out_r, c._err_r)
+_private_fds_lock = threading.Lock()
+_private_fds: dict[int, tuple[int, ...]] = {}
 
 
-def _unregister_parent_fds(c: Client) -> None:
-    with _parent_fds_lock:
-        _parent_fds.pop(id(c), None)
+def register_private_fds(owner: object, *fds: int) -> None:
+    """Record ``owner``'s fds (replacing earlier ones) to be closed in forked clients."""
+    with _private_fds_lock:
+        _private_fds[id(owner)] = tuple(fd for fd in fds if fd >= 0)
 
 
-def _live_parent_fds() -> set[int]:
-    with _parent_fds_lock:
-        return {fd for fds in _parent_fds.values() for fd in fds if fd >= 0}
+def unregister_private_fds(owner: object) -> None:
+    with _private_fds_lock:
+        _private_fds.pop(id(owner), None)
+
+
+def _private_fds_now() -> set[int]:
+    with _private_fds_lock:
+        return {fd for fds in _private_fds.values() for fd in fds}

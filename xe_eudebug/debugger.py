@@ -37,7 +37,14 @@ from typing import Any, Callable, Iterator
 
 from . import ioctl as _seam
 from . import uapi as _uapi
-from .client import Client, data_alias, retry_ioctl, try_retry_ioctl
+from .client import (
+    Client,
+    data_alias,
+    register_private_fds,
+    retry_ioctl,
+    try_retry_ioctl,
+    unregister_private_fds,
+)
 from .events import HEADER, MAX_EVENT_SIZE, Event, EventType, decode
 from .log import EventLog
 
@@ -211,6 +218,7 @@ class Debugger:
         self._triggers: list[tuple[int, Trigger]] = []
         self._worker: threading.Thread | None = None
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        register_private_fds(self, self._wake_r, self._wake_w)
         self._subscribers: list[queue.SimpleQueue[Event]] = []
         self._sub_lock = threading.Lock()
         self._closed = False
@@ -236,6 +244,7 @@ class Debugger:
             return ret
         self.fd = ret
         self.target_pid = pid
+        register_private_fds(self, self._wake_r, self._wake_w, ret)
         if isinstance(target, Client):
             self.client = target
         log.debug("debugger connected to %d", pid)
@@ -254,6 +263,7 @@ class Debugger:
             raise RuntimeError("debugger is not attached")
         fd, self.fd = self.fd, -1
         self.target_pid = 0
+        register_private_fds(self, self._wake_r, self._wake_w)
         if fd >= 0:
             os.close(fd)
 
@@ -524,9 +534,11 @@ class Debugger:
             if self.target_pid or self.fd >= 0:
                 fd, self.fd = self.fd, -1
                 self.target_pid = 0
+                register_private_fds(self, self._wake_r, self._wake_w)
                 if fd >= 0:
                     os.close(fd)
             if not self.worker_running:
+                unregister_private_fds(self)
                 for fd in (self._wake_r, self._wake_w):
                     os.close(fd)
                 self._wake_r = self._wake_w = -1
@@ -535,6 +547,7 @@ class Debugger:
         try:
             if not self._closed and not self.worker_running:
                 self._closed = True
+                unregister_private_fds(self)
                 for fd in (self.fd, self._wake_r, self._wake_w):
                     if fd >= 0:
                         os.close(fd)
