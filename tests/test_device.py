@@ -184,25 +184,32 @@ def test_debugger_fd_flags_blocking_read_event_and_poll(two_devices):
         os.close(fd)
 
 
+def _read_byte(fd: int, timeout: float = 10.0) -> bytes:
+    ready, _, _ = select.select([fd], [], [], timeout)
+    if not ready:
+        raise AssertionError("timed out waiting for the other process")
+    return os.read(fd, 1)
+
+
 def test_closing_the_device_in_a_child_emits_open_destroy(two_devices):
     fd = device.open_device("sim:0")
     device.enable_eudebug(fd, True)
-    r, w = os.pipe()
+    to_parent_r, to_parent_w = os.pipe()
+    to_child_r, to_child_w = os.pipe()
     pid = os.fork()
     if pid == 0:
         code = 1
         try:
             child_fd = device.open_device("sim:0")
-            os.write(w, b"o")
-            os.read(r, 1)
+            os.write(to_parent_w, b"o")
+            _read_byte(to_child_r)
             os.close(child_fd)
-            os.write(w, b"c")
-            os.read(r, 1)  # exits when the parent is done
+            _read_byte(to_child_r)  # exits when the parent is done
             code = 0
         finally:
             os._exit(code)
     try:
-        assert os.read(r, 1) == b"o"
+        assert _read_byte(to_parent_r) == b"o"
         arg = eud.drm_xe_eudebug_connect()
         arg.pid = pid
         dbg = seam.ioctl(fd, eud.DRM_IOCTL_XE_EUDEBUG_CONNECT, arg)
@@ -210,18 +217,23 @@ def test_closing_the_device_in_a_child_emits_open_destroy(two_devices):
             ev = read_event(dbg)
             assert struct.unpack_from("<HH", ev, 4) == (eud.DRM_XE_EUDEBUG_EVENT_OPEN, eud.DRM_XE_EUDEBUG_EVENT_CREATE)
             handle = struct.unpack_from("<Q", ev, 24)[0]
-            os.write(w, b"x")
+            os.write(to_child_w, b"x")
             ev = read_event(dbg)  # the child's close (last copy) runs the release path
             assert struct.unpack_from("<HH", ev, 4) == (eud.DRM_XE_EUDEBUG_EVENT_OPEN, eud.DRM_XE_EUDEBUG_EVENT_DESTROY)
             assert struct.unpack_from("<Q", ev, 24)[0] == handle
         finally:
             os.close(dbg)
     finally:
-        os.write(w, b"x")
-        os.waitpid(pid, 0)
-        os.close(r)
-        os.close(w)
-        os.close(fd)
+        os.write(to_child_w, b"xx")
+        deadline = time.monotonic() + 10
+        while not os.waitpid(pid, os.WNOHANG)[0]:
+            if time.monotonic() > deadline:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+                break
+            time.sleep(0.01)
+        for x in (to_parent_r, to_parent_w, to_child_r, to_child_w, fd):
+            os.close(x)
 
 
 def test_bo_mmap_shares_memory_with_the_debugger_vm_fd(two_devices):
