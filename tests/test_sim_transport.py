@@ -40,6 +40,8 @@ FAKE_PEEK = _ioc(1, "F", 4, 16)        # IOW {addr, len}: read caller memory, re
 FAKE_POKE = _ioc(1, "F", 7, 16)        # IOW {addr, byte}: write 16 copies of byte at addr
 FAKE_STATS = _ioc(2, "F", 5, 32)       # IOR: releases of device/debugger/vm files, live files
 FAKE_SLEEP = _ioc(1, "F", 6, 8)        # IOW: sleep ms; result = caller pid
+FAKE_ID = _ioc(0, "F", 8, 0)           # IO: the file's serial number
+FAKE_LIVE = _ioc(1, "F", 9, 8)         # IOW u64 serial: 1 while that file is not released
 FAKE_CONNECT = 0xC018644E              # the CONNECT request value: returns a debugger file
 FAKE_VM_OPEN = 0x40286A01              # the VM_OPEN request value: returns a VM file
 FAKE_READ_EVENT = 0x6A00               # READ_EVENT: {len u32, type u16, flags u16, value u64}
@@ -52,7 +54,10 @@ class KernelError(Exception):
 
 
 class _File:
+    serials = iter(range(1, 1 << 62))
+
     def __init__(self, kind: str, device: int) -> None:
+        self.serial = next(self.serials)
         self.kind = kind
         self.device = device
         self.events: list[int] = []
@@ -79,6 +84,12 @@ class FakeKernel:
     def ioctl(self, file, caller, request, arg):
         if request == FAKE_ECHO:
             return caller.pid, bytes(reversed(arg))
+        if request == FAKE_ID:
+            return file.serial, b""
+        if request == FAKE_LIVE:
+            (serial,) = struct.unpack("<Q", arg)
+            with self.cv:
+                return int(any(f.serial == serial for f in self.files)), b""
         if request == FAKE_SLEEP:
             time.sleep(struct.unpack("<Q", arg)[0] / 1000)
             return caller.pid, b""
@@ -210,6 +221,18 @@ def stats(fd: int) -> tuple[int, int, int, int]:
     buf = ctypes.create_string_buffer(32)
     call(fd, FAKE_STATS, buf)
     return struct.unpack("<4Q", buf.raw)
+
+
+def file_id(fd: int) -> int:
+    return call(fd, FAKE_ID)
+
+
+def is_live(dev: int, serial: int) -> bool:
+    return bool(call(dev, FAKE_LIVE, ctypes.create_string_buffer(struct.pack("<Q", serial), 8)))
+
+
+def wait_released(dev: int, serial: int, what: str) -> None:
+    wait_for(lambda: not is_live(dev, serial), what=what)
 
 
 def wait_for(predicate, timeout: float = 5.0, what: str = "condition"):
@@ -354,19 +377,21 @@ def test_memory_access_through_the_caller_side(sim_server):
 
 def test_close_runs_release_after_last_copy(dev, fake):
     other = fake.open_device(0)
+    serial = file_id(other)
     base = stats(dev)[0]
     copy = os.dup(other)
     os.close(other)
     time.sleep(0.1)
-    assert stats(dev)[0] == base  # a dup'd copy keeps the file alive
+    assert is_live(dev, serial)  # a dup'd copy keeps the file alive
     os.close(copy)
-    wait_for(lambda: stats(dev)[0] == base + 1, what="release after the last close")
+    wait_released(dev, serial, "release after the last close")
+    assert stats(dev)[0] >= base + 1
 
 
 def test_fork_inheritance_and_process_exit_release(dev, fake):
     inherited = fake.open_device(0)
     os.set_inheritable(inherited, True)
-    base = stats(dev)[0]
+    serial = file_id(inherited)
 
     def child():
         # The child uses the inherited fd over its own (fresh) connection.
@@ -374,17 +399,24 @@ def test_fork_inheritance_and_process_exit_release(dev, fake):
         return 0 if call(inherited, FAKE_ECHO, arg) == os.getpid() else 1
 
     assert run_child(child) == 0
+    assert is_live(dev, serial)  # the child's exit closed only its copy
     os.close(inherited)
-    wait_for(lambda: stats(dev)[0] == base + 1, what="release after parent close")
+    wait_released(dev, serial, "release after the parent's close")
+
+    r, w = os.pipe()
 
     def child_holds():
         fd = fake.open_device(0)
-        assert fd >= 0
+        os.write(w, struct.pack("<Q", file_id(fd)))
         return 0  # exits without closing: process exit closes it
 
-    base = stats(dev)[0]
-    assert run_child(child_holds) == 0
-    wait_for(lambda: stats(dev)[0] == base + 1, what="release at process exit")
+    try:
+        assert run_child(child_holds) == 0
+        (child_serial,) = struct.unpack("<Q", os.read(r, 8))
+    finally:
+        os.close(r)
+        os.close(w)
+    wait_released(dev, child_serial, "release at process exit")
 
 
 def test_threads_each_use_their_own_connection(dev):
@@ -442,6 +474,7 @@ def test_connect_returns_debugger_fd_with_kernel_flags_and_blocking_read_event(d
 
 def test_poll_readiness_follows_the_fifo_and_detach_shows_hup(dev, fake):
     dbg = connect_debugger(dev)
+    serial = file_id(dbg)
     try:
         p = select.poll()
         p.register(dbg, select.POLLIN)
@@ -465,20 +498,19 @@ def test_poll_readiness_follows_the_fifo_and_detach_shows_hup(dev, fake):
         assert info.value.errno == errno.ENOTCONN
         assert dict(p.poll(0))[dbg] & select.POLLHUP
     finally:
-        base = stats(dev)[1]
         os.close(dbg)
     # The last close of a detached debugger is still seen (through its queued byte).
-    wait_for(lambda: stats(dev)[1] == base + 1, what="release of a detached debugger")
+    wait_released(dev, serial, "release of a detached debugger")
 
 
 def test_debugger_release_on_close_and_enable_toggle(dev):
     dbg = connect_debugger(dev)
-    base = stats(dev)[1]
+    serial = file_id(dbg)
     with pytest.raises(OSError) as info:
         port.set_enabled(dev, False)
     assert info.value.errno == errno.EBUSY
     os.close(dbg)
-    wait_for(lambda: stats(dev)[1] == base + 1, what="debugger release")
+    wait_released(dev, serial, "debugger release")
     assert port.set_enabled(dev, False) is True
     assert port.get_enabled(dev) is False
     arg = ctypes.create_string_buffer(struct.pack("<QQII", 0, os.getpid(), 0, 7), 24)

@@ -94,8 +94,120 @@ _SCM_RIGHTS = int(socket.SCM_RIGHTS)
 _MSG_CMSG_CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)
 _MSG_CTRUNC = int(socket.MSG_CTRUNC)
 _MSG_DONTWAIT = int(socket.MSG_DONTWAIT)
+_MSG_NOSIGNAL = int(socket.MSG_NOSIGNAL)
 _pack_header = HEADER.pack
+_pack_header_into = HEADER.pack_into
 _unpack_header = HEADER.unpack_from
+
+_libc = ctypes.CDLL(None, use_errno=True)
+# System calls that never block (non-blocking sends, close of a socket copy, process_vm_*,
+# getsockopt) are called without releasing the GIL (PyDLL): in the multi-threaded server every
+# GIL release under contention costs a thread switch.
+_libc_gil = ctypes.PyDLL(None, use_errno=True)
+
+
+class _iovec(ctypes.Structure):
+    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
+
+
+class _msghdr(ctypes.Structure):
+    _fields_ = [("msg_name", ctypes.c_void_p), ("msg_namelen", ctypes.c_uint32),
+                ("msg_iov", ctypes.c_void_p), ("msg_iovlen", ctypes.c_size_t),
+                ("msg_control", ctypes.c_void_p), ("msg_controllen", ctypes.c_size_t),
+                ("msg_flags", ctypes.c_int)]
+
+
+_c_sendmsg = _libc_gil.sendmsg
+_c_sendmsg.restype = ctypes.c_ssize_t
+_c_sendmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+_c_close = _libc_gil.close
+_c_close.restype = ctypes.c_int
+_c_close.argtypes = [ctypes.c_int]
+_CMSG_FD_SPACE = socket.CMSG_SPACE(4)
+_CMSG_FD_LEN = socket.CMSG_LEN(4)
+_CMSG_HDR = struct.Struct("@Nii")  # cmsg_len (size_t), cmsg_level, cmsg_type
+
+
+class _SendBuf(threading.local):
+    """Per-thread message buffer and msghdr for sends without allocation or GIL release."""
+
+    SIZE = 8192
+
+    def __init__(self) -> None:
+        self.buf = ctypes.create_string_buffer(self.SIZE)
+        self.base = ctypes.addressof(self.buf)
+        self.iov = _iovec(self.base, 0)
+        self.ctl = ctypes.create_string_buffer(_CMSG_FD_SPACE)
+        _CMSG_HDR.pack_into(self.ctl, 0, _CMSG_FD_LEN, _SOL_SOCKET, _SCM_RIGHTS)
+        self.ctl_addr = ctypes.addressof(self.ctl)
+        self.msg = _msghdr(None, 0, ctypes.addressof(self.iov), 1, None, 0, 0)
+        self.pmsg = ctypes.addressof(self.msg)
+
+
+_sendbuf = _SendBuf()
+_memmove = ctypes.memmove
+
+_c_getsockopt = _libc_gil.getsockopt
+_c_getsockopt.restype = ctypes.c_int
+_c_getsockopt.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+_c_fcntl = _libc_gil.fcntl
+_c_fcntl.restype = ctypes.c_int
+_c_send = _libc_gil.send
+_c_send.restype = ctypes.c_ssize_t
+_c_send.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int]
+_SO_COOKIE = 57
+
+
+class _KeyBuf(threading.local):
+    def __init__(self) -> None:
+        self.value = ctypes.c_uint64()
+        self.size = ctypes.c_uint32()
+        self.pvalue = ctypes.addressof(self.value)
+        self.psize = ctypes.addressof(self.size)
+
+
+_keybuf = _KeyBuf()
+
+
+def _cookie(fd: int) -> int:
+    kb = _keybuf
+    kb.size.value = 8
+    if _c_getsockopt(fd, _SOL_SOCKET, _SO_COOKIE, kb.pvalue, kb.psize) != 0:
+        return -1
+    return kb.value.value
+
+
+def _probe_cookies() -> bool:
+    a, b = socket.socketpair()
+    with a, b:
+        ka, kb = _cookie(a.fileno()), _cookie(b.fileno())
+    return ka > 0 and kb > 0 and ka != kb
+
+
+_HAVE_COOKIES = _probe_cookies()
+
+
+def file_key(fd: int) -> int:
+    """Identity of the socket behind `fd`, shared by all its copies: the socket cookie (unique,
+    never reused), or the inode where the kernel has no socket cookies; -1 if not a socket."""
+    if _HAVE_COOKIES:
+        return _cookie(fd)
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return -1
+    return st.st_ino if stat.S_ISSOCK(st.st_mode) else -1
+
+
+def status_flags(fd: int) -> int:
+    """fcntl(F_GETFL) without releasing the GIL; 0 on error."""
+    flags = _c_fcntl(fd, 3)  # F_GETFL
+    return flags if flags > 0 else 0
+
+
+def send_byte(fd: int, byte: bytes) -> bool:
+    """One byte on a socket without blocking (and without releasing the GIL)."""
+    return _c_send(fd, byte, 1, _MSG_DONTWAIT | _MSG_NOSIGNAL) == 1
 
 
 def to_u64(value: int) -> int:
@@ -113,8 +225,33 @@ class ProtocolError(Exception):
 def send_msg(sock: socket.socket, kind: int, flags: int = 0, a: int = 0, b: int = 0, c: int = 0,
              payload: bytes | bytearray | memoryview = b"", fd: int = -1) -> None:
     """Send one message (one sendmsg call in the common case)."""
-    header = _pack_header(len(payload), kind, flags, a, b, c)
-    total = HEADER_SIZE + len(payload)
+    n = len(payload)
+    total = HEADER_SIZE + n
+    if total <= _SendBuf.SIZE:
+        sb = _sendbuf
+        _pack_header_into(sb.buf, 0, n, kind, flags, a, b, c)
+        if n:
+            _memmove(sb.base + HEADER_SIZE, payload if isinstance(payload, bytes) else bytes(payload), n)
+        sb.iov.iov_len = total
+        msg = sb.msg
+        if fd >= 0:
+            struct.pack_into("i", sb.ctl, _CMSG_HDR.size, fd)
+            msg.msg_control = sb.ctl_addr
+            msg.msg_controllen = _CMSG_FD_SPACE
+        else:
+            msg.msg_control = None
+            msg.msg_controllen = 0
+        sent = _c_sendmsg(sock.fileno(), sb.pmsg, _MSG_DONTWAIT | _MSG_NOSIGNAL)
+        if sent == total:
+            return
+        if sent > 0:  # the fd went with the first part
+            sock.sendall(ctypes.string_at(sb.base + sent, total - sent))
+            return
+        err = ctypes.get_errno()
+        if err not in (_errno.EAGAIN, _errno.EINTR):
+            raise OSError(err, os.strerror(err))
+        # The receive queue is full: fall back to a blocking send (which releases the GIL).
+    header = _pack_header(n, kind, flags, a, b, c)
     if payload and total <= 4096:
         header += payload
         data: list[Any] = [header]
@@ -131,10 +268,7 @@ def send_msg(sock: socket.socket, kind: int, flags: int = 0, a: int = 0, b: int 
 
 def _close_fds(fds: list[int]) -> None:
     for fd in fds:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
+        _c_close(fd)
 
 
 def _fds_of(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
@@ -205,14 +339,6 @@ def _recv_rest(sock: socket.socket, buf: bytearray, nbytes: int, fds: list[int]
 # --------------------------------------------------------------------------------------------
 # Safe access to this process's memory (a bad address gives EFAULT, never a crash)
 
-_libc = ctypes.CDLL(None, use_errno=True)
-# process_vm_readv/writev never block: call them without releasing the GIL (PyDLL), which
-# spares a thread switch per copy in the multi-threaded server.
-_libc_gil = ctypes.PyDLL(None, use_errno=True)
-
-
-class _iovec(ctypes.Structure):
-    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
 
 
 _pvm_read = getattr(_libc_gil, "process_vm_readv", None)

@@ -35,7 +35,8 @@ from .config import SimConfig, default_socket_dir, default_socket_path
 from .port import (F_CLOEXEC, F_FD, KIND_DEBUGGER, KIND_DEVICE, KIND_OTHER, KIND_VM, M_DATA, M_DONE,
                    OP_CLONE, OP_FILE_INFO, OP_FSYNC, OP_GET_ENABLED, OP_INFO, OP_IOCTL, OP_LSEEK, OP_MMAP,
                    OP_OPEN, OP_POLL, OP_PREAD, OP_PWRITE, OP_READ, OP_SET_ENABLED, R_MEMREAD, R_MEMWRITE,
-                   R_REPLY, ProtocolError, recv_msg, send_msg, to_s64, to_u64, vm_read, vm_write)
+                   R_REPLY, ProtocolError, file_key, recv_msg, send_byte, send_msg, status_flags, to_s64, to_u64,
+                   vm_read, vm_write)
 
 log = logging.getLogger(__name__)
 
@@ -177,12 +178,12 @@ def _make_error(cls: type, errno: int) -> Exception:
 class _Entry:
     """A simulated file: the server's end of the socketpair and the kernel's File."""
 
-    __slots__ = ("sock", "fd", "ino", "file", "device", "kind", "lock", "queued", "hup", "released")
+    __slots__ = ("sock", "fd", "key", "file", "device", "kind", "lock", "queued", "hup", "released")
 
-    def __init__(self, sock: socket.socket, ino: int, file: Any, device: int, kind: int) -> None:
+    def __init__(self, sock: socket.socket, key: int, file: Any, device: int, kind: int) -> None:
         self.sock = sock
         self.fd = sock.fileno()
-        self.ino = ino
+        self.key = key
         self.file = file
         self.device = device
         self.kind = kind
@@ -205,7 +206,7 @@ class Server:
         module = sys.modules.get(type(kernel).__module__)
         self.error_class: type = getattr(module, "KernelError", _FallbackKernelError)
         self.lock = threading.Lock()
-        self.by_ino: dict[int, _Entry] = {}
+        self.by_key: dict[int, _Entry] = {}
         self.by_file: dict[int, _Entry] = {}
         self.by_fd: dict[int, _Entry] = {}
         self.detached: set[_Entry] = set()
@@ -286,7 +287,7 @@ class Server:
                     continue
                 if self.config.idle_exit > 0:
                     with self.lock:
-                        idle = self.conns == 0 and not self.by_ino and not self.detached
+                        idle = self.conns == 0 and not self.by_key and not self.detached
                     if not idle:
                         idle_since = None
                     elif idle_since is None:
@@ -384,8 +385,7 @@ class Server:
         if kind < OP_IOCTL or kind > wire.MAX_OP or len(fds) != 1:
             raise ProtocolError(f"request kind {kind} with {len(fds)} fds")
         fd = fds[0]
-        st = os.fstat(fd)
-        entry = self.by_ino.get(st.st_ino) if stat.S_ISSOCK(st.st_mode) else None
+        entry = self.by_key.get(file_key(fd))
         if entry is None or entry.released:
             self._reply(conn, err=_errno.EBADF)
             return
@@ -397,7 +397,7 @@ class Server:
         if kind == OP_FILE_INFO:
             self._reply(conn, result=entry.device, drain=entry.kind)
             return
-        nonblock = entry.kind != KIND_DEVICE and bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK)
+        nonblock = entry.kind != KIND_DEVICE and bool(status_flags(fd) & os.O_NONBLOCK)
         self._call(conn, entry, kind, a, b, payload, nonblock)
 
     def _open(self, conn: _Conn, index: int) -> None:
@@ -439,7 +439,7 @@ class Server:
         else:
             arg = bytes(size)
         # O_NONBLOCK lives in the open file description shared with the caller's fd.
-        nonblock = entry.kind != KIND_DEVICE and bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK)
+        nonblock = entry.kind != KIND_DEVICE and bool(status_flags(fd) & os.O_NONBLOCK)
         caller = Caller(conn, self.error_class, addr, nonblock)
         self.tls.dirty = set()
         err = 0
@@ -515,10 +515,10 @@ class Server:
     # -- files --------------------------------------------------------------------------------
     def _new_entry(self, file: Any, device: int, kind: int) -> tuple[_Entry, socket.socket]:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        ino = os.fstat(theirs.fileno()).st_ino
-        entry = _Entry(mine, ino, file, device, kind)
+        key = file_key(theirs.fileno())
+        entry = _Entry(mine, key, file, device, kind)
         with self.lock:
-            self.by_ino[ino] = entry
+            self.by_key[key] = entry
             self.by_file[id(file)] = entry
             self.by_fd[entry.fd] = entry
         self.epoll.register(entry.fd, select.EPOLLIN | select.EPOLLRDHUP)
@@ -562,7 +562,7 @@ class Server:
             if entry.released:
                 return
             entry.released = True
-            self.by_ino.pop(entry.ino, None)
+            self.by_key.pop(entry.key, None)
             self.by_file.pop(id(entry.file), None)
             self.by_fd.pop(entry.fd, None)
             self.detached.discard(entry)
@@ -657,12 +657,8 @@ class Server:
                         self.detached.add(entry)
                 return 0
             if mask & select.POLLIN:
-                if entry.queued == 0:
-                    try:
-                        entry.sock.send(b"\1", socket.MSG_DONTWAIT)
-                        entry.queued = 1
-                    except OSError:
-                        pass
+                if entry.queued == 0 and send_byte(entry.fd, b"\1"):
+                    entry.queued = 1
                 return 0
             if entry.queued and may_drain:
                 n, entry.queued = entry.queued, 0
