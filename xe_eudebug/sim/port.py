@@ -623,13 +623,13 @@ class _Link:
                 _close_fds(fds)
                 if kind == R_MEMREAD:
                     try:
-                        got = vm_read(os.getpid(), ra, rb)
+                        got = vm_read(_self_pid(), ra, rb)
                         send_msg(sock, M_DATA, 0, 0, 0, 0, got)
                     except OSError as exc:
                         send_msg(sock, M_DATA, 0, _memerr(exc))
                 elif kind == R_MEMWRITE:
                     try:
-                        vm_write(os.getpid(), ra, data)
+                        vm_write(_self_pid(), ra, data)
                         send_msg(sock, M_DONE)
                     except OSError as exc:
                         send_msg(sock, M_DONE, 0, _memerr(exc))
@@ -819,8 +819,17 @@ def _link_for_fd(fd: int) -> _Link | None:
         return link
 
 
+_pid = os.getpid()
+
+
+def _self_pid() -> int:
+    return _pid
+
+
 def _after_fork_in_child() -> None:
-    global _registry_lock
+    global _registry_lock, _pid
+    _pid = os.getpid()
+    _claimed.clear()
     _registry_lock = threading.Lock()
     _probed_paths.clear()
     for link in list(_links_by_pid.values()):
@@ -937,6 +946,9 @@ def _drain(fd: int, count: int) -> None:
         _recv(fd, _drain_buf, count, _MSG_DONTWAIT)
 
 
+_claimed: dict[int, "_Link"] = {}
+
+
 class _LastClaim(threading.local):
     fd = -1
     link: "_Link | None" = None
@@ -951,7 +963,15 @@ class SimBackend:
     def claims(self, fd: int, st: os.stat_result) -> bool:
         if not stat.S_ISSOCK(st.st_mode):
             return False
-        link = _link_for_fd(fd)
+        # Socket inodes are not reused until a 32-bit counter wraps: a socket once seen to be a
+        # simulated file stays one.
+        link = _claimed.get(st.st_ino)
+        if link is None:
+            link = _link_for_fd(fd)
+            if link is not None:
+                if len(_claimed) >= 4096:
+                    _claimed.clear()
+                _claimed[st.st_ino] = link
         last = self._last
         last.fd = fd if link is not None else -1
         last.link = link
@@ -974,7 +994,7 @@ class SimBackend:
         arg: bytes = b""
         if size and direction & _IOC_WRITE:
             try:
-                arg = vm_read(os.getpid(), addr, size)
+                arg = vm_read(_self_pid(), addr, size)
             except OSError:
                 raise OSError(_errno.EFAULT, os.strerror(_errno.EFAULT)) from None
         flags, result, err, drain, copy_back, fds = link.raw_call(OP_IOCTL, fd, request, to_u64(addr), 0, arg)
@@ -983,7 +1003,7 @@ class SimBackend:
         if copy_back:
             # Written back even when the call failed, as the DRM dispatcher does.
             try:
-                vm_write(os.getpid(), addr, copy_back)
+                vm_write(_self_pid(), addr, copy_back)
             except OSError:
                 err = err or _errno.EFAULT
         if err:
