@@ -1,0 +1,381 @@
+#!/usr/bin/env python3
+"""Read debug metadata from an EU debugger: IGT's ``read-metadata`` and ``attach-debug-metadata``.
+
+This is the Python form of the two metadata subtests of IGT's ``tests/intel/xe_eudebug.c``
+(patch "tests/xe_eudebug: Exercise debug metadata events sent to debugger", July 2024).  Copy it
+to start your own eudebug test: everything a test needs is here, in the order you write it.
+
+What happens
+------------
+A *client* (the debuggee, a forked process) opens the device, creates a long-running VM and a
+buffer object, and creates five debug metadata objects: object ``k`` (k = 0..4) has type ``k``
+and holds the first ``(k + 1) * 4096`` bytes of one 20 KiB buffer filled with a known pattern.
+It binds the buffer object at 0x1a0000 with all five objects attached to the bind (an
+ATTACH_DEBUG extension chain, cookie = type), then waits for the debugger to release it once
+per object (stage 0, 1, 2, 3, 4), and finally tears everything down.
+
+A *debugger* attached to the client receives the kernel's events and, from a trigger:
+
+* ``read-metadata``: on every METADATA CREATE event it reads the object with
+  ``READ_METADATA`` (exactly ``len`` bytes), checks its size and every byte, and releases the
+  client's stage ``type``;
+* ``attach-debug-metadata``: on every VM_BIND_OP_METADATA event it follows the event's
+  references back to its VM_BIND (``find_seqno``) to learn the client handle, reads the object
+  with a 20 KiB buffer, checks the size the kernel reports and every byte, and releases the
+  stage ``cookie``.
+
+Both subtests then compare the events the client expected with the events the debugger
+received, and check that every object the debugger saw created was destroyed identically
+(``check(match_opposite=True)``).
+
+Running it
+----------
+::
+
+    python3 examples/metadata_read.py                          # both subtests, one client
+    python3 examples/metadata_read.py --subtest read-metadata -v
+    python3 examples/metadata_read.py --clients 4 --pattern igt
+
+``XE_EUDEBUG_DEVICE`` selects the device (a render node, or ``sim``); without it the first Xe
+render node is used, else the bundled simulator.  Exit status 0 means every subtest passed.
+``docs/metadata-walkthrough.md`` maps every line to the C original.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import os
+import sys
+import threading
+from typing import Callable, Sequence
+
+# Run from a checkout without installing anything: when this script sits in the repository,
+# use the package next to it (so the example always runs the library it ships with); a copy of
+# the script elsewhere uses the installed package.
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if os.path.isfile(os.path.join(_REPO, "xe_eudebug", "__init__.py")) and _REPO not in sys.path:
+    sys.path.insert(0, _REPO)
+
+from xe_eudebug import Client, Debugger, EventFlags, EventLog, EventLogMismatch, EventType, Session  # noqa: E402
+from xe_eudebug.client import attach_debug_chain  # noqa: E402
+from xe_eudebug.device import min_alignment  # noqa: E402
+from xe_eudebug.uapi import (  # noqa: E402
+    DRM_XE_VM_CREATE_FLAG_LR_MODE,
+    WORK_IN_PROGRESS_DRM_XE_DEBUG_METADATA_NUM,
+)
+
+# ------------------------------------------------------------------------------------------------
+# Constants of the test (the C #defines)
+
+PAGE_SIZE = 4096
+#: Number of metadata types (ELF_BINARY, PROGRAM_MODULE and the three work-in-progress types):
+#: the client creates one object of each type, 0..4.
+METADATA_NUM = WORK_IN_PROGRESS_DRM_XE_DEBUG_METADATA_NUM
+#: The buffer every object is a prefix of; also the debugger's read size in attach-debug-metadata.
+MDATA_SIZE = METADATA_NUM * PAGE_SIZE
+#: GPU virtual address of the bind.
+BO_ADDR = 0x1A0000
+
+
+def metadata_length(metadata_type: int) -> int:
+    """Length of the object of a type: the test makes them differ, so a size check can tell
+    them apart ((type + 1) pages)."""
+    return (metadata_type + 1) * PAGE_SIZE
+
+
+#: Lengths of the five objects, in type order (4, 8, 12, 16 and 20 KiB).
+METADATA_LENGTHS = tuple(metadata_length(t) for t in range(METADATA_NUM))
+
+# ------------------------------------------------------------------------------------------------
+# The data pattern.  Writer (client) and verifier (debugger) must use the same one.
+
+
+def seed_pattern(i: int) -> int:
+    """Byte ``i`` of the July 2024 seed: index plus one past the first page boundary."""
+    return (i + (i > PAGE_SIZE)) & 0xFF
+
+
+def igt_pattern(i: int) -> int:
+    """Byte ``i`` of current upstream IGT: index plus its page number."""
+    return (i + i // PAGE_SIZE) & 0xFF
+
+
+PATTERNS: dict[str, Callable[[int], int]] = {"seed": seed_pattern, "igt": igt_pattern}
+
+
+@functools.lru_cache(maxsize=None)
+def pattern_bytes(pattern: str, size: int = MDATA_SIZE) -> bytes:
+    """The first ``size`` bytes of a pattern (``"seed"`` or ``"igt"``)."""
+    byte = PATTERNS[pattern]
+    return bytes(byte(i) for i in range(size))
+
+
+# ------------------------------------------------------------------------------------------------
+# The client: runs in a forked process; every helper of ``c`` issues the ioctl and records the
+# event(s) the kernel should send to the debugger.
+
+
+def metadata_access_client(c: Client, pattern: str = "seed",
+                           lengths: Sequence[int] = METADATA_LENGTHS) -> None:
+    """IGT's ``metadata_access_client``: one VM, one bound BO with five metadata attached."""
+    data = pattern_bytes(pattern)
+
+    fd = c.open_driver()                                    # OPEN CREATE
+    bo_size = min_alignment(fd)                             # xe_get_default_alignment()
+    # Only long-running VMs report VM and bind events on the target kernel (the seed used 0).
+    vm = c.vm_create(fd, DRM_XE_VM_CREATE_FLAG_LR_MODE)     # VM CREATE
+    # A VM-private BO in system memory.  Buffer objects produce no events: nothing is logged.
+    bo = c.bo_create(fd, bo_size, vm=vm)
+
+    # Five objects, each a prefix of the same buffer: METADATA CREATE for each.
+    ids = [c.metadata_create(fd, type=t, data=data[:length]) for t, length in enumerate(lengths)]
+
+    # Attach all five to one bind: an ATTACH_DEBUG extension chain, cookie = type.  The bind
+    # logs VM_BIND, VM_BIND_OP CREATE (num_extensions 5) and one VM_BIND_OP_METADATA per node.
+    chain = attach_debug_chain((metadata_id, t) for t, metadata_id in enumerate(ids))
+    c.vm_bind(fd, vm, bo, 0, BO_ADDR, bo_size, ext=chain)
+
+    # The debugger releases stage k once it has read and checked object k.  Nothing is
+    # destroyed before all five reads, so every READ_METADATA finds a live object.
+    for t in range(METADATA_NUM):
+        c.wait_stage(t)
+
+    c.vm_unbind(fd, vm, 0, BO_ADDR, bo_size)                # VM_BIND, VM_BIND_OP DESTROY
+    for t, metadata_id in enumerate(ids):                   # METADATA DESTROY (same fields)
+        c.metadata_destroy(fd, metadata_id, type=t, length=lengths[t])
+    c.bo_close(fd, bo)                                      # GEM_CLOSE (the C code calls close())
+    c.vm_destroy(fd, vm)                                    # VM DESTROY
+    c.close_driver(fd)                                      # OPEN DESTROY
+
+
+# ------------------------------------------------------------------------------------------------
+# The debugger's checks
+
+
+class MetadataCheckError(AssertionError):
+    """The debugger read metadata of the wrong size or content."""
+
+
+def check_size(metadata_type: int, size: int, what: str) -> None:
+    """The test gives each type its own length, so the type tells the size to expect."""
+    expected = metadata_length(metadata_type)
+    if size != expected:
+        raise MetadataCheckError(
+            f"metadata type {metadata_type}: {what} is {size} bytes, expected {expected}")
+
+
+def check_content(metadata_type: int, data: bytes, pattern: str) -> None:
+    """Every byte must be the pattern's byte at that offset."""
+    expected = pattern_bytes(pattern, len(data))
+    if data != expected:
+        i = next(i for i, (a, b) in enumerate(zip(data, expected)) if a != b)
+        raise MetadataCheckError(
+            f"metadata type {metadata_type}: byte {i} is {data[i]:#04x}, expected {expected[i]:#04x}"
+            f" ({pattern} pattern)")
+
+
+# ------------------------------------------------------------------------------------------------
+# The triggers: called by the debugger's worker thread for every event of their type.
+
+
+def read_metadata_trigger(pattern: str = "seed") -> Callable[[Debugger, object], None]:
+    """read-metadata: on METADATA events, read the object the event names."""
+
+    def on_metadata(d: Debugger, e) -> None:
+        created = bool(e.flags & EventFlags.CREATE)
+        try:
+            # Create and destroy events both carry the type and length of the object.
+            check_size(e.metadata_type, e.len, "METADATA event len")
+            if created:
+                # Read exactly `len` bytes; what comes back is as long as the size the kernel
+                # reports having copied.
+                data = d.read_metadata(e.client_handle, e.metadata_handle, e.len)
+                check_size(e.metadata_type, len(data), "READ_METADATA size")
+                check_content(e.metadata_type, data, pattern)
+        finally:
+            if created:
+                # Release the client's stage `type`.  Do it even when a check failed: run()
+                # reports the failure anyway, and the client need not sit out its 60 s stage
+                # timeout first.
+                d.signal_stage(e.metadata_type)
+
+    return on_metadata
+
+
+def attach_debug_metadata_trigger(pattern: str = "seed") -> Callable[[Debugger, object], None]:
+    """attach-debug-metadata: on VM_BIND_OP_METADATA events, read the attached object."""
+
+    def on_vm_bind_op_metadata(d: Debugger, e) -> None:
+        try:
+            # The event names the metadata but not the client: it references its VM_BIND_OP,
+            # which references its VM_BIND, which carries the client handle.  Both are already
+            # in the debugger's log (the kernel sends them first).
+            op = d.log.find_seqno(e.vm_bind_op_ref_seqno)
+            assert op is not None, f"no VM_BIND_OP with seqno {e.vm_bind_op_ref_seqno} in the debugger log"
+            bind = d.log.find_seqno(op.vm_bind_ref_seqno)
+            assert bind is not None, f"no VM_BIND with seqno {op.vm_bind_ref_seqno} in the debugger log"
+
+            # Read with a buffer big enough for any of the objects: the kernel copies the
+            # object and reports its real size.  The client set cookie = type, so the cookie
+            # tells the size to expect.
+            data = d.read_metadata(bind.client_handle, e.metadata_handle, MDATA_SIZE)
+            check_size(e.metadata_cookie, len(data), "READ_METADATA size")
+            check_content(e.metadata_cookie, data, pattern)
+        finally:
+            d.signal_stage(e.metadata_cookie)               # release the client's stage `cookie`
+
+    return on_vm_bind_op_metadata
+
+
+#: Subtest name -> (event type to trigger on, trigger factory).
+SUBTESTS: dict[str, tuple[EventType, Callable[[str], Callable[[Debugger, object], None]]]] = {
+    "read-metadata": (EventType.METADATA, read_metadata_trigger),
+    "attach-debug-metadata": (EventType.VM_BIND_OP_METADATA, attach_debug_metadata_trigger),
+}
+
+# ------------------------------------------------------------------------------------------------
+# Running a subtest
+
+
+@dataclasses.dataclass
+class Result:
+    """Outcome of one subtest run."""
+
+    subtest: str
+    clients: int
+    #: Events in the client logs and in the debugger logs (summed over clients).
+    client_events: int = 0
+    debugger_events: int = 0
+    #: What went wrong, one exception per failed session (empty when the subtest passed):
+    #: EventLogMismatch from the log checks, TriggerError for a failed debugger-side check,
+    #: ClientError for a failed client.
+    errors: list[BaseException] = dataclasses.field(default_factory=list)
+    #: (client log, debugger log) of each session.
+    logs: list[tuple[EventLog, EventLog]] = dataclasses.field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.errors
+
+    @property
+    def error(self) -> str:
+        """The failures as text."""
+        return "\n".join(f"{type(e).__name__}: {e}" for e in self.errors)
+
+    def line(self) -> str:
+        """The one-line verdict the script prints."""
+        verdict = "PASS" if self.passed else "FAIL"
+        n = "1 client" if self.clients == 1 else f"{self.clients} clients"
+        return (f"{self.subtest}: {verdict} ({n}, {self.client_events} client events compared with "
+                f"{self.debugger_events} debugger events)")
+
+    def format_logs(self) -> str:
+        """Both event logs of every session in IGT's text form."""
+        return "\n".join(f"{client_log.format()}\n{debugger_log.format()}"
+                         for client_log, debugger_log in self.logs)
+
+
+#: Upper bound for one session's run and check.  The framework's own waits time out sooner
+#: (60 s per client token); this only keeps a wedged run from hanging the script.
+SESSION_TIMEOUT = 180.0
+
+
+def run_session(s: Session, before_check: Callable[[Session], None] | None = None) -> None:
+    """Run one session and check it: IGT's ``xe_eudebug_session_run`` + ``_check``."""
+    s.run()                                 # attach, start the worker, run the client, stop
+    if before_check is not None:
+        before_check(s)
+    s.check(match_opposite=True, filter=0)  # compare both logs; every create has its destroy
+
+
+def run_subtest(name: str, *, pattern: str = "seed", clients: int = 1, verbose: bool = False,
+                device: str | int | None = None,
+                work: Callable[[Client], None] | None = None,
+                before_check: Callable[[Session], None] | None = None) -> Result:
+    """Run subtest ``name`` with ``clients`` client/debugger pairs at once and return its Result.
+
+    ``pattern`` is the data pattern the client writes and the debugger expects.  ``device``
+    selects the device as ``Session`` does (default: ``XE_EUDEBUG_DEVICE``, else auto).
+    ``work`` replaces the client's work function (default: :func:`metadata_access_client`
+    writing ``pattern``); ``before_check(session)`` runs between a session's run and its check.
+    Both exist to inject faults when testing the checks themselves.
+    """
+    event_type, make_trigger = SUBTESTS[name]
+    work = work or functools.partial(metadata_access_client, pattern=pattern)
+    result = Result(name, clients)
+    lock = threading.Lock()
+
+    def run_one(s: Session) -> None:
+        try:
+            run_session(s, before_check)
+        except BaseException as exc:  # noqa: BLE001 - reported in the Result
+            with lock:
+                result.errors.append(exc)
+
+    sessions: list[Session] = []
+    try:
+        # Create every session first: each forks its client, and clients must be forked
+        # before any debugger worker thread runs.  Then run them side by side, one thread each.
+        for _ in range(clients):
+            s = Session(work, device=device)
+            sessions.append(s)
+            s.debugger.add_trigger(event_type, make_trigger(pattern))
+        threads = [threading.Thread(target=run_one, args=(s,), name=f"{name}-{i}", daemon=True)
+                   for i, s in enumerate(sessions)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(SESSION_TIMEOUT)
+            if t.is_alive():
+                result.errors.append(TimeoutError(f"{t.name} did not finish within {SESSION_TIMEOUT:.0f} s"))
+    except Exception as exc:  # e.g. no device, eudebug not available
+        result.errors.append(exc)
+    finally:
+        for s in sessions:
+            result.logs.append((s.client.log, s.debugger.log))
+            try:
+                s.close()                   # reap the client, close the debugger and device
+            except Exception as exc:  # reported in the Result
+                result.errors.append(exc)
+
+    result.client_events = sum(len(cl) for cl, _ in result.logs)
+    result.debugger_events = sum(len(dl) for _, dl in result.logs)
+    if verbose:
+        print(result.format_logs())
+    return result
+
+
+# ------------------------------------------------------------------------------------------------
+# Command line
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--subtest", choices=sorted(SUBTESTS), action="append",
+                        help="run only this subtest (repeatable; default: both)")
+    parser.add_argument("--pattern", choices=sorted(PATTERNS), default="seed",
+                        help="data pattern: seed (July 2024, default) or igt (current upstream)")
+    parser.add_argument("--clients", type=int, default=1, metavar="N",
+                        help="run N clients at once, each with its own debugger (default 1)")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="print both event logs in IGT's text form")
+    args = parser.parse_args(argv)
+    if args.clients < 1:
+        parser.error("--clients must be at least 1")
+
+    ok = True
+    for name in args.subtest or list(SUBTESTS):
+        result = run_subtest(name, pattern=args.pattern, clients=args.clients, verbose=args.verbose)
+        print(result.line(), flush=True)
+        if not result.passed:
+            ok = False
+            print(result.error)
+            if not args.verbose:
+                print(result.format_logs())
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
