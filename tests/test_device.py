@@ -292,3 +292,35 @@ def test_cli_lists_the_simulator(simulator_session):
     assert out.returncode == 0, out.stderr
     assert "sim:0" in out.stdout
     assert port.server_info()["devices"] >= 1
+
+
+def test_error_detach_shows_hup_raw_and_hup_err_through_the_seam(sim_server, monkeypatch):
+    """A full fifo that is not read detaches the connection with ETIMEDOUT (§3.6, §12.1): raw
+    poll shows POLLHUP, the seam's poll gives the kernel's exact POLLIN|POLLHUP|POLLERR."""
+    srv = sim_server(fifo_capacity=2, fifo_timeout=0.3, fifo_retry=0.05, enable_default=True)
+    monkeypatch.setenv(SOCKET_ENV, srv.socket)
+    fd = device.open_device("sim")
+    dbg = connect_self(fd)
+    try:
+        deadline = time.monotonic() + 10
+        while seam.poll([(dbg, select.POLLIN)], 0) != [(dbg, select.POLLIN | select.POLLHUP | select.POLLERR)]:
+            assert time.monotonic() < deadline, "the connection was not detached"
+            vm = xe.drm_xe_vm_create()
+            vm.flags = xe.DRM_XE_VM_CREATE_FLAG_LR_MODE
+            seam.ioctl(fd, xe.DRM_IOCTL_XE_VM_CREATE, vm)  # blocks up to fifo_timeout when full
+        raw = select.poll()
+        raw.register(dbg, select.POLLIN)
+        assert dict(raw.poll(1000))[dbg] & select.POLLHUP
+        events = 0
+        while True:  # queued events stay readable, then ENOTCONN
+            try:
+                read_event(dbg)
+                events += 1
+            except OSError as exc:
+                assert exc.errno == errno.ENOTCONN
+                break
+        assert events == 2
+        assert seam.poll([(dbg, select.POLLIN)], 0) == [(dbg, select.POLLHUP | select.POLLERR)]
+    finally:
+        os.close(dbg)
+        os.close(fd)
