@@ -246,7 +246,7 @@ def test_script_runs_as_a_user_runs_it() -> None:
 @pytest.mark.parametrize("subtest", SUBTESTS)
 def test_altered_byte_is_caught_by_content_check(subtest: str, fault: bool, faulty_device: Any) -> None:
     device = faulty_device("MetadataByteFlipKernel") if fault else None
-    result = mr.run_subtest(subtest, device=device)
+    result = _faulted_run(subtest, fault, device=device)
     if result is None:
         return
     expected = mr.seed_pattern(FLIP_OFFSET)
