@@ -74,5 +74,8 @@ def sim_server() -> Iterator[Callable[..., object]]:
         return handle
 
     yield factory
+    for handle in handles:  # signal all first: they shut down in parallel
+        if handle.alive():
+            handle.proc.terminate()
     for handle in handles:
         handle.stop()
