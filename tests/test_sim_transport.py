@@ -707,3 +707,12 @@ def test_first_use_starts_one_shared_instance_that_exits_when_idle(tmp_path):
     assert (directory.stat().st_mode & 0o777) == 0o700
     wait_for(lambda: not sock.exists(), timeout=10, what="the idle server to exit and remove its socket")
     assert (directory / "lock").exists()
+
+
+def test_closed_fd_is_ebadf_and_the_connection_survives(fake, dev):
+    other = fake.open_device(0)
+    os.close(other)
+    with pytest.raises(OSError) as info:
+        call(other, FAKE_ECHO, ctypes.create_string_buffer(16))
+    assert info.value.errno == errno.EBADF
+    assert call(dev, FAKE_ECHO, ctypes.create_string_buffer(16)) == os.getpid()

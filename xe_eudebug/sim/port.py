@@ -639,7 +639,7 @@ class _Link:
             if isinstance(exc, SimulatorConnectionLost):
                 self.drop_thread_conn()
                 raise
-            if exc.errno in (_errno.ECONNRESET, _errno.EPIPE, _errno.ENOTCONN, _errno.EBADF):
+            if exc.errno in (_errno.ECONNRESET, _errno.EPIPE, _errno.ENOTCONN):
                 self.drop_thread_conn()
                 raise SimulatorConnectionLost(os.strerror(exc.errno or 0)) from None
             raise
