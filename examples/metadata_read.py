@@ -58,7 +58,7 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if os.path.isfile(os.path.join(_REPO, "xe_eudebug", "__init__.py")) and _REPO not in sys.path:
     sys.path.insert(0, _REPO)
 
-from xe_eudebug import Client, Debugger, EventFlags, EventLog, EventLogMismatch, EventType, Session  # noqa: E402
+from xe_eudebug import Client, Debugger, EventFlags, EventLog, EventType, Session  # noqa: E402
 from xe_eudebug.client import attach_debug_chain  # noqa: E402
 from xe_eudebug.device import min_alignment  # noqa: E402
 from xe_eudebug.uapi import (  # noqa: E402
