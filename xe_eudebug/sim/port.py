@@ -714,13 +714,13 @@ def link_for_path(path: str, start: bool = False) -> _Link:
 
 
 def _alive(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
         return False
-    except PermissionError:
-        return True
-    return True
+    return state not in (b"Z", b"X")
 
 
 def selected_socket_path() -> tuple[str, bool]:
@@ -863,7 +863,21 @@ def _adopt_fd(flags: int, fds: list[int]) -> int:
 def open_device(index: int = 0, socket_path: str | None = None) -> int:
     """Open simulated device `index`; returns a new fd (close-on-exec, like open(O_CLOEXEC))."""
     link = connect(socket_path)
-    flags, _a, _c, _p, fds = link.call(OP_OPEN, a=to_u64(index))
+    try:
+        flags, _a, _c, _p, fds = link.call(OP_OPEN, a=to_u64(index))
+    except SimulatorConnectionLost:
+        deadline = time.monotonic() + 1.0
+        while _alive(link.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if _alive(link.pid):
+            raise
+        # The server exited (idle) between our connect and this call: connect (or start) anew.
+        with _registry_lock:
+            for path, known in list(_links_by_path.items()):
+                if known is link:
+                    del _links_by_path[path]
+        link = connect(socket_path)
+        flags, _a, _c, _p, fds = link.call(OP_OPEN, a=to_u64(index))
     return _adopt_fd(flags, fds)
 
 
