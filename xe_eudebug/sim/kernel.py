@@ -16,6 +16,7 @@ What is modelled and what is not is listed in ``docs/simulator-model.md``.
 
 from __future__ import annotations
 
+import contextlib
 import errno as E
 import heapq
 import logging
@@ -24,7 +25,7 @@ import struct
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 from . import procmem
 
@@ -500,16 +501,12 @@ class Kernel:
         if not isinstance(index, int) or not 0 <= index < len(self.devices):
             raise _fail(E.ENODEV, "open")
         dev = self.devices[index]
-        with self._lock:
-            self._gate_read(dev)
-            try:
-                file = DeviceFile(dev, int(caller.pid))
-                dev.files.append(file)
-                conn = self._conn_for(file)
-                if conn is not None:
-                    self._client_event(conn, file, True)
-            finally:
-                self._gate_read_done(dev)
+        with self._reading(dev):
+            file = DeviceFile(dev, int(caller.pid))
+            dev.files.append(file)
+            conn = self._conn_for(file)
+            if conn is not None:
+                self._client_event(conn, file, True)
         return file
 
     def ioctl(self, file: File, caller: Caller, request: int, arg: bytes) -> tuple[int | File, bytes]:
@@ -632,16 +629,12 @@ class Kernel:
         if not 0 <= index < len(self.devices):
             raise _fail(E.ENODEV)
         dev = self.devices[index]
-        with self._lock:
-            self._gate_read(dev)
-            try:
-                previous = dev.enabled
-                if previous and not value and dev.conns:
-                    raise _fail(E.EBUSY, "enable_eudebug: a debugger is attached")
-                dev.enabled = bool(value)
-                return previous
-            finally:
-                self._gate_read_done(dev)
+        with self._reading(dev):
+            previous = dev.enabled
+            if previous and not value and dev.conns:
+                raise _fail(E.EBUSY, "enable_eudebug: a debugger is attached")
+            dev.enabled = bool(value)
+            return previous
 
     # -- discovery gate --------------------------------------------------------------------------
     def _gate_read(self, dev: Device) -> None:
@@ -653,6 +646,16 @@ class Kernel:
         dev.readers -= 1
         if dev.readers == 0:
             self._gate_cv.notify_all()
+
+    @contextlib.contextmanager
+    def _reading(self, dev: Device) -> Iterator[None]:
+        """The kernel lock plus the device's discovery gate for reading (§2.3)."""
+        with self._lock:
+            self._gate_read(dev)
+            try:
+                yield
+            finally:
+                self._gate_read_done(dev)
 
     # -- events ------------------------------------------------------------------------------------
     def _poll_changed(self, conn: Connection) -> None:
@@ -1003,18 +1006,14 @@ class Kernel:
         if flags & VM_CREATE_FAULT_MODE and not flags & VM_CREATE_LR_MODE:
             raise _fail(E.EINVAL, "VM_CREATE: fault mode needs LR mode")
         dev = file.device
-        with self._lock:
-            self._gate_read(dev)
-            try:
-                vm_id = _lowest_free(file.vms)
-                vm = Vm(file, vm_id, flags)
-                file.vms[vm_id] = vm
-                struct.pack_into("<I", k, 12, vm_id)
-                conn = self._conn_for(file)
-                if conn is not None and vm.lr:
-                    self._vm_event(conn, vm, True)
-            finally:
-                self._gate_read_done(dev)
+        with self._reading(dev):
+            vm_id = _lowest_free(file.vms)
+            vm = Vm(file, vm_id, flags)
+            file.vms[vm_id] = vm
+            struct.pack_into("<I", k, 12, vm_id)
+            conn = self._conn_for(file)
+            if conn is not None and vm.lr:
+                self._vm_event(conn, vm, True)
         return 0
 
     def _vm_destroy(self, file: DeviceFile, caller: Caller, k: bytearray) -> int:
@@ -1022,21 +1021,17 @@ class Kernel:
         if pad or r0 or r1:
             raise _fail(E.EINVAL, "VM_DESTROY: pad/reserved")
         dev = file.device
-        with self._lock:
-            self._gate_read(dev)
-            try:
-                vm = file.vms.get(vm_id)
-                if vm is None:
-                    raise _fail(E.ENOENT, "VM_DESTROY: vm_id")
-                if vm.preempt_queues:
-                    raise _fail(E.EBUSY, "VM_DESTROY: exec queues still attached")
-                conn = self._conn_for(file)
-                if conn is not None and vm.lr:
-                    self._vm_event(conn, vm, False)
-                del file.vms[vm_id]
-                self._vm_teardown(vm)
-            finally:
-                self._gate_read_done(dev)
+        with self._reading(dev):
+            vm = file.vms.get(vm_id)
+            if vm is None:
+                raise _fail(E.ENOENT, "VM_DESTROY: vm_id")
+            if vm.preempt_queues:
+                raise _fail(E.EBUSY, "VM_DESTROY: exec queues still attached")
+            conn = self._conn_for(file)
+            if conn is not None and vm.lr:
+                self._vm_event(conn, vm, False)
+            del file.vms[vm_id]
+            self._vm_teardown(vm)
         return 0
 
     def _vm_teardown(self, vm: Vm) -> None:
@@ -1087,13 +1082,9 @@ class Kernel:
                         break
         fence_write: tuple[int, bytes] | None = None
         dev = file.device
-        with self._lock:
-            self._gate_read(dev)
-            try:
-                fence_write = self._vm_bind_locked(file, caller, vm_id, q_id, num_binds, ops,
-                                                   num_syncs, syncs_raw, sync_fault)
-            finally:
-                self._gate_read_done(dev)
+        with self._reading(dev):
+            fence_write = self._vm_bind_locked(file, caller, vm_id, q_id, num_binds, ops,
+                                               num_syncs, syncs_raw, sync_fault)
         if fence_write is not None:
             try:
                 caller.write(*fence_write)
@@ -1369,51 +1360,47 @@ class Kernel:
             chain = _read_chain(caller, ext, 48, _check_base)
         is_root = _has_cap(_proc_status(int(caller.pid)) or {}, CAP_SYS_NICE)
         dev = file.device
-        with self._lock:
-            self._gate_read(dev)
-            try:
-                vm = file.vms.get(vm_id)
-                if vm is None or not vm.alive:
-                    raise _fail(E.ENOENT, "EXEC_QUEUE_CREATE: vm_id")
-                debuggable = False
-                for e in chain[0]:
-                    prop, e_pad, value, e_r0, e_r1 = struct.unpack_from("<IIQQQ", e, 16)
-                    if prop >= EQ_PROP_COUNT or e_pad or e_r0 or e_r1:
-                        raise _fail(E.EINVAL, "EXEC_QUEUE_CREATE: set_property")
-                    if prop == EQ_PROP_PRIORITY:
-                        if value > 2:
-                            raise _fail(E.EINVAL, "EXEC_QUEUE_CREATE: priority")
-                        if value == 2 and not is_root:
-                            raise _fail(E.EPERM, "EXEC_QUEUE_CREATE: high priority")
-                    elif prop == EQ_PROP_TIMESLICE:
-                        pass
-                    elif prop == EQ_PROP_EUDEBUG:
-                        if cls not in (CLASS_RENDER, CLASS_COMPUTE):
-                            raise _fail(E.EINVAL, "EXEC_QUEUE_CREATE: EUDEBUG on a non render/compute queue")
-                        if value & ~EUDEBUG_FLAG_ENABLE:
-                            raise _fail(E.EINVAL, "EXEC_QUEUE_CREATE: EUDEBUG flags")
-                        if not vm.lr:
-                            raise _fail(E.EINVAL, "EXEC_QUEUE_CREATE: EUDEBUG needs an LR VM")
-                        if not value & EUDEBUG_FLAG_ENABLE:
-                            raise _fail(E.EINVAL, "EXEC_QUEUE_CREATE: EUDEBUG value 0")
-                        if not dev.enabled:
-                            raise _fail(E.EPERM, "EXEC_QUEUE_CREATE: debugging disabled")
-                        debuggable = True
-                    else:
-                        raise _fail(E.EINVAL, f"EXEC_QUEUE_CREATE: property {prop} not supported")
-                if chain[1]:
-                    raise _fail(chain[1], "EXEC_QUEUE_CREATE: extension chain")
-                qid = _lowest_free(file.queues)
-                q = ExecQueue(file, qid, vm, cls, width, debuggable)
-                file.queues[qid] = q
-                if vm.lr and not vm.fault and cls != CLASS_VM_BIND:
-                    vm.preempt_queues += 1
-                struct.pack_into("<I", k, 20, qid)
-                conn = self._conn_for(file)
-                if conn is not None and debuggable:
-                    self._queue_event(conn, q, True)
-            finally:
-                self._gate_read_done(dev)
+        with self._reading(dev):
+            vm = file.vms.get(vm_id)
+            if vm is None or not vm.alive:
+                raise _fail(E.ENOENT, "EXEC_QUEUE_CREATE: vm_id")
+            debuggable = False
+            for e in chain[0]:
+                prop, e_pad, value, e_r0, e_r1 = struct.unpack_from("<IIQQQ", e, 16)
+                if prop >= EQ_PROP_COUNT or e_pad or e_r0 or e_r1:
+                    raise _fail(E.EINVAL, "EXEC_QUEUE_CREATE: set_property")
+                if prop == EQ_PROP_PRIORITY:
+                    if value > 2:
+                        raise _fail(E.EINVAL, "EXEC_QUEUE_CREATE: priority")
+                    if value == 2 and not is_root:
+                        raise _fail(E.EPERM, "EXEC_QUEUE_CREATE: high priority")
+                elif prop == EQ_PROP_TIMESLICE:
+                    pass
+                elif prop == EQ_PROP_EUDEBUG:
+                    if cls not in (CLASS_RENDER, CLASS_COMPUTE):
+                        raise _fail(E.EINVAL, "EXEC_QUEUE_CREATE: EUDEBUG on a non render/compute queue")
+                    if value & ~EUDEBUG_FLAG_ENABLE:
+                        raise _fail(E.EINVAL, "EXEC_QUEUE_CREATE: EUDEBUG flags")
+                    if not vm.lr:
+                        raise _fail(E.EINVAL, "EXEC_QUEUE_CREATE: EUDEBUG needs an LR VM")
+                    if not value & EUDEBUG_FLAG_ENABLE:
+                        raise _fail(E.EINVAL, "EXEC_QUEUE_CREATE: EUDEBUG value 0")
+                    if not dev.enabled:
+                        raise _fail(E.EPERM, "EXEC_QUEUE_CREATE: debugging disabled")
+                    debuggable = True
+                else:
+                    raise _fail(E.EINVAL, f"EXEC_QUEUE_CREATE: property {prop} not supported")
+            if chain[1]:
+                raise _fail(chain[1], "EXEC_QUEUE_CREATE: extension chain")
+            qid = _lowest_free(file.queues)
+            q = ExecQueue(file, qid, vm, cls, width, debuggable)
+            file.queues[qid] = q
+            if vm.lr and not vm.fault and cls != CLASS_VM_BIND:
+                vm.preempt_queues += 1
+            struct.pack_into("<I", k, 20, qid)
+            conn = self._conn_for(file)
+            if conn is not None and debuggable:
+                self._queue_event(conn, q, True)
         return 0
 
     def _exec_queue_destroy(self, file: DeviceFile, caller: Caller, k: bytearray) -> int:
@@ -1421,21 +1408,17 @@ class Kernel:
         if pad or r0 or r1:
             raise _fail(E.EINVAL, "EXEC_QUEUE_DESTROY: pad/reserved")
         dev = file.device
-        with self._lock:
-            self._gate_read(dev)
-            try:
-                q = file.queues.get(qid)
-                if q is None:
-                    raise _fail(E.ENOENT, "EXEC_QUEUE_DESTROY: exec_queue_id")
-                conn = self._conn_for(file)
-                if conn is not None and q.debuggable:
-                    self._queue_event(conn, q, False)
-                del file.queues[qid]
-                q.alive = False
-                if q.vm.lr and not q.vm.fault and q.engine_class != CLASS_VM_BIND:
-                    q.vm.preempt_queues -= 1
-            finally:
-                self._gate_read_done(dev)
+        with self._reading(dev):
+            q = file.queues.get(qid)
+            if q is None:
+                raise _fail(E.ENOENT, "EXEC_QUEUE_DESTROY: exec_queue_id")
+            conn = self._conn_for(file)
+            if conn is not None and q.debuggable:
+                self._queue_event(conn, q, False)
+            del file.queues[qid]
+            q.alive = False
+            if q.vm.lr and not q.vm.fault and q.engine_class != CLASS_VM_BIND:
+                q.vm.preempt_queues -= 1
         return 0
 
     def _exec(self, file: DeviceFile, caller: Caller, k: bytearray) -> int:
@@ -1458,9 +1441,8 @@ class Kernel:
     def _metadata_create(self, file: DeviceFile, caller: Caller, k: bytearray) -> int:
         ext, md_type, user_addr, length = struct.unpack_from("<QQQQ", k, 0)
         dev = file.device
-        with self._lock:                           # the discovery gate comes first
-            self._gate_read(dev)
-            self._gate_read_done(dev)
+        with self._reading(dev):                   # the discovery gate comes first
+            pass
         if ext:
             raise _fail(E.EINVAL, "DEBUG_METADATA_CREATE: extensions")
         if md_type >= METADATA_NUM:
@@ -1472,78 +1454,66 @@ class Kernel:
         if length >= MAX_METADATA_LEN:
             raise _fail(E.ENOMEM, "DEBUG_METADATA_CREATE: len")
         data = caller.read(user_addr, length)
-        with self._lock:
-            self._gate_read(dev)
-            try:
-                md_id = _lowest_free(file.metadata)
-                md = Metadata(file, md_id, md_type, data)
-                file.metadata[md_id] = md
-                struct.pack_into("<I", k, 32, md_id)
-                conn = self._conn_for(file)
-                if conn is not None:
-                    self._metadata_event(conn, md, True)
-            finally:
-                self._gate_read_done(dev)
+        with self._reading(dev):
+            md_id = _lowest_free(file.metadata)
+            md = Metadata(file, md_id, md_type, data)
+            file.metadata[md_id] = md
+            struct.pack_into("<I", k, 32, md_id)
+            conn = self._conn_for(file)
+            if conn is not None:
+                self._metadata_event(conn, md, True)
         return 0
 
     def _metadata_destroy(self, file: DeviceFile, caller: Caller, k: bytearray) -> int:
         ext, md_id = struct.unpack_from("<QI", k, 0)
         dev = file.device
-        with self._lock:
-            self._gate_read(dev)
-            try:
-                if ext:
-                    raise _fail(E.EINVAL, "DEBUG_METADATA_DESTROY: extensions")
-                md = file.metadata.get(md_id)
-                if md is None:
-                    raise _fail(E.ENOENT, "DEBUG_METADATA_DESTROY: metadata_id")
-                conn = self._conn_for(file)
-                if conn is not None:
-                    self._metadata_event(conn, md, False)
-                del file.metadata[md_id]
-                md.alive = False
-            finally:
-                self._gate_read_done(dev)
+        with self._reading(dev):
+            if ext:
+                raise _fail(E.EINVAL, "DEBUG_METADATA_DESTROY: extensions")
+            md = file.metadata.get(md_id)
+            if md is None:
+                raise _fail(E.ENOENT, "DEBUG_METADATA_DESTROY: metadata_id")
+            conn = self._conn_for(file)
+            if conn is not None:
+                self._metadata_event(conn, md, False)
+            del file.metadata[md_id]
+            md.alive = False
         return 0
 
     # -- CONNECT and discovery ---------------------------------------------------------------------
     def _connect(self, file: DeviceFile, caller: Caller, k: bytearray) -> DebuggerFile:
         dev = file.device
-        with self._lock:
-            self._gate_read(dev)
-            try:
-                if not dev.enabled:
-                    raise _fail(E.ENODEV, "EUDEBUG_CONNECT: debugging disabled")
-                ext, pid, flags, version = struct.unpack_from("<QQII", k, 0)
-                if ext:
-                    raise _fail(E.EINVAL, "EUDEBUG_CONNECT: extensions")
-                if pid == 0:
-                    raise _fail(E.EINVAL, "EUDEBUG_CONNECT: pid 0")
-                if flags:
-                    raise _fail(E.EINVAL, "EUDEBUG_CONNECT: flags")
-                if version not in (0, EUDEBUG_VERSION):
-                    raise _fail(E.EINVAL, "EUDEBUG_CONNECT: version")
-                struct.pack_into("<I", k, 20, EUDEBUG_VERSION)
-                pid32 = pid & 0xFFFFFFFF
-                if pid32 & 0x80000000:
-                    raise _fail(E.ENOENT, "EUDEBUG_CONNECT: no such process")
-                target_status = _proc_status(pid32)
-                tgid = _ids(target_status, "Tgid") if target_status else []
-                if not tgid:
-                    raise _fail(E.ENOENT, "EUDEBUG_CONNECT: no such process")
-                target = tgid[0]
-                if not self._may_access(int(caller.pid), target, target_status or {}):
-                    raise _fail(E.EACCES, "EUDEBUG_CONNECT: no ptrace access")
-                if any(c.target == target for c in dev.conns):
-                    raise _fail(E.EBUSY, "EUDEBUG_CONNECT: target already debugged")
-                conn = Connection(self, dev, target)
-                dfile = DebuggerFile(conn)
-                conn.file = dfile
-                dev.conns.append(conn)
-                dev.attach_count += 1
-                dev.writers_waiting += 1          # discovery runs before any other resource change
-            finally:
-                self._gate_read_done(dev)
+        with self._reading(dev):
+            if not dev.enabled:
+                raise _fail(E.ENODEV, "EUDEBUG_CONNECT: debugging disabled")
+            ext, pid, flags, version = struct.unpack_from("<QQII", k, 0)
+            if ext:
+                raise _fail(E.EINVAL, "EUDEBUG_CONNECT: extensions")
+            if pid == 0:
+                raise _fail(E.EINVAL, "EUDEBUG_CONNECT: pid 0")
+            if flags:
+                raise _fail(E.EINVAL, "EUDEBUG_CONNECT: flags")
+            if version not in (0, EUDEBUG_VERSION):
+                raise _fail(E.EINVAL, "EUDEBUG_CONNECT: version")
+            struct.pack_into("<I", k, 20, EUDEBUG_VERSION)
+            pid32 = pid & 0xFFFFFFFF
+            if pid32 & 0x80000000:
+                raise _fail(E.ENOENT, "EUDEBUG_CONNECT: no such process")
+            target_status = _proc_status(pid32)
+            tgid = _ids(target_status, "Tgid") if target_status else []
+            if not tgid:
+                raise _fail(E.ENOENT, "EUDEBUG_CONNECT: no such process")
+            target = tgid[0]
+            if not self._may_access(int(caller.pid), target, target_status or {}):
+                raise _fail(E.EACCES, "EUDEBUG_CONNECT: no ptrace access")
+            if any(c.target == target for c in dev.conns):
+                raise _fail(E.EBUSY, "EUDEBUG_CONNECT: target already debugged")
+            conn = Connection(self, dev, target)
+            dfile = DebuggerFile(conn)
+            conn.file = dfile
+            dev.conns.append(conn)
+            dev.attach_count += 1
+            dev.writers_waiting += 1          # discovery runs before any other resource change
         worker = threading.Thread(target=self._discovery, args=(conn,), daemon=True,
                                   name=f"xe-eudebug-discovery-{dev.index}")
         worker.start()
@@ -1630,8 +1600,7 @@ class Kernel:
     # -- DRM file release ---------------------------------------------------------------------------
     def _release_device_file(self, file: DeviceFile) -> None:
         dev = file.device
-        self._gate_read(dev)
-        try:
+        with self._reading(dev):
             for conn in list(dev.conns):
                 if conn.target == file.owner and conn.discovery_done:
                     self._client_event(conn, file, False)
@@ -1647,8 +1616,6 @@ class Kernel:
                 bo.handle_open = False
                 self._bo_put(bo)
             file.vms, file.queues, file.metadata, file.bos = {}, {}, {}, {}
-        finally:
-            self._gate_read_done(dev)
 
     # -- debugger fd ioctls ------------------------------------------------------------------------------
     def _read_event(self, conn: Connection, caller: Caller, arg: bytes) -> tuple[int, bytes]:
