@@ -119,18 +119,27 @@ if _Kernel is not None:
 
 
 @pytest.fixture(scope="module")
-def faulty_device(sim_server: Callable[..., Any]) -> Iterator[Callable[[str], int]]:
-    """``faulty_device("MetadataByteFlipKernel")``: an open fd of a private simulator running
-    that kernel model (started once per model)."""
+def faulty_server(sim_server: Callable[..., Any]) -> Callable[[str], Any]:
+    """``faulty_server("MetadataByteFlipKernel")``: a private simulator running that kernel model
+    (started once per model and module)."""
     servers: dict[str, Any] = {}
+
+    def start(kernel: str) -> Any:
+        if kernel not in servers:
+            servers[kernel] = sim_server(kernel=f"tests.test_metadata:{kernel}")
+        return servers[kernel]
+
+    return start
+
+
+@pytest.fixture
+def faulty_device(faulty_server: Callable[[str], Any]) -> Iterator[Callable[[str], int]]:
+    """``faulty_device("MetadataByteFlipKernel")``: an open fd of that faulty simulator."""
     fds: list[int] = []
 
     def open_faulty(kernel: str) -> int:
-        if kernel not in servers:
-            servers[kernel] = sim_server(kernel=f"tests.test_metadata:{kernel}")
-        fd = servers[kernel].open_device(0)
-        fds.append(fd)
-        return fd
+        fds.append(faulty_server(kernel).open_device(0))
+        return fds[-1]
 
     yield open_faulty
     for fd in fds:
@@ -344,11 +353,11 @@ def test_removed_event_is_caught_by_compare(subtest: str, fault: bool) -> None:
 
 
 @needs_sim
-def test_failing_script_exits_1_with_mismatch_and_both_logs(sim_server: Any) -> None:
+def test_failing_script_exits_1_with_mismatch_and_both_logs(faulty_server: Any) -> None:
     """The script's failure path, on a simulator whose READ_METADATA corrupts a byte."""
     from xe_eudebug.sim.config import SOCKET_ENV
 
-    server = sim_server(kernel="tests.test_metadata:MetadataByteFlipKernel")
+    server = faulty_server("MetadataByteFlipKernel")
     env = dict(os.environ, XE_EUDEBUG_DEVICE="sim")
     env[SOCKET_ENV] = server.socket
     proc = _run_script("--subtest", "attach-debug-metadata", env=env)
