@@ -295,6 +295,9 @@ class _Actions:
         os.close(fd)
         return 0
 
+    def dup(self, fd: int) -> int:
+        return os.dup(fd)
+
     # VMs
     def vm_create(self, fd: int, flags: int = LR) -> tuple[int, int]:
         arg = U.drm_xe_vm_create(flags=flags)
@@ -448,13 +451,19 @@ class _Actions:
         os.setresuid(uid, uid, uid)
         return 0
 
-    def connect_to(self, pid: int) -> int:
-        fd = open_device()
+    def connect_with(self, fd: int, pid: int) -> int:
+        """CONNECT on `fd` to `pid`; the debugger fd (if any) is closed again."""
         ret, _ = connect(fd, pid)
         if ret >= 0:
-            os.close(ret)
-        os.close(fd)
+            close_fd(ret)
         return ret
+
+    def connect_to(self, pid: int) -> int:
+        fd = open_device()
+        try:
+            return self.connect_with(fd, pid)
+        finally:
+            os.close(fd)
 
 
 def _send(fd: int, obj: Any) -> None:

@@ -213,7 +213,7 @@ def test_b06_connect_without_ptrace_permission_eacces(fd, child, child2):
         # user -> own process: allowed
         assert child2.do("connect_to", child2.pid) >= 0
         # root -> user's process: allowed
-        ret, _ = connect(fd, child2.pid)
+        ret = reconnect_retry(fd, child2.pid)  # child2's own connection was just closed
         assert ret >= 0
         close_fd(ret)
     else:
@@ -231,7 +231,8 @@ def test_b07_second_connect_ebusy_until_closed(fd, child):
     other = track(open_device())  # another DRM file of the same device: still the same device
     assert connect(other, child.pid)[0] == EBUSY
     close_fd(first)
-    ret = reconnect_retry(fd, child.pid)
+    # close(2) runs the release (disconnect) before it returns: no retry needed
+    ret, _ = connect(fd, child.pid)
     assert ret >= 0
 
 
@@ -444,6 +445,20 @@ def test_b66_resource_ioctls_block_during_discovery(fd, child, child2):
     assert child2.result() >= 0
 
 
+def test_b66_connect_blocks_during_discovery(fd, child, child2):
+    """66. Connect and the resource ioctls (VM create/destroy/bind, exec-queue create/destroy,
+    metadata create/destroy) and DRM file open/close block device-wide while a discovery is
+    running.  (Here: CONNECT from another process, to another target.)"""
+    dev2 = child2.do("open")  # opened before the stall
+    dfd, c = stalled_discovery(fd, child)
+    child2.send("connect_with", dev2, child2.pid)
+    assert not child2.ready(0.3), "CONNECT returned while another discovery was running"
+    for _ in range(81):
+        next_event(dfd)
+    assert child2.result() >= 0
+    child2.do("close", dev2)
+
+
 # === READ_EVENT ================================================================================
 
 def queued_open(fd: int, child: Debuggee) -> int:
@@ -573,7 +588,10 @@ def test_b27_open_create_and_destroy_same_handle(fd, child):
     DRM file emits OPEN DESTROY with the same client handle."""
     dfd, c, ch = live(fd, child)
     assert ch >= 1
-    child.do("close", c)
+    copy = child.do("dup", c)
+    child.do("close", c)  # not the final release: a duplicate is still open
+    expect_no_event(dfd, 0.3)
+    child.do("close", copy)
     ev = next_event(dfd)
     assert ev.is_("OPEN", "DESTROY") and ev.client_handle == ch and ev.len == 32
 
