@@ -254,6 +254,8 @@ class Result:
     errors: list[BaseException] = dataclasses.field(default_factory=list)
     #: (client log, debugger log) of each session.
     logs: list[tuple[EventLog, EventLog]] = dataclasses.field(default_factory=list)
+    #: Sessions whose logs reached the compare (a failed run or trigger ends a session before).
+    compared: int = 0
 
     @property
     def passed(self) -> bool:
@@ -268,8 +270,12 @@ class Result:
         """The one-line verdict the script prints."""
         verdict = "PASS" if self.passed else "FAIL"
         n = "1 client" if self.clients == 1 else f"{self.clients} clients"
-        return (f"{self.subtest}: {verdict} ({n}, {self.client_events} client events compared with "
-                f"{self.debugger_events} debugger events)")
+        if self.compared == self.clients:
+            counts = f"{self.client_events} client events compared with {self.debugger_events} debugger events"
+        else:
+            counts = (f"{self.client_events} client events, {self.debugger_events} debugger events; "
+                      f"logs of {self.clients - self.compared} session(s) not compared: the run failed first")
+        return f"{self.subtest}: {verdict} ({n}, {counts})"
 
     def format_logs(self) -> str:
         """Both event logs of every session in IGT's text form."""
@@ -307,9 +313,15 @@ def run_subtest(name: str, *, pattern: str = "seed", clients: int = 1, verbose: 
     result = Result(name, clients)
     lock = threading.Lock()
 
+    def reached_check(s: Session) -> None:
+        if before_check is not None:
+            before_check(s)
+        with lock:
+            result.compared += 1
+
     def run_one(s: Session) -> None:
         try:
-            run_session(s, before_check)
+            run_session(s, reached_check)
         except BaseException as exc:  # noqa: BLE001 - reported in the Result
             with lock:
                 result.errors.append(exc)

@@ -189,6 +189,7 @@ def _trigger_check_error(result: Any) -> str:
     from xe_eudebug.debugger import TriggerError
 
     err = _only_error(result)
+    assert result.compared == 0, "a failed trigger ends the session before its logs are compared"
     assert isinstance(err, TriggerError), f"expected a failed trigger check, got {type(err).__name__}: {err}"
     assert isinstance(err.exception, mr.MetadataCheckError), repr(err.exception)
     return str(err.exception)
@@ -227,7 +228,7 @@ def test_patterns_differ_where_subtests_md_says() -> None:
 
 
 VERDICT = re.compile(r"^(read-metadata|attach-debug-metadata): (PASS|FAIL) \((\d+) clients?, "
-                     r"(\d+) client events compared with (\d+) debugger events\)$", re.M)
+                     r"(\d+) client events(?: compared with|,) (\d+) debugger events.*\)$", re.M)
 
 
 def _run_script(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -337,6 +338,7 @@ def test_removed_event_is_caught_by_compare(subtest: str, fault: bool) -> None:
     if result is None:
         return
     err = _only_error(result)
+    assert result.compared == 1
     assert isinstance(err, EventLogMismatch), f"{type(err).__name__}: {err}"
     # A client event is left without a match.  For VM_BIND_OP_METADATA compare matches the
     # handle and cookie, so it is the removed event's counterpart (cookie 3); METADATA events
@@ -364,6 +366,7 @@ def test_failing_script_exits_1_with_mismatch_and_both_logs(faulty_server: Any) 
     assert proc.returncode == 1, proc.stdout + proc.stderr
     out = proc.stdout
     assert VERDICT.findall(out) == [("attach-debug-metadata", "FAIL", "1", "23", "23")]
+    assert "logs of 1 session(s) not compared: the run failed first" in out
     assert "metadata type 2: byte 8193 is 0xfd, expected 0x02 (seed pattern)" in out
     # both logs, in IGT's text form
     assert out.index("event log 'client'") < out.index("event log 'debugger'")
