@@ -49,6 +49,7 @@ import functools
 import os
 import sys
 import threading
+import time
 from typing import Callable, Sequence
 
 # Run from a checkout without installing anything: when this script sits in the repository,
@@ -283,7 +284,7 @@ class Result:
                          for client_log, debugger_log in self.logs)
 
 
-#: Upper bound for one session's run and check.  The framework's own waits time out sooner
+#: Upper bound for running and checking all sessions of a subtest.  The framework's own waits time out sooner
 #: (60 s per client token); this only keeps a wedged run from hanging the script.
 SESSION_TIMEOUT = 180.0
 
@@ -338,8 +339,9 @@ def run_subtest(name: str, *, pattern: str = "seed", clients: int = 1, verbose: 
                    for i, s in enumerate(sessions)]
         for t in threads:
             t.start()
+        deadline = time.monotonic() + SESSION_TIMEOUT
         for t in threads:
-            t.join(SESSION_TIMEOUT)
+            t.join(max(0.0, deadline - time.monotonic()))
             if t.is_alive():
                 result.errors.append(TimeoutError(f"{t.name} did not finish within {SESSION_TIMEOUT:.0f} s"))
     except Exception as exc:  # e.g. no device, eudebug not available
