@@ -797,3 +797,67 @@ def test_fuzz_random_bytes_only_raise_kernel_errors():
     d2 = env.debugger(f2)
     env.vm_create(f2)
     assert any(hdr(e)[1] == K.EV_VM for e in env.events(d2))
+
+
+def test_wait_user_fence_forever_is_woken_by_ack():
+    env = Env()
+    f = env.open()
+    d = env.debugger(f)
+    vm = env.vm_create(f)
+    bo = env.bo_create(f)
+    fence = ctypes.c_uint64(0)
+    assert env.bind(f, vm, [op(K.OP_MAP, 0x1000, 4096, obj=bo)], ufence_sync(ctypes.addressof(fence), 3), 1) == 0
+    useq = hdr(env.events(d)[-1])[3]
+    out = []
+    th = threading.Thread(target=lambda: out.append(wait_fence(env, f, ctypes.addressof(fence), 3, -1)))
+    th.start()
+    time.sleep(0.1)
+    assert not out
+    assert env.call(d, K.DRM_XE_EUDEBUG_IOCTL_ACK_EVENT, env.buf(struct.pack("<IIQ", 0, 0, useq)))[0] == 0
+    th.join(5)
+    res, raw = out[0]
+    assert res == 0 and fence.value == 3
+    assert K.LONG_MAX - 10**9 < struct.unpack_from("<q", raw, 40)[0] < K.LONG_MAX
+
+
+def test_drm_dispatch_tolerates_struct_size_like_drm():
+    env = Env()
+    f = env.open()
+    # VM_CREATE encoded with a 16-byte struct: the rest is zero-filled, 16 bytes come back
+    short = (K.DRM_IOCTL_XE_VM_CREATE & ~(0x3FFF << 16)) | (16 << 16)
+    b = env.buf(struct.pack("<QII", 0, K.VM_CREATE_LR_MODE, 0) + b"\xAA" * 16)
+    res, raw = env.call(f, short, b)
+    assert res == 0 and struct.unpack_from("<I", raw, 12)[0] == 1 and raw[16:32] == b"\xAA" * 16
+    # a larger struct: trailing bytes beyond the kernel's size are not interpreted
+    big = (K.DRM_IOCTL_XE_VM_CREATE & ~(0x3FFF << 16)) | (48 << 16)
+    b = env.buf(struct.pack("<QII16x", 0, 0, 0) + b"\xFF" * 16)
+    res, raw = env.call(f, big, b)
+    assert res == 0 and struct.unpack_from("<I", raw, 12)[0] == 2 and raw[32:48] == b"\xFF" * 16
+    # write-only encoding of an _IOWR ioctl: nothing is copied back
+    wo = K.DRM_IOCTL_XE_VM_CREATE & ~(2 << 30)
+    b = env.buf(struct.pack("<QII16x", 0, 0, 0))
+    res, raw = env.call(f, wo, b)
+    assert res == 0 and struct.unpack_from("<I", raw, 12)[0] == 0
+
+
+def test_discovery_after_client_exit_and_destroyed_resources():
+    env = Env()
+    f = env.open()
+    vm = env.vm_create(f)
+    md = env.md_create(f)
+    assert env.vm_destroy(f, vm) == 0 and env.md_destroy(f, md) == 0   # gone before connect
+    f2 = env.open()
+    env.k.release(f2)
+    d = env.debugger(f)
+    assert types(env.events(d)) == [(K.EV_OPEN, 1)]
+    # a mapping whose metadata was destroyed disconnects the next connection's discovery (§2.2)
+    md = env.md_create(f)
+    vm = env.vm_create(f)
+    bo = env.bo_create(f)
+    ext = env.buf(struct.pack("<QIIQQQQ", 0, 0, 0, md, 0, 1, 0))
+    assert env.bind(f, vm, [op(K.OP_MAP, 0x1000, 4096, obj=bo, ext=env.addr(ext))]) == 0
+    assert env.md_destroy(f, md) == 0
+    env.k.release(d)
+    d2 = env.debugger(f)
+    env.events(d2)
+    assert d2.conn.status == -errno.ENOENT

@@ -107,6 +107,7 @@ HW_ENGINE_MAX_INSTANCE = 9
 PAT_ENTRIES = 32
 TASK_SIZE = 0x00007FFFFFFFF000
 INT_MAX = 0x7FFFFFFF
+LONG_MAX = (1 << 63) - 1
 MAX_VECTOR_BYTES = 64 << 20            # larger vector_of_binds / sync arrays: ENOMEM
 MAX_METADATA_LEN = 1 << 31             # kvmalloc refuses >= 2 GiB: ENOMEM
 VM_ACCESS_CHUNK = 64 << 20
@@ -1289,10 +1290,12 @@ class Kernel:
                 if q_id not in file.queues:
                     raise _fail(E.ENOENT, "WAIT_USER_FENCE: exec_queue_id")
         start = time.monotonic_ns()
-        if flags & UFENCE_FLAG_ABSTIME:
-            deadline: int | None = timeout
-        elif timeout < 0:
-            deadline = None                        # MAX_SCHEDULE_TIMEOUT
+        if timeout < 0:                            # wait "forever" (MAX_SCHEDULE_TIMEOUT)
+            deadline: int | None = None
+            timeout = LONG_MAX
+            struct.pack_into("<q", k, 40, timeout)
+        elif flags & UFENCE_FLAG_ABSTIME:
+            deadline = timeout                     # CLOCK_MONOTONIC nanoseconds
         else:
             deadline = start + timeout
         want = value & mask
@@ -1323,7 +1326,7 @@ class Kernel:
             with self._lock:
                 if self._fence_gen == gen and not self._pending_fence_writes.get(int(caller.pid)):
                     self._fence_cv.wait(wait)
-        if not flags & UFENCE_FLAG_ABSTIME and timeout >= 0:
+        if not flags & UFENCE_FLAG_ABSTIME:
             left = max(0, timeout - (time.monotonic_ns() - start))
             struct.pack_into("<q", k, 40, left)
         if err:
