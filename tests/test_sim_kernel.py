@@ -423,15 +423,20 @@ def test_read_event_checks_and_emsgsize():
     assert env.k.poll(d) == K.POLLHUP
 
 
-def test_user_fence_held_until_ack_and_released_on_detach():
-    env = Env()
+def debugged_ufence_bind(env, value, addr):
+    """A debugged client with an LR VM and a BO mapped at `addr` with a user fence (value)."""
     f = env.open()
     d = env.debugger(f)
     vm = env.vm_create(f)
     bo = env.bo_create(f)
     fence = ctypes.c_uint64(0)
-    assert env.bind(f, vm, [op(K.OP_MAP, 0x200000, 4096, obj=bo)],
-                    ufence_sync(ctypes.addressof(fence), 0xDEAD), 1) == 0
+    assert env.bind(f, vm, [op(K.OP_MAP, addr, 4096, obj=bo)], ufence_sync(ctypes.addressof(fence), value), 1) == 0
+    return f, d, vm, bo, fence
+
+
+def test_user_fence_held_until_ack_and_released_on_detach():
+    env = Env()
+    f, d, vm, bo, fence = debugged_ufence_bind(env, 0xDEAD, 0x200000)
     evs = env.events(d)
     assert types(evs)[2:] == [(K.EV_VM_BIND, 4), (K.EV_VM_BIND_OP, 1), (K.EV_VM_BIND_UFENCE, 1 | 8)]
     bind_seq = hdr(evs[2])[3]
@@ -801,12 +806,7 @@ def test_fuzz_random_bytes_only_raise_kernel_errors():
 
 def test_wait_user_fence_forever_is_woken_by_ack():
     env = Env()
-    f = env.open()
-    d = env.debugger(f)
-    vm = env.vm_create(f)
-    bo = env.bo_create(f)
-    fence = ctypes.c_uint64(0)
-    assert env.bind(f, vm, [op(K.OP_MAP, 0x1000, 4096, obj=bo)], ufence_sync(ctypes.addressof(fence), 3), 1) == 0
+    f, d, _vm, _bo, fence = debugged_ufence_bind(env, 3, 0x1000)
     useq = hdr(env.events(d)[-1])[3]
     out = []
     th = threading.Thread(target=lambda: out.append(wait_fence(env, f, ctypes.addressof(fence), 3, -1)))
