@@ -194,8 +194,10 @@ def test_b04_connect_version_checked_and_reads_back_1(fd, child):
     assert ret == ENOENT and arg.version == 1
     ret, arg = connect(fd, child.pid, version=0)
     assert ret >= 0 and arg.version == 1
+    assert connect(fd, child.pid, version=1)[1].version == 1  # EBUSY, still reads back 1
     close_fd(ret)
-    assert reconnect_retry(fd, child.pid) >= 0
+    ret = reconnect_retry(fd, child.pid)
+    assert ret >= 0  # version 1 is accepted too
 
 
 def test_b05_connect_dead_pid_enoent(fd):
@@ -617,6 +619,8 @@ def test_b29_vm_events_only_for_lr(fd, child):
     dfd, c, ch = live(fd, child)
     r, plain = child.do("vm_create", c, 0)
     assert r == 0
+    bo = make_bo(child, c, SZ)
+    assert child.do("bind", c, plain, [dict(obj=bo, addr=0x100000, range=SZ)]) == 0  # nothing bound in it is evented
     assert child.do("vm_destroy", c, plain) == 0
     r, lr = child.do("vm_create", c, LR)
     ev = next_event(dfd)
@@ -655,6 +659,21 @@ def test_b30_handles_per_connection_lowest_free(fd, child, child2):
     assert ch == 1
     child2.do("vm_create", _c, LR)
     assert next_event(dfd2).vm_handle == 1
+
+
+def test_b30_stale_handles_of_closed_client_stay_allocated(fd, child):
+    """30. Handles are per connection and per type, start at 1, and the lowest free number is
+    reused after a DESTROY.  (Only a DESTROY frees a number: a VM that went away with its
+    client's DRM file keeps its handle allocated, §3.2.)"""
+    dfd, c1, ch1 = live(fd, child)
+    child.do("vm_create", c1, LR)
+    assert next_event(dfd).vm_handle == 1
+    child.do("close", c1)
+    assert next_event(dfd).is_("OPEN", "DESTROY")
+    c2 = child.do("open")
+    assert next_event(dfd).client_handle == ch1  # the client handle was freed by OPEN DESTROY
+    child.do("vm_create", c2, LR)
+    assert next_event(dfd).vm_handle == 2
 
 
 # === exec queues ===============================================================================
@@ -768,6 +787,23 @@ def test_b38_prefetch_only_bind_no_events(fd, child):
     drain(dfd)
     assert child.do("bind", c, vm, [dict(op=PREFETCH, addr=0x100000, range=SZ, region=0)]) == 0
     sentinel(child, dfd, c)
+
+
+def test_b38_prefetch_only_bind_with_ufence(fd, child):
+    """38. PREFETCH-only binds emit no VM_BIND/VM_BIND_OP.  (With a user fence the fence is still
+    held: a VM_BIND_UFENCE arrives naming the undelivered VM_BIND, §10.3.)"""
+    dfd, c, ch, vm, vh = live_vm(fd, child)
+    bo = make_bo(child, c, SZ)
+    assert child.do("bind", c, vm, [dict(obj=bo, addr=0x100000, range=SZ)]) == 0
+    seen = {e.seqno for e in drain(dfd)}
+    assert child.do("bind", c, vm, [dict(op=PREFETCH, addr=0x100000, range=SZ, region=0)],
+                    ufence=("p", 5)) == 0
+    uf = next_event(dfd)
+    assert uf.is_("VM_BIND_UFENCE") and uf.flags == CREATE | NEED_ACK
+    assert uf.vm_bind_ref_seqno not in seen and uf.vm_bind_ref_seqno > max(seen)
+    assert child.do("wait_ufence", c, "p", 5, 100_000_000) == (-errno.ETIME, 0)
+    assert ack(dfd, uf.seqno) == 0
+    assert child.do("wait_ufence", c, "p", 5, 2_000_000_000) == (0, 5)
 
 
 def ufence_bind(fd: int, child: Debuggee, value: int = 0xC0FFEE):
@@ -895,6 +931,10 @@ def test_b47_metadata_create_checks_and_ids(fd, local):
     assert local.md_create(dev, 0, b"abc", length=0)[0] == EINVAL
     assert local.md_create(dev, 0, b"abc", extensions=1)[0] == EINVAL
     assert [local.md_create(dev, t, b"abc") for t in (0, 4)] == [(0, 1), (0, 2)]
+    assert local.md_destroy(dev, 1) == 0
+    assert local.md_create(dev, 2, b"abc") == (0, 1)  # lowest free id is reused
+    other = track(open_device())
+    assert local.md_create(other, 0, b"abc") == (0, 1)  # ids are per client
 
 
 def test_b48_metadata_destroy_unknown_enoent_attached_ok(fd, local):
@@ -968,6 +1008,8 @@ def test_b53_read_metadata_bad_handles_or_flags_einval(fd, child):
     assert read_metadata(dfd, 0, mh, 64)[0] == EINVAL
     assert read_metadata(dfd, ch, mh, 64, flags=1)[0] == EINVAL
     assert read_metadata(dfd, ch, mh, 64)[0] == 0
+    # lookups use the low 32 bits of the handles (§3.2)
+    assert read_metadata(dfd, ch | 1 << 32, mh | 1 << 40, 64)[0] == 0
 
 
 # === VM_OPEN and vm fds ========================================================================
@@ -992,6 +1034,11 @@ def test_b54_vm_open_checks(fd, child):
     assert vm_open(dfd, ch, vh, timeout_ns=limit + 1) == EINVAL
     vfd = vm_open(dfd, ch, vh, timeout_ns=limit)
     assert vfd >= 0
+    # the VM is not checked to belong to the client; extensions are ignored (§6.1)
+    c2 = child.do("open")
+    ch2 = next_event(dfd).client_handle
+    assert vm_open(dfd, ch2, vh) >= 0
+    assert vm_open(dfd, ch, vh, extensions=0xDEAD) >= 0
 
 
 def test_b55_vm_open_cloexec_and_transfers(fd, child):
@@ -1006,6 +1053,21 @@ def test_b55_vm_open_cloexec_and_transfers(fd, child):
     assert seam.pwrite(vfd, b"debugger", 0x100000 + 0x800) == 8
     assert child.do("bo_read", c, bo, SZ, 0x800, 8) == b"debugger"
     assert seam.pread(vfd, 8, 0x100000 + 0x800) == b"debugger"
+
+
+def test_b55_vm_fd_file_position_fsync_ioctl(fd, child):
+    """55. VM_OPEN returns a close-on-exec fd; pread/pwrite at a GPU VA inside a mapping transfer
+    the requested bytes.  (read() uses and advances the file position set by lseek; fsync
+    returns 0; ioctl fails ENOTTY, §6.2-6.5.)"""
+    dfd, c, ch, vm, vh, bo = mapped_vm(fd, child)
+    child.do("bo_write", c, bo, SZ, 0x40, b"0123456789")
+    vfd = vm_open(dfd, ch, vh)
+    assert seam.lseek(vfd, 0x100000 + 0x40, os.SEEK_SET) == 0x100040
+    assert seam.read(vfd, 4) == b"0123"
+    assert seam.read(vfd, 4) == b"4567"
+    assert seam.lseek(vfd, 0, os.SEEK_CUR) == 0x100048
+    seam.fsync(vfd)
+    assert seam.try_ioctl(vfd, U.DRM_XE_EUDEBUG_IOCTL_READ_EVENT, 0) == -errno.ENOTTY
 
 
 def test_b56_vm_fd_bounds(fd, child):
@@ -1024,6 +1086,20 @@ def test_b56_vm_fd_bounds(fd, child):
     assert seam.pwrite(vfd, b"y" * 64, start + SZ - 16) == 16
     assert seam.pread(vfd, 0, start) == b""
     assert seam.pwrite(vfd, b"", start) == 0
+
+
+def test_b56_vm_fd_spans_adjacent_mappings(fd, child):
+    """56. pread/pwrite starting outside any mapping fail EINVAL; a range running past the end of
+    a mapping into unmapped space returns a short count; zero length returns 0.  (A range over
+    adjacent mappings is transferred completely, §6.2.)"""
+    dfd, c, ch, vm, vh = live_vm(fd, child)
+    bo = make_bo(child, c, 2 * SZ)
+    child.do("bo_write", c, bo, 2 * SZ, SZ - 4, b"abcdefgh")
+    assert child.do("bind", c, vm, [dict(obj=bo, offset=0, addr=0x100000, range=SZ),
+                                    dict(obj=bo, offset=SZ, addr=0x100000 + SZ, range=SZ)]) == 0
+    vfd = vm_open(dfd, ch, vh)
+    assert seam.pread(vfd, 8, 0x100000 + SZ - 4) == b"abcdefgh"
+    assert len(seam.pread(vfd, 2 * SZ + 64, 0x100000)) == 2 * SZ
 
 
 def test_b57_vm_fd_einval_after_vm_destroy(fd, child):
