@@ -205,6 +205,13 @@ def test_b05_connect_dead_pid_enoent(fd):
     assert connect(fd, dead_pid())[0] == ENOENT
 
 
+def test_b05_connect_pid_truncated_to_32_bits(fd, child):
+    """5. Connect to a pid that does not exist fails ENOENT.  (The pid is truncated to a 32-bit
+    pid_t before the lookup, §1.A step 9: high bits do not make it unknown.)"""
+    ret, _ = connect(fd, child.pid | 1 << 32)
+    assert ret >= 0
+
+
 def test_b06_connect_without_ptrace_permission_eacces(fd, child, child2):
     """6. Connect without ptrace-read permission over the target fails EACCES."""
     nobody = 65534
@@ -365,6 +372,30 @@ def test_b14_discovery_order(fd, child):
     assert [(o.addr, o.range) for o in (o1, o2)] == [(0x100000, SZ), (0x300000, SZ)]
     assert o1.vm_bind_ref_seqno == o2.vm_bind_ref_seqno == bind.seqno
     assert q.vm_handle == vma.vm_handle and q.engine_class == sc["cls"] and q.width == 1
+
+
+def test_b14_discovery_reports_split_mappings_and_attachments(fd, child):
+    """14. Discovery sends, per matching client: OPEN CREATE, METADATA CREATEs, then per LR VM:
+    VM CREATE followed by one VM_BIND (num_binds = VMA count) and its VM_BIND_OPs in address
+    order, then debuggable EXEC_QUEUE CREATEs.  (A mapping split by a partial unbind is reported
+    as its pieces; attachments follow their op as VM_BIND_OP_METADATA, §2.1.)"""
+    c = child.do("open")
+    r, md = child.do("md_create", c, 0, b"elf!")
+    r, vm = child.do("vm_create", c, LR)
+    bo = make_bo(child, c, 3 * SZ)
+    assert child.do("bind", c, vm, [dict(obj=bo, addr=0x100000, range=3 * SZ,
+                                         ext=[dict(metadata_id=md, cookie=0x77)])]) == 0
+    assert child.do("bind", c, vm, [dict(op=UNMAP, addr=0x100000 + SZ, range=SZ)]) == 0
+    dfd = attach(fd, child.pid)
+    evs = read_discovery(dfd, 8)
+    assert [e.name for e in evs] == ["OPEN", "METADATA", "VM", "VM_BIND", "VM_BIND_OP", "VM_BIND_OP_METADATA",
+                     "VM_BIND_OP", "VM_BIND_OP_METADATA"], evs
+    bind, o1, m1, o2, m2 = evs[3:8]
+    assert bind.num_binds == 2
+    assert [(o.addr, o.range, o.num_extensions) for o in (o1, o2)] == [(0x100000, SZ, 1), (0x100000 + 2 * SZ, SZ, 1)]
+    assert (m1.vm_bind_op_ref_seqno, m2.vm_bind_op_ref_seqno) == (o1.seqno, o2.seqno)
+    assert m1.metadata_handle == m2.metadata_handle == evs[1].metadata_handle
+    assert m1.metadata_cookie == m2.metadata_cookie == 0x77
 
 
 def test_b15_discovery_uses_plain_create_flag(fd, child):
@@ -913,6 +944,15 @@ def test_b46_attach_debug_errors(fd, child):
     assert bind([dict(ok, name=1)]) == EINVAL
     assert bind([dict(ok, pad=1)]) == EINVAL
     assert bind([dict(ok, metadata_id=md + 100)]) == ENOENT
+    c2 = child.do("open")
+    next_event(dfd)
+    r, md_other = child.do("md_create", c2, 0, b"y" * 8)
+    next_event(dfd)
+    assert md_other == 1
+    r, md_other2 = child.do("md_create", c2, 0, b"y" * 8)  # id 2: only the other client has it
+    assert md_other2 == 2 and md == 1
+    next_event(dfd)
+    assert bind([dict(ok, metadata_id=md_other2)]) == ENOENT  # ids are the client's own
     assert bind([ok] * 17) == -errno.E2BIG
     expect_no_event(dfd, 0.05)
     assert bind([ok] * 16) == 0
@@ -1010,6 +1050,10 @@ def test_b53_read_metadata_bad_handles_or_flags_einval(fd, child):
     assert read_metadata(dfd, ch, mh, 64)[0] == 0
     # lookups use the low 32 bits of the handles (§3.2)
     assert read_metadata(dfd, ch | 1 << 32, mh | 1 << 40, 64)[0] == 0
+    # destroyed metadata: the handle is freed (§7)
+    assert child.do("md_destroy", c, md) == 0
+    assert next_event(dfd).is_("METADATA", "DESTROY")
+    assert read_metadata(dfd, ch, mh, 64)[0] == EINVAL
 
 
 # === VM_OPEN and vm fds ========================================================================
@@ -1070,6 +1114,22 @@ def test_b55_vm_fd_file_position_fsync_ioctl(fd, child):
     assert seam.try_ioctl(vfd, U.DRM_XE_EUDEBUG_IOCTL_READ_EVENT, 0) == -errno.ENOTTY
 
 
+def test_b55_vm_fd_userptr_mapping(fd, child):
+    """55. VM_OPEN returns a close-on-exec fd; pread/pwrite at a GPU VA inside a mapping transfer
+    the requested bytes.  (Also for MAP_USERPTR mappings, which reach the client's memory and are
+    reported as CREATE with the user's addr/range, §6.2, §10.1.)"""
+    dfd, c, ch, vm, vh = live_vm(fd, child)
+    child.do("alloc", "u", SZ, b"userptr data")
+    assert child.do("bind", c, vm, [dict(op=U.DRM_XE_VM_BIND_OP_MAP_USERPTR, userptr_key="u",
+                                         addr=0x500000, range=SZ)]) == 0
+    b, o = drain(dfd)
+    assert o.is_("VM_BIND_OP", "CREATE") and (o.addr, o.range) == (0x500000, SZ)
+    vfd = vm_open(dfd, ch, vh)
+    assert seam.pread(vfd, 12, 0x500000) == b"userptr data"
+    assert seam.pwrite(vfd, b"DEBUG", 0x500000 + 100) == 5
+    assert child.do("mem_read", "u", 100, 5) == b"DEBUG"
+
+
 def test_b56_vm_fd_bounds(fd, child):
     """56. pread/pwrite starting outside any mapping fail EINVAL; a range running past the end of
     a mapping into unmapped space returns a short count; zero length returns 0."""
@@ -1085,6 +1145,7 @@ def test_b56_vm_fd_bounds(fd, child):
     assert len(seam.pread(vfd, 64, start + SZ - 16)) == 16
     assert seam.pwrite(vfd, b"y" * 64, start + SZ - 16) == 16
     assert seam.pread(vfd, 0, start) == b""
+    assert errno_of(lambda: seam.pwrite(vfd, b"x", -1)) == EINVAL
     assert seam.pwrite(vfd, b"", start) == 0
 
 
