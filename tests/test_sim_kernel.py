@@ -861,3 +861,17 @@ def test_discovery_after_client_exit_and_destroyed_resources():
     d2 = env.debugger(f)
     env.events(d2)
     assert d2.conn.status == -errno.ENOENT
+
+
+def test_unreadable_argument_is_efault_after_request_checks():
+    env = Env()
+    f = env.open()
+    d = env.debugger(f)
+    call = lambda file, req: env.k.ioctl(file, env.caller, req, None)
+    for file, req, err in ((d, 0x40086A00, errno.EINVAL), (d, K.DRM_XE_EUDEBUG_IOCTL_ACK_EVENT, errno.EFAULT),
+                           (f, 0xC0086460, errno.EINVAL), (f, 0x40085401, errno.ENOTTY),
+                           (f, K.DRM_IOCTL_XE_VM_CREATE, errno.EFAULT)):
+        with pytest.raises(K.KernelError) as exc:
+            call(file, req)
+        assert exc.value.errno == err, hex(req)
+    assert f.vms == {}

@@ -510,12 +510,15 @@ class Kernel:
                 self._client_event(conn, file, True)
         return file
 
-    def ioctl(self, file: File, caller: Caller, request: int, arg: bytes) -> tuple[int | File, bytes]:
+    def ioctl(self, file: File, caller: Caller, request: int,
+              arg: bytes | None) -> tuple[int | File, bytes]:
+        """`arg`: the _IOC_SIZE(request) bytes of the argument struct, or None when the caller
+        could not read them (EFAULT where the kernel would copy them, after the request checks)."""
         request &= 0xFFFFFFFF
         if file.released:
             raise _fail(E.EBADF)
         if isinstance(file, DeviceFile):
-            return self._drm_ioctl(file, caller, request, bytes(arg))
+            return self._drm_ioctl(file, caller, request, arg)
         if isinstance(file, DebuggerFile):
             handler = self._debugger_table.get(request)
             conn = file.conn
@@ -525,7 +528,9 @@ class Kernel:
                         raise _fail(E.EBUSY, "eudebug ioctl during discovery")
             if handler is None:
                 raise _fail(E.EINVAL, f"unknown eudebug ioctl {request:#x}")
-            return handler(conn, caller, bytes(arg))
+            if arg is None and request != DRM_XE_EUDEBUG_IOCTL_READ_EVENT:
+                raise _fail(E.EFAULT, f"eudebug ioctl {request:#x}: argument")
+            return handler(conn, caller, bytes(arg or b""))
         raise _fail(E.ENOTTY)
 
     def read(self, file: File, caller: Caller, size: int) -> bytes:
@@ -815,7 +820,8 @@ class Kernel:
             self._fence_cv.notify_all()
 
     # -- DRM dispatcher --------------------------------------------------------------------------------
-    def _drm_ioctl(self, file: DeviceFile, caller: Caller, request: int, arg: bytes) -> tuple[int | File, bytes]:
+    def _drm_ioctl(self, file: DeviceFile, caller: Caller, request: int,
+                   arg: bytes | None) -> tuple[int | File, bytes]:
         if (request >> 8) & 0xFF != DRM_IOCTL_BASE:
             raise _fail(E.ENOTTY)
         nr = request & 0xFF
@@ -830,8 +836,10 @@ class Kernel:
         in_size = size if direction & drv_dir & 1 else 0
         out_size = size if direction & drv_dir & 2 else 0
         ksize = max(in_size, out_size, drv_size)
+        if arg is None and in_size:
+            raise _fail(E.EFAULT, f"DRM ioctl nr {nr:#x}: argument")
         kbuf = bytearray(ksize)
-        kbuf[:in_size] = arg[:in_size].ljust(in_size, b"\0")
+        kbuf[:in_size] = bytes(arg or b"")[:in_size].ljust(in_size, b"\0")
         try:
             result = handler(file, caller, kbuf)
         except KernelError as exc:
