@@ -875,3 +875,62 @@ def test_unreadable_argument_is_efault_after_request_checks():
             call(file, req)
         assert exc.value.errno == err, hex(req)
     assert f.vms == {}
+
+
+def test_fuzz_file_operations():
+    env = Env()
+    rng = random.Random(99)
+    f = env.open()
+    d = env.debugger(f)
+    vm = env.vm_create(f)
+    bo = env.bo_create(f)
+    env.bind(f, vm, [op(K.OP_MAP, 0x1000, 4096, obj=bo)])
+    vf, _ = env.call(d, K.DRM_XE_EUDEBUG_IOCTL_VM_OPEN, env.buf(struct.pack("<QQQQQ", 0, 1, 1, 0, 0)))
+    assert isinstance(vf, K.VmFile)
+    values = [0, 1, 0xFFF, 0x1000, 0x1FFF, 0x2000, -1, 1 << 62, (1 << 63) - 1, -(1 << 63)]
+    for _ in range(2000):
+        target = rng.choice([f, d, vf])
+        what = rng.randrange(6)
+        a, b = rng.choice(values), rng.choice(values + [rng.getrandbits(40)])
+        try:
+            if what == 0:
+                env.k.pread(target, env.caller, abs(a) % 10000, b)
+            elif what == 1:
+                env.k.pwrite(target, env.caller, bytes(abs(a) % 100), b)
+            elif what == 2:
+                env.k.lseek(target, env.caller, a, rng.randrange(-1, 6))
+            elif what == 3:
+                env.k.read(target, env.caller, abs(a) % 5000)
+            elif what == 4:
+                env.k.mmap_bo(target, b, a)
+            else:
+                env.k.poll(target)
+        except K.KernelError:
+            pass
+    assert env.k.pread(vf, env.caller, 4, 0x1000) == env.k.pread(vf, env.caller, 4, 0x1000)
+
+
+def test_concurrent_producers_and_reader_lose_nothing():
+    env = Env(fifo_capacity=8, fifo_timeout=10.0, fifo_retry=0.05, read_event_timeout=2.0)
+    f = env.open()
+    d = env.debugger(f)
+    env.events(d)
+    per_thread, threads = 100, 4
+
+    def produce():
+        for _ in range(per_thread):
+            env.vm_destroy(f, env.vm_create(f))
+
+    workers = [threading.Thread(target=produce) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    seqnos = []
+    end = time.monotonic() + 20
+    while len(seqnos) < 2 * per_thread * threads and time.monotonic() < end:
+        ev = env.read_event(d, nonblock=False)
+        if not isinstance(ev, int):
+            seqnos.append(hdr(ev)[3])
+    for w in workers:
+        w.join(10)
+    assert d.conn.status == 1
+    assert sorted(seqnos) == list(range(2, 2 + 2 * per_thread * threads))
