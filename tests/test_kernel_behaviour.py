@@ -899,6 +899,25 @@ def test_b44_debugger_close_releases_fences(fd, child):
     assert child.do("wait_ufence", c, "f", 0xC0FFEE, 2_000_000_000) == (0, 0xC0FFEE)
 
 
+def test_b44_error_detach_releases_fences(short_sim, child):
+    """44. Closing the debugger fd releases every held user fence (client waits complete).
+    (Every detach does, also one by a fifo timeout; acking the UFENCE then fails ENOTCONN, §5.3.)"""
+    dev = track(open_device())
+    dfd = attach(dev, child.pid)
+    c = child.do("open")
+    r, vm = child.do("vm_create", c, LR)
+    bo = make_bo(child, c, SZ)
+    assert child.do("bind", c, vm, [dict(obj=bo, addr=0x100000, range=SZ)], ufence=("f", 9)) == 0
+    evs = [next_event(dfd) for _ in range(5)]  # OPEN, VM, VM_BIND, VM_BIND_OP, VM_BIND_UFENCE
+    assert evs[-1].is_("VM_BIND_UFENCE"), evs
+    assert child.do("wait_ufence", c, "f", 9, 10_000_000) == (-errno.ETIME, 0)
+    child.do("md_create_many", c, 65)  # the 65th finds the fifo full: detach with ETIMEDOUT
+    assert poll_mask(dfd, 0) == POLLIN | POLLHUP | POLLERR
+    assert child.do("wait_ufence", c, "f", 9, 2_000_000_000) == (0, 9)
+    assert len(drain(dfd)) == 64
+    assert ack(dfd, evs[-1].seqno) == -errno.ENOTCONN
+
+
 # === debug metadata ============================================================================
 
 def test_b45_attach_debug_events(fd, child):
@@ -1243,6 +1262,21 @@ def test_b63_full_fifo_blocks_then_detaches_etimedout(short_sim, child):
     # detached: the target can be connected again
     dev = track(open_device())
     assert attach(dev, child.pid) >= 0
+
+
+def test_b63_reading_unblocks_full_fifo_producer(fd, child):
+    """63. A full fifo (64 events) blocks the producing client ioctl; after 25 s without room the
+    event is dropped and the connection is detached with ETIMEDOUT.  (Here: reading one event in
+    time lets the blocked producer finish; nothing is dropped, §3.6, §4.2.)"""
+    dfd = attach(fd, child.pid)
+    c = child.do("open")
+    child.send("md_create_many", c, 64)  # 1 + 64 events: the last one finds the fifo full
+    assert not child.ready(0.3), "the producer of the 65th event did not block"
+    assert try_read(dfd)[0] == 0
+    assert len(child.result(timeout=10.0)) == 64
+    assert poll_mask(dfd, 0) == POLLIN  # still attached
+    evs = drain(dfd)
+    assert [e.seqno for e in evs] == list(range(2, 66))
 
 
 def test_b64_disconnect_keeps_queued_events(short_sim, child):
