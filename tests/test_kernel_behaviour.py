@@ -268,6 +268,19 @@ def test_b09_connect_returns_blocking_inheritable_fd(fd, child):
     assert not fcntl.fcntl(ret, fcntl.F_GETFL) & os.O_NONBLOCK
 
 
+def test_b09_connect_fd_not_tied_to_connection(child):
+    """9. Connect returns the new fd as the ioctl return value; the fd is not close-on-exec and
+    is blocking.  (The device fd used to connect is not tied to the connection: closing it leaves
+    the connection working, §1.B.)"""
+    dev = track(open_device())
+    enable_eudebug(dev, True)
+    dfd = attach(dev, child.pid)
+    close_fd(dev)
+    child.do("open")
+    assert next_event(dfd).is_("OPEN", "CREATE")
+    assert poll_mask(dfd, 0) == 0
+
+
 def test_b10_read_syscall_on_debugger_fd_einval(fd, child):
     """10. `read()` on the debugger fd fails EINVAL."""
     dfd = attach(fd, child.pid)
@@ -478,6 +491,19 @@ def test_b66_resource_ioctls_block_during_discovery(fd, child, child2):
     assert child2.result() >= 0
 
 
+def test_b66_debugger_close_ends_stalled_discovery(fd, child):
+    """66. Connect and the resource ioctls (...) block device-wide while a discovery is running.
+    (Closing the debugger fd detaches the connection, the stalled discovery stops and the blocked
+    ioctl proceeds at once rather than after the 25 s fifo timeout, §2.3, §3.6.)"""
+    dfd, c = stalled_discovery(fd, child)
+    child.send("vm_create", c, LR)
+    assert not child.ready(0.2)
+    t0 = time.monotonic()
+    close_fd(dfd)
+    assert child.result(timeout=10.0)[0] == 0
+    assert time.monotonic() - t0 < 3.0
+
+
 def test_b66_connect_blocks_during_discovery(fd, child, child2):
     """66. Connect and the resource ioctls (VM create/destroy/bind, exec-queue create/destroy,
     metadata create/destroy) and DRM file open/close block device-wide while a discovery is
@@ -587,6 +613,23 @@ def test_b25_detached_read_event_drains_then_enotconn(short_sim, child):
     assert try_read(dfd)[0] == -errno.ENOTCONN
     assert ack(dfd, 1) == -errno.ENOTCONN
     assert vm_open(dfd, 1, 1) == -errno.ENOTCONN
+
+
+def test_b25_detached_other_ioctls_check_arguments_first(short_sim, child):
+    """25. READ_EVENT on a detached connection first drains queued events, then fails ENOTCONN.
+    (The other debugger ioctls fail ENOTCONN after their own earlier argument checks, §5.1, §6.1,
+    §7, §8.1, §12.1.)"""
+    dfd, _ = fifo_timeout_scene(child)
+    client = drain(dfd)[0].client_handle
+    assert ack(dfd, 12345, flags=1) == EINVAL
+    assert ack(dfd, 12345) == -errno.ENOTCONN
+    assert vm_open(dfd, 1, 1, flags=1) == EINVAL
+    assert vm_open(dfd, 1, 1, timeout_ns=U.DRM_XE_EUDEBUG_VM_SYNC_MAX_TIMEOUT_NSECS + 1) == EINVAL
+    assert vm_open(dfd, 999, 999) == -errno.ENOTCONN
+    assert read_metadata(dfd, 1, 1, 0, flags=1)[0] == EINVAL
+    assert read_metadata(dfd, 999, 999, 0)[0] == -errno.ENOTCONN
+    assert eu_control(dfd, 999, STOPPED, bitmask_size=8)[0] == EINVAL  # client checked first
+    assert eu_control(dfd, client, STOPPED, bitmask_size=8)[0] == -errno.ENOTCONN
 
 
 def test_b26_poll_pollin_exactly_when_queued(fd, child):
@@ -1147,6 +1190,25 @@ def test_b55_vm_fd_userptr_mapping(fd, child):
     assert seam.pread(vfd, 12, 0x500000) == b"userptr data"
     assert seam.pwrite(vfd, b"DEBUG", 0x500000 + 100) == 5
     assert child.do("mem_read", "u", 100, 5) == b"DEBUG"
+
+
+def test_b55_vm_fd_keeps_working_after_detach(short_sim, child):
+    """55. VM_OPEN returns a close-on-exec fd; pread/pwrite at a GPU VA inside a mapping transfer
+    the requested bytes.  (A vm fd has no connection-state check: it keeps working after the
+    connection was detached by an error, §6.2.)"""
+    dev = track(open_device())
+    dfd = attach(dev, child.pid)
+    c = child.do("open")
+    r, vm = child.do("vm_create", c, LR)
+    bo = make_bo(child, c, SZ)
+    assert child.do("bind", c, vm, [dict(obj=bo, addr=0x100000, range=SZ)]) == 0
+    evs = [next_event(dfd) for _ in range(4)]
+    vfd = vm_open(dfd, evs[0].client_handle, evs[1].vm_handle)
+    assert vfd >= 0
+    child.do("md_create_many", c, 65)  # overflow the fifo: detach with ETIMEDOUT
+    assert poll_mask(dfd, 0) & POLLHUP
+    assert seam.pwrite(vfd, b"after", 0x100000) == 5
+    assert child.do("bo_read", c, bo, SZ, 0, 5) == b"after"
 
 
 def test_b56_vm_fd_bounds(fd, child):
