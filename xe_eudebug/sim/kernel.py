@@ -1153,7 +1153,7 @@ class Kernel:
                 bo = file.bos.get(obj)
                 if bo is None:
                     raise _fail(E.ENOENT, "VM_BIND: obj")
-                if op != OP_UNMAP_ALL and (rng > bo.size or obj_offset > bo.size - rng):
+                if rng > bo.size or obj_offset > bo.size - rng:
                     raise _fail(E.EINVAL, "VM_BIND: range beyond the BO")
                 if bo.vm is not None and bo.vm is not vm:
                     raise _fail(E.EINVAL, "VM_BIND: BO private to another VM")
@@ -1162,22 +1162,28 @@ class Kernel:
         conn = self._conn_for(file) if vm.lr else None
         bind_seqno = conn.next_seqno() if conn is not None else 0
         fence: UserFence | None = None
-        for raw in syncs_raw:
-            s_ext, s_type, s_flags, s_addr, s_value, s_r0, s_r1 = struct.unpack_from("<QIIQQQQ", raw, 0)
-            if s_ext or s_flags & ~SYNC_FLAG_SIGNAL or s_r0 or s_r1:
+        for raw in syncs_raw:                      # xe_sync_entry_parse, one entry at a time
+            _s_ext, s_type, s_flags, s_addr, s_value, s_r0, s_r1 = struct.unpack_from("<QIIQQQQ", raw, 0)
+            if s_flags & ~SYNC_FLAG_SIGNAL or s_r0 or s_r1:
                 raise _fail(E.EINVAL, "VM_BIND: sync flags/reserved")
             if s_type in (SYNC_SYNCOBJ, SYNC_TIMELINE_SYNCOBJ):
                 if s_flags & SYNC_FLAG_SIGNAL and vm.lr:
                     raise _fail(E.EOPNOTSUPP, "VM_BIND: dma-fence sync on an LR VM")
                 if s_type == SYNC_SYNCOBJ and s_addr >> 32:
                     raise _fail(E.EINVAL, "VM_BIND: syncobj handle")
+                if s_type == SYNC_TIMELINE_SYNCOBJ and not s_value:
+                    raise _fail(E.EINVAL, "VM_BIND: timeline point 0")
                 raise _fail(E.ENOENT, "VM_BIND: syncobjs are not modelled (no such handle)")
             if s_type != SYNC_USER_FENCE:
                 raise _fail(E.EINVAL, "VM_BIND: sync type")
+            if num_binds == 0:
+                raise _fail(E.EOPNOTSUPP, "VM_BIND: user fence on a bind without ops")
             if not s_flags & SYNC_FLAG_SIGNAL:
                 raise _fail(E.EOPNOTSUPP, "VM_BIND: user fence without SIGNAL")
             if s_addr & 7:
                 raise _fail(E.EINVAL, "VM_BIND: user fence address alignment")
+            if not _access_ok(s_addr, 8):
+                raise _fail(E.EFAULT, "VM_BIND: user fence address")
             if fence is not None:
                 raise _fail(E.EINVAL, "VM_BIND: more than one user fence")
             fence = UserFence(int(caller.pid), s_addr, s_value)
