@@ -21,7 +21,7 @@ from xe_eudebug.client import Client, ClientError, eudebug_engines, exec_queue_a
 from xe_eudebug.debugger import Debugger, TriggerError, WorkerState
 from xe_eudebug.device import eudebug_enabled, min_alignment, open_device
 from xe_eudebug.events import EventFlags, EventType
-from xe_eudebug.log import EventLogMismatch
+from xe_eudebug.log import EventLog, EventLogMismatch
 from xe_eudebug.session import Session
 
 if not os.environ.get("XE_EUDEBUG_DEVICE", "").startswith("/"):
@@ -377,3 +377,46 @@ def test_later_clients_do_not_inherit_debugger_connections() -> None:
         a.client.start()
         a.debugger.signal_stage(1)
         a.client.wait_done()
+
+
+def test_detach_releases_ufence_and_worker_follows_reattach() -> None:
+    """IGT basic-vm-bind-ufence-reconnect, reduced: a detach releases held user fences; the
+    running worker picks up the connection of the next attach (with a fresh log)."""
+
+    def work(c: Client) -> None:
+        fd = c.open_driver()
+        vm = c.vm_create(fd, uapi.DRM_XE_VM_CREATE_FLAG_LR_MODE)
+        size = min_alignment(fd)
+        bo = c.bo_create(fd, size)
+        fence = ctypes.c_uint64(0)
+        c.vm_bind(fd, vm, bo, 0, BO_ADDR, size, syncs=[user_fence_sync(ctypes.addressof(fence), 7)])
+        c.signal_stage(1)
+        assert c.wait_ufence(fd, ctypes.addressof(fence), 7, 10_000_000_000) == 0
+        c.signal_stage(2)
+        c.wait_stage(3)
+        c.vm_unbind(fd, vm, 0, BO_ADDR, size)
+        c.bo_close(fd, bo)
+        c.vm_destroy(fd, vm)
+        c.close_driver(fd)
+
+    with Session(work, timeout=TIMEOUT) as s:
+        d, c = s.debugger, s.client
+        d.attach(c)
+        d.start_worker()
+        c.start()
+        d.wait_stage(1)
+        deadline = time.monotonic() + 5
+        while not any(e.type == EventType.VM_BIND_UFENCE for e in d.log) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert any(e.type == EventType.VM_BIND_UFENCE for e in d.log)
+        d.detach()                       # releases the held fence: the client's wait returns
+        d.wait_stage(2)
+        d.log = EventLog("debugger")
+        d.attach(c)
+        d.signal_stage(3)
+        c.wait_done()
+        d.stop_worker()
+        types = [(e.type, e.flags) for e in d.log]
+        assert types[0] == (EventType.OPEN, EventFlags.CREATE)            # discovery
+        assert types[-1] == (EventType.OPEN, EventFlags.DESTROY)          # live, after re-attach
+        assert (EventType.VM_BIND_OP, EventFlags.DESTROY) in types
