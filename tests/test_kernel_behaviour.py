@@ -811,6 +811,8 @@ def test_b35_eudebug_property_disabled_eperm(fd, local):
     try:
         assert local.exec_queue_create(fd, vm, cls, 1)[0] == -errno.EPERM
         assert local.exec_queue_create(fd, vm, cls, 2)[0] == EINVAL  # value checked first
+        assert local.exec_queue_create(fd, vm, cls)[0] == 0  # plain queues are unaffected
+        assert local.md_create(fd, 0, b"still works")[0] == 0  # metadata ioctls have no gate (§12.2)
     finally:
         enable_eudebug(fd, True)
     assert local.exec_queue_create(fd, vm, cls, 1)[0] == 0
@@ -906,6 +908,22 @@ def test_b40_unacked_ufence_wait_times_out(fd, child):
     dfd, c, b, uf = ufence_bind(fd, child)
     assert child.do("wait_ufence", c, "f", 0xC0FFEE, 200_000_000) == (-errno.ETIME, 0)
     assert child.do("fence_value", "f") == 0
+
+
+def test_b40_unbind_allowed_while_fence_held(fd, child):
+    """40. Until that UFENCE event is acked, the client's wait-user-fence on the bind fence times
+    out (ETIME) and the fence memory keeps its old value.  (Unbinding the mapping meanwhile is
+    allowed, and the fence stays held, §10.4.)"""
+    dfd, c, ch, vm, vh = live_vm(fd, child)
+    bo = make_bo(child, c, SZ)
+    assert child.do("bind", c, vm, [dict(obj=bo, addr=0x100000, range=SZ)], ufence=("f", 0xC0FFEE)) == 0
+    uf = [next_event(dfd) for _ in range(3)][-1]
+    assert uf.is_("VM_BIND_UFENCE")
+    assert child.do("bind", c, vm, [dict(op=UNMAP, addr=0x100000, range=SZ)]) == 0
+    assert [e.name for e in drain(dfd)] == ["VM_BIND", "VM_BIND_OP"]
+    assert child.do("wait_ufence", c, "f", 0xC0FFEE, 50_000_000) == (-errno.ETIME, 0)
+    assert ack(dfd, uf.seqno) == 0
+    assert child.do("wait_ufence", c, "f", 0xC0FFEE, 2_000_000_000) == (0, 0xC0FFEE)
 
 
 def test_b41_ack_releases_ufence(fd, child):
@@ -1051,6 +1069,28 @@ def test_b48_metadata_destroy_unknown_enoent_attached_ok(fd, local):
     assert local.bind(dev, vm, [dict(obj=bo, addr=0x100000, range=SZ, ext=[dict(metadata_id=md, cookie=1)])]) == 0
     assert local.md_destroy(dev, md) == 0
     assert local.md_destroy(dev, md) == ENOENT
+
+
+def test_b48_destroyed_attached_metadata_breaks_discovery(fd, child):
+    """48. DEBUG_METADATA_DESTROY of an unknown id fails ENOENT; destroying metadata that is
+    attached to a mapping succeeds.  (The mapping keeps the stale id: a later discovery of it
+    disconnects the new connection with ENOENT, §2.2, §9.4.)"""
+    c = child.do("open")
+    r, md = child.do("md_create", c, 0, b"gone")
+    r, vm = child.do("vm_create", c, LR)
+    bo = make_bo(child, c, SZ)
+    assert child.do("bind", c, vm, [dict(obj=bo, addr=0x100000, range=SZ,
+                                         ext=[dict(metadata_id=md, cookie=1)])]) == 0
+    assert child.do("md_destroy", c, md) == 0
+    dfd = attach(fd, child.pid)
+    deadline = time.monotonic() + 5
+    while not poll_mask(dfd, 100) & POLLHUP:
+        assert time.monotonic() < deadline, "discovery of the stale attachment did not disconnect"
+        drain(dfd)
+    assert poll_mask(dfd, 0) & (POLLHUP | POLLERR) == POLLHUP | POLLERR
+    evs = drain(dfd)
+    assert try_read(dfd)[0] == -errno.ENOTCONN
+    assert not any(e.is_("VM_BIND_OP_METADATA") for e in evs)
 
 
 def test_b49_metadata_events_type_and_len(fd, child):
