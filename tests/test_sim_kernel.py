@@ -934,3 +934,18 @@ def test_concurrent_producers_and_reader_lose_nothing():
         w.join(10)
     assert d.conn.status == 1
     assert sorted(seqnos) == list(range(2, 2 + 2 * per_thread * threads))
+
+
+def test_fidelity_switches_reproduce_kernel_quirks():
+    env = Env(fidelity_lrc_truncation=True, fidelity_nonlr_discovery_abort=True)
+    f = env.open()
+    plain = env.vm_create(f, 0)
+    bo = env.bo_create(f)
+    assert env.bind(f, plain, [op(K.OP_MAP, 0x1000, 4096, obj=bo)]) == 0
+    env.vm_create(f)                                              # LR VM after the non-LR one
+    d = env.debugger(f)
+    assert types(env.events(d)) == [(K.EV_OPEN, 1)]              # discovery stopped at the non-LR VM
+    lr = env.vm_create(f)
+    env.queue_create(f, lr, width=2)
+    ev = env.events(d)[-1]
+    assert struct.unpack_from("<QQ", ev, 56) == (1, 0)            # width bytes of lrc_handle[] only (not 1, 2)

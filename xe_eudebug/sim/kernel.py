@@ -155,6 +155,9 @@ class _DefaultConfig:
     fifo_retry = 1.0
     fifo_capacity = 64
     enable_default = False
+    # Appendix A fidelity switches: reproduce kernel quirks the simulator avoids by default.
+    fidelity_lrc_truncation = False        # EXEC_QUEUE copies only `width` bytes of lrc_handle[]
+    fidelity_nonlr_discovery_abort = False  # a non-LR VM with mappings stops discovery (ENOENT)
 
 
 def _cfg(config: Any, name: str) -> Any:
@@ -776,7 +779,10 @@ class Kernel:
             for lrc in q.lrcs:
                 conn.lrcs.remove(lrc)
             flags = F_DESTROY
-        payload = struct.pack(f"<QQQII{q.width}Q", ch, vh, h, q.engine_class, q.width, *lrcs)
+        handles = struct.pack(f"<{q.width}Q", *lrcs)
+        if _cfg(self.config, "fidelity_lrc_truncation"):
+            handles = handles[:q.width].ljust(8 * q.width, b"\0")
+        payload = struct.pack("<QQQII", ch, vh, h, q.engine_class, q.width) + handles
         return self._emit(conn, EV_EXEC_QUEUE, flags, payload)
 
     def _metadata_event(self, conn: Connection, md: Metadata, create: bool) -> bool:
@@ -1582,6 +1588,8 @@ class Kernel:
             for vm_id in sorted(file.vms):
                 vm = file.vms[vm_id]
                 if not vm.lr:
+                    if vm.vmas and _cfg(self.config, "fidelity_nonlr_discovery_abort"):
+                        return                     # the bind replay finds no VM handle: stop
                     continue
                 if not self._vm_event(conn, vm, True):
                     return
