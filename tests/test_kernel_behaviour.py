@@ -287,6 +287,15 @@ def test_b10_read_syscall_on_debugger_fd_einval(fd, child):
     assert errno_of(lambda: seam.read(dfd, 64)) == EINVAL
 
 
+def test_b10_other_file_operations_on_debugger_fd(fd, child):
+    """10. `read()` on the debugger fd fails EINVAL.  (And lseek fails ESPIPE, mmap ENODEV, §1.C;
+    on a vm fd mmap fails ENODEV, §6.5.)"""
+    dfd = attach(fd, child.pid)
+    assert errno_of(lambda: seam.lseek(dfd, 0, os.SEEK_SET)) == -errno.ESPIPE
+    assert errno_of(lambda: seam.mmap(dfd, 4096, 0)) == -errno.ENODEV
+    assert errno_of(lambda: seam.read(dfd, 64)) == EINVAL
+
+
 UNKNOWN_REQUESTS = (seam._IO(ord("j"), 0x20), seam._IOW(ord("j"), 0, 8), seam._IOWR(ord("j"), 1, 40),
                     U.DRM_IOCTL_XE_VM_CREATE)
 
@@ -347,6 +356,8 @@ def test_b12_seqnos_start_at_1_and_increase(fd, child):
     seqnos = [e.seqno for e in evs]
     assert seqnos[0] == 1
     assert all(a < b for a, b in zip(seqnos, seqnos[1:])), seqnos
+    # only EU_CONTROL, dropped binds and lost events leave gaps (§3.1); LRC handles take none
+    assert seqnos == list(range(1, len(seqnos) + 1))
     # a new connection restarts at 1
     close_fd(dfd)
     dfd2 = reconnect_retry(fd, child.pid)
@@ -750,6 +761,25 @@ def test_b30_stale_handles_of_closed_client_stay_allocated(fd, child):
     assert next_event(dfd).vm_handle == 2
 
 
+def test_b30_exec_queue_and_lrc_handles(fd, child):
+    """30. Handles are per connection and per type, start at 1, and the lowest free number is
+    reused after a DESTROY.  (Exec-queue and LRC handles too.)"""
+    cls = eu_class(fd)
+    dfd, c, ch, vm, vh = live_vm(fd, child)
+    qs, evs = [], []
+    for _ in range(2):
+        r, eq = child.do("exec_queue_create", c, vm, cls, 1)
+        assert r == 0
+        qs.append(eq)
+        evs.append(next_event(dfd))
+    assert [(e.exec_queue_handle, e.lrc_handles) for e in evs] == [(1, [1]), (2, [2])]
+    assert child.do("exec_queue_destroy", c, qs[0]) == 0
+    assert next_event(dfd).exec_queue_handle == 1
+    child.do("exec_queue_create", c, vm, cls, 1)
+    ev = next_event(dfd)
+    assert (ev.exec_queue_handle, ev.lrc_handles) == (1, [1])
+
+
 # === exec queues ===============================================================================
 
 def test_b31_exec_queue_events_only_debuggable(fd, child):
@@ -1055,6 +1085,7 @@ def test_b47_metadata_create_checks_and_ids(fd, local):
     assert local.md_create(dev, 2, b"abc") == (0, 1)  # lowest free id is reused
     other = track(open_device())
     assert local.md_create(other, 0, b"abc") == (0, 1)  # ids are per client
+    assert local.md_create(dev, 0, b"x" * 16, user_addr=4096)[0] == -errno.EFAULT  # §9.1 step 5
 
 
 def test_b48_metadata_destroy_unknown_enoent_attached_ok(fd, local):
@@ -1152,6 +1183,9 @@ def test_b53_read_metadata_bad_handles_or_flags_einval(fd, child):
     assert read_metadata(dfd, ch, mh, 64)[0] == 0
     # lookups use the low 32 bits of the handles (§3.2)
     assert read_metadata(dfd, ch | 1 << 32, mh | 1 << 40, 64)[0] == 0
+    # an invalid destination is EFAULT (§7 step 4/9)
+    arg = U.drm_xe_eudebug_read_metadata(client_handle=ch, metadata_handle=mh, ptr=4096, size=64)
+    assert seam.try_ioctl(dfd, U.DRM_XE_EUDEBUG_IOCTL_READ_METADATA, arg) == -errno.EFAULT
     # destroyed metadata: the handle is freed (§7)
     assert child.do("md_destroy", c, md) == 0
     assert next_event(dfd).is_("METADATA", "DESTROY")
@@ -1214,6 +1248,8 @@ def test_b55_vm_fd_file_position_fsync_ioctl(fd, child):
     assert seam.lseek(vfd, 0, os.SEEK_CUR) == 0x100048
     seam.fsync(vfd)
     assert seam.try_ioctl(vfd, U.DRM_XE_EUDEBUG_IOCTL_READ_EVENT, 0) == -errno.ENOTTY
+    assert seam.lseek(vfd, 0, os.SEEK_END) == 0  # relative to size 0 (§6.3)
+    assert errno_of(lambda: seam.mmap(vfd, 4096, 0)) == -errno.ENODEV
 
 
 def test_b55_vm_fd_userptr_mapping(fd, child):
