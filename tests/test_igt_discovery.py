@@ -29,9 +29,9 @@ if not os.environ.get("XE_EUDEBUG_DEVICE", "").startswith("/"):
 #: IGT's attach tries per race thread (race tests stop early once everything was discovered).
 RACE_TRIES = 100
 #: scaled: attach/detach cycles per discovery-empty thread (IGT 100).
-EMPTY_CYCLES = 25
+EMPTY_CYCLES = 50
 #: scaled: discovery-empty sessions (IGT 16).
-EMPTY_SESSIONS = 4
+EMPTY_SESSIONS = 8
 #: Events of a fully discovered discovery client: 16 OPEN + 16·16 VM + 16·16 EXEC_QUEUE.
 FULL_DISCOVERY = ic.RESOURCE_COUNT * (1 + 2 * ic.RESOURCE_COUNT)
 
