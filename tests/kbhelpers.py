@@ -30,7 +30,7 @@ from xe_eudebug import uapi as U
 from xe_eudebug.device import enable_eudebug, open_device, query_engines
 
 __all__ = [
-    "U", "seam", "Ev", "decode", "connect", "attach", "read_event_raw", "next_event", "try_read",
+    "U", "seam", "Ev", "decode", "Actions", "track", "HDR_SIZE", "connect", "attach", "read_event_raw", "next_event", "try_read",
     "drain", "expect_no_event", "poll_mask", "ack", "vm_open", "read_metadata", "eu_control",
     "set_nonblock", "close_fd", "Debuggee", "find_engine", "enable_eudebug", "open_device",
     "LR", "EV", "FL", "dead_pid",
@@ -287,7 +287,7 @@ def dead_pid() -> int:
 
 # --- the debuggee ------------------------------------------------------------------------------
 
-class _Actions:
+class Actions:
     """What a debuggee can do; every method returns plain data (ints, bytes, tuples)."""
 
     def __init__(self) -> None:
@@ -503,7 +503,7 @@ def _recv(fd: int, timeout: float | None) -> Any:
 
 
 class Debuggee:
-    """A forked process that runs `_Actions` methods on command.
+    """A forked process that runs `Actions` methods on command.
 
     ``do(name, *args)`` runs one and returns its result (an exception in the child fails the
     test with the child's traceback); ``send``/``result`` split that for actions expected to
@@ -566,6 +566,12 @@ class Debuggee:
 
     def exit(self, timeout: float = 5.0) -> None:
         """Ask the child to exit and reap it; fail if it did not exit with status 0."""
+        if self._pending is not None and self.status is None:
+            name = self._pending
+            if not self.ready(2.0):
+                self._reap(0.0)
+                raise AssertionError(f"debuggee was still busy with {name} at the end of the test")
+            self.result()
         if self.status is None:
             try:
                 _send(self._cmd, ("__exit__", (), {}))
@@ -611,7 +617,7 @@ class Debuggee:
 
 
 def _serve(cmd_r: int, rep_w: int) -> int:  # pragma: no cover - runs in the child
-    actions = _Actions()
+    actions = Actions()
     while True:
         try:
             name, args, kwargs = _recv(cmd_r, None)

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from kbhelpers import (EV, FL, LR, Debuggee, U, _Actions, _parent_fds, ack, attach, close_fd, connect,
+from kbhelpers import (EV, FL, LR, Debuggee, U, Actions, _parent_fds, ack, attach, close_fd, connect,
                        dead_pid, decode, drain, enable_eudebug, eu_control, expect_no_event, find_engine,
                        next_event, open_device, poll_mask, read_event_raw, read_metadata, seam, track,
                        try_read, vm_open)
@@ -71,7 +71,7 @@ def child2():
 @pytest.fixture
 def local(fd):
     """The debuggee actions run directly in the test process (for ioctls that need no debugger)."""
-    return _Actions()
+    return Actions()
 
 
 @pytest.fixture(scope="module")
