@@ -450,6 +450,23 @@ class Actions:
             out.append(md)
         return out
 
+    # threads
+    def spawn_thread(self) -> int:
+        """Start an idle thread (it lives until the process exits); returns its thread id."""
+        import threading
+        got = threading.Event()
+        box: list[int] = []
+
+        def idle() -> None:
+            box.append(threading.get_native_id())
+            got.set()
+            threading.Event().wait()
+
+        threading.Thread(target=idle, daemon=True).start()
+        if not got.wait(5.0):
+            raise TimeoutError("thread did not start")
+        return box[0]
+
     # permissions
     def setuid(self, uid: int) -> int:
         os.setgroups([])

@@ -212,6 +212,18 @@ def test_b05_connect_pid_truncated_to_32_bits(fd, child):
     assert ret >= 0
 
 
+def test_b07_connect_by_thread_id_targets_thread_group(fd, child):
+    """7. A second connect to the same thread group on the same device fails EBUSY; after the
+    first debugger fd is closed a new connect succeeds.  (Any thread id of the target names its
+    whole thread group, §1.A step 9.)"""
+    tid = child.do("spawn_thread")
+    assert tid != child.pid
+    dfd = attach(fd, tid)
+    assert connect(fd, child.pid)[0] == EBUSY
+    child.do("open")  # opened by the main thread: the same thread group
+    assert next_event(dfd).is_("OPEN", "CREATE")
+
+
 def test_b06_connect_without_ptrace_permission_eacces(fd, child, child2):
     """6. Connect without ptrace-read permission over the target fails EACCES."""
     nobody = 65534
@@ -420,6 +432,21 @@ def test_b14_discovery_reports_split_mappings_and_attachments(fd, child):
     assert (m1.vm_bind_op_ref_seqno, m2.vm_bind_op_ref_seqno) == (o1.seqno, o2.seqno)
     assert m1.metadata_handle == m2.metadata_handle == evs[1].metadata_handle
     assert m1.metadata_cookie == m2.metadata_cookie == 0x77
+
+
+def test_b14_discovery_clients_in_open_order(fd, child, child2):
+    """14. Discovery sends, per matching client: OPEN CREATE, METADATA CREATEs, then ...
+    (Clients in the order their DRM files were opened; other processes' files are skipped, §2.1.)"""
+    c1 = child.do("open")
+    child2.do("open")  # not the target
+    c2 = child.do("open")
+    assert child.do("md_create", c2, 0, b"5" * 5)[0] == 0
+    assert child.do("md_create", c1, 0, b"3" * 3)[0] == 0
+    dfd = attach(fd, child.pid)
+    evs = read_discovery(dfd, 4)
+    assert [(e.name, e.f.get("md_len")) for e in evs] == [("OPEN", None), ("METADATA", 3),
+                                                          ("OPEN", None), ("METADATA", 5)], evs
+    assert evs[1].client_handle == evs[0].client_handle != evs[3].client_handle == evs[2].client_handle
 
 
 def test_b15_discovery_uses_plain_create_flag(fd, child):
