@@ -983,6 +983,24 @@ def test_b40_unbind_allowed_while_fence_held(fd, child):
     assert child.do("wait_ufence", c, "f", 0xC0FFEE, 2_000_000_000) == (0, 0xC0FFEE)
 
 
+def test_b40_fence_not_held_without_debugger_or_lr_vm(fd, child):
+    """40. Until that UFENCE event is acked, the client's wait-user-fence on the bind fence times
+    out (ETIME) and the fence memory keeps its old value.  (Only then: with no debugger attached,
+    or for a bind in a non-LR VM, the value is written at once, §10.3, §10.4.)"""
+    c = child.do("open")
+    r, vm = child.do("vm_create", c, LR)
+    bo = make_bo(child, c, 2 * SZ)
+    assert child.do("bind", c, vm, [dict(obj=bo, addr=0x100000, range=SZ)], ufence=("a", 11)) == 0
+    assert child.do("wait_ufence", c, "a", 11, 2_000_000_000) == (0, 11)
+    dfd = attach(fd, child.pid)
+    evs = read_discovery(dfd, 4)  # OPEN, VM, VM_BIND, VM_BIND_OP: no UFENCE from discovery
+    assert [e.name for e in evs] == ["OPEN", "VM", "VM_BIND", "VM_BIND_OP"]
+    r, plain = child.do("vm_create", c, 0)
+    assert child.do("bind", c, plain, [dict(obj=bo, offset=SZ, addr=0x100000, range=SZ)], ufence=("b", 12)) == 0
+    assert child.do("wait_ufence", c, "b", 12, 2_000_000_000) == (0, 12)
+    expect_no_event(dfd)
+
+
 def test_b41_ack_releases_ufence(fd, child):
     """41. ACK_EVENT with the UFENCE seqno returns 0 and the client's wait then completes with
     the value written."""
