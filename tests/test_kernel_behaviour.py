@@ -10,13 +10,15 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import mmap
 import os
 import select
+import struct
 import time
 
 import pytest
 
-from kbhelpers import (EV, FL, LR, Debuggee, U, Actions, _parent_fds, ack, attach, close_fd, connect,
+from kbhelpers import (EV, FL, HDR_SIZE, LR, Debuggee, U, Actions, _parent_fds, ack, attach, close_fd, connect,
                        dead_pid, decode, drain, enable_eudebug, eu_control, expect_no_event, find_engine,
                        next_event, open_device, poll_mask, read_event_raw, read_metadata, seam, track,
                        try_read, vm_open)
@@ -606,6 +608,28 @@ def test_b22_read_event_emsgsize_keeps_event(fd, child):
     assert ret == 0
     ev = decode(buf)
     assert ev.is_("OPEN", "CREATE") and ev.seqno == 1 and ev.len == need
+
+
+def test_b22_read_event_faulting_buffers(fd, child):
+    """22. READ_EVENT with a buffer smaller than the pending event fails EMSGSIZE, writes the
+    needed size into `len`, and keeps the event queued.  (An unreadable header fails EFAULT and
+    keeps the event; a buffer whose body faults fails EFAULT and the event is lost, §4.2.)"""
+    dfd = queued_open(fd, child)
+    assert seam.try_ioctl(dfd, U.DRM_XE_EUDEBUG_IOCTL_READ_EVENT, 4096) == -errno.EFAULT
+    child.do("open")  # a second event, so the fifo is not empty after the loss
+    page = mmap.PAGESIZE
+    region = mmap.mmap(-1, 2 * page)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(region))
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.mprotect(ctypes.c_void_p(base + page), ctypes.c_size_t(page), 0) == 0  # PROT_NONE
+    try:
+        hdr = base + page - HDR_SIZE  # header readable/writable, the payload is not
+        ctypes.memmove(hdr, struct.pack("<IHHQQ", 64, READ, 0, 0, 0), HDR_SIZE)
+        assert seam.try_ioctl(dfd, U.DRM_XE_EUDEBUG_IOCTL_READ_EVENT, hdr) == -errno.EFAULT
+    finally:
+        libc.mprotect(ctypes.c_void_p(base + page), ctypes.c_size_t(page), 3)
+    ev = try_read(dfd)[1]
+    assert ev is not None and ev.is_("OPEN", "CREATE") and ev.seqno == 2  # seqno 1 was lost
 
 
 def test_b23_blocking_read_event_enoent_after_timeout(short_sim, child):
