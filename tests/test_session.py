@@ -412,7 +412,10 @@ def test_detach_releases_ufence_and_worker_follows_reattach() -> None:
         d.detach()                       # releases the held fence: the client's wait returns
         d.wait_stage(2)
         d.log = EventLog("debugger")
-        d.attach(c)
+        deadline = time.monotonic() + 5
+        while d.try_attach(c) == -errno.EBUSY and time.monotonic() < deadline:
+            time.sleep(0.01)  # the previous connection may still be in its release path
+        assert d.attached
         d.signal_stage(3)
         c.wait_done()
         d.stop_worker()

@@ -245,6 +245,7 @@ class Debugger:
         self.fd = ret
         self.target_pid = pid
         register_private_fds(self, self._wake_r, self._wake_w, ret)
+        self._poke()
         if isinstance(target, Client):
             self.client = target
         log.debug("debugger connected to %d", pid)
@@ -266,6 +267,7 @@ class Debugger:
         register_private_fds(self, self._wake_r, self._wake_w)
         if fd >= 0:
             os.close(fd)
+        self._poke()
 
     @property
     def attached(self) -> bool:
@@ -407,20 +409,23 @@ class Debugger:
                     ready = dict(_seam.poll(fds, POLL_TIMEOUT_MS))
                     r = sum(1 for f, _m in ready.items() if f != wake)
                 except OSError as exc:
-                    if exc.errno != errno.EBADF or fd == self.fd:
+                    if exc.errno != errno.EBADF:
                         log.info("poll failed with errno %d", exc.errno or 0)
                         break
-                    # the fd was closed by a concurrent detach: the kernel's poll reports
-                    # POLLNVAL for it, which is a non-zero result with nothing to read
+                    # the fd was closed (and maybe its number reused) by a concurrent detach or
+                    # attach: the kernel's poll reports POLLNVAL for a closed fd, which is a
+                    # non-zero result with nothing to read
                     ready, r = {}, 1
                 if self.received_sigint:
                     self.handled_sigint = True
                     return  # the state is left as it is, as IGT's thread exit does
                 if wake in ready:
+                    # a signal (kill) or a changed connection (attach/detach): like an
+                    # interrupted poll, go straight to the loop condition with a non-zero
+                    # result, so a quitting worker polls the current fd once more
                     self._drain_wake()
-                    if self.received_signal:
-                        self.received_signal = False
-                        r = -1  # an interrupted poll: straight to the loop condition
+                    self.received_signal = False
+                    r = -1
                 if r > 0 and fd >= 0 and ready.get(fd, 0) & rd:
                     self._read_one(fd, buf)
                 state = self.worker_state
@@ -473,10 +478,15 @@ class Debugger:
         if sig == signal.SIGINT:
             self.received_sigint = True
         self.received_signal = True
-        try:
-            os.write(self._wake_w, b"\0")
-        except BlockingIOError:
-            pass
+        self._poke()
+
+    def _poke(self) -> None:
+        """Wake the worker's poll (it then re-reads :attr:`fd`)."""
+        if self._wake_w >= 0:
+            try:
+                os.write(self._wake_w, b"\0")
+            except BlockingIOError:
+                pass
 
     # -- iteration without triggers --------------------------------------------------------
     def events(self, timeout: float = 1.0) -> Iterator[Event]:
