@@ -753,7 +753,7 @@ class Client:
 
     def __del__(self) -> None:
         try:
-            if not self._closed and not self._in_client:
+            if not self._closed and (self.threaded or not self._in_client):
                 self._abandon()
         except Exception:
             pass

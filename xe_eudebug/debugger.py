@@ -409,7 +409,7 @@ class Debugger:
                     ready = dict(_seam.poll(fds, POLL_TIMEOUT_MS))
                     r = sum(1 for f, _m in ready.items() if f != wake)
                 except OSError as exc:
-                    if exc.errno != errno.EBADF:
+                    if exc.errno != errno.EBADF and fd == self.fd:
                         log.info("poll failed with errno %d", exc.errno or 0)
                         break
                     # the fd was closed (and maybe its number reused) by a concurrent detach or
