@@ -544,6 +544,18 @@ def test_b66_debugger_close_ends_stalled_discovery(fd, child):
     assert time.monotonic() - t0 < 3.0
 
 
+def test_b66_drm_file_close_blocks_during_discovery(fd, child, child2):
+    """66. Connect and the resource ioctls (...) and DRM file open/close block device-wide while a
+    discovery is running.  (Here: the last close of a DRM file in another process.)"""
+    dev2 = child2.do("open")
+    dfd, c = stalled_discovery(fd, child)
+    child2.send("close", dev2)
+    assert not child2.ready(0.3), "close(2) of a DRM file returned while discovery was running"
+    for _ in range(81):
+        next_event(dfd)
+    assert child2.result() == 0
+
+
 def test_b66_connect_blocks_during_discovery(fd, child, child2):
     """66. Connect and the resource ioctls (VM create/destroy/bind, exec-queue create/destroy,
     metadata create/destroy) and DRM file open/close block device-wide while a discovery is
@@ -1399,6 +1411,23 @@ def test_b57_vm_fd_einval_after_vm_destroy(fd, child):
     assert errno_of(lambda: seam.pread(vfd, 8, 0x100000)) == EINVAL
     assert errno_of(lambda: seam.pwrite(vfd, b"z", 0x100000)) == EINVAL
     assert errno_of(lambda: seam.pread(vfd, 0, 0x100000)) == EINVAL  # before the zero-length check
+    assert vm_open(dfd, ch, vh) == EINVAL  # the handle is gone
+
+
+def test_b57_vm_fd_einval_when_handle_names_another_vm(fd, child):
+    """57. vm fd accesses fail EINVAL after the VM's DESTROY event was generated.  (Also once the
+    freed handle number names a new VM: the vm fd stays bound to the destroyed one, §6.2.)"""
+    dfd, c, ch, vm, vh, bo = mapped_vm(fd, child)
+    vfd = vm_open(dfd, ch, vh)
+    assert child.do("vm_destroy", c, vm) == 0
+    assert next_event(dfd).is_("VM", "DESTROY")
+    r, vm2 = child.do("vm_create", c, LR)
+    ev = next_event(dfd)
+    assert ev.vm_handle == vh  # lowest free number reused
+    assert child.do("bind", c, vm2, [dict(obj=bo, addr=0x100000, range=SZ)]) == 0
+    drain(dfd)
+    assert errno_of(lambda: seam.pread(vfd, 8, 0x100000)) == EINVAL
+    assert len(seam.pread(vm_open(dfd, ch, vh), 8, 0x100000)) == 8
 
 
 # === EU_CONTROL ================================================================================
@@ -1425,6 +1454,10 @@ def test_b59_eu_control_bad_handles_einval(fd, child):
     assert eu_control(dfd, ch, STOPPED, exec_queue=qh + 100, lrc=lrc, bitmask_size=8)[0] == EINVAL
     assert eu_control(dfd, ch, STOPPED, exec_queue=qh, lrc=lrc + 100, bitmask_size=8)[0] == EINVAL
     assert eu_control(dfd, ch, STOPPED, exec_queue=0, lrc=lrc, bitmask_size=8)[0] == EINVAL
+    # a queue whose VM belongs to another client (§8.1 step 8)
+    child.do("open")
+    other = next_event(dfd).client_handle
+    assert eu_control(dfd, other, STOPPED, exec_queue=qh, lrc=lrc, bitmask_size=8)[0] == EINVAL
 
 
 def test_b60_eu_control_interrupt_all_bitmask_and_bad_cmd_einval(fd, child):
