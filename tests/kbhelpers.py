@@ -297,6 +297,10 @@ class Actions:
     def open(self) -> int:
         return open_device()
 
+    def open_after(self, delay: float) -> int:
+        time.sleep(delay)
+        return open_device()
+
     def close(self, fd: int) -> int:
         os.close(fd)
         return 0

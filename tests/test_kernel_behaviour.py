@@ -656,6 +656,19 @@ def test_b23_blocking_read_event_enoent_after_timeout(short_sim, child):
     assert 0.4 <= elapsed < 3.0, elapsed
 
 
+def test_b23_blocking_read_event_wakes_on_event(fd, child):
+    """23. Blocking READ_EVENT with nothing queued returns ENOENT after ~5 s.  (Until then it
+    returns as soon as an event is queued.)"""
+    dfd = attach(fd, child.pid, nonblock=False)
+    child.send("open_after", 0.2)
+    t0 = time.monotonic()
+    ret, buf = read_event_raw(dfd)
+    elapsed = time.monotonic() - t0
+    assert ret == 0 and decode(buf).is_("OPEN", "CREATE")
+    assert elapsed < 3.0, elapsed
+    child.result()
+
+
 def test_b24_nonblocking_read_event_eagain_after_target_exit(fd, child):
     """24. Non-blocking READ_EVENT with nothing queued fails EAGAIN, also after the target
     process exited."""
