@@ -22,6 +22,8 @@ import time
 import traceback
 from typing import Any, Callable, Iterable, Iterator
 
+import pytest
+
 from xe_eudebug import ioctl as seam
 from xe_eudebug import uapi
 from xe_eudebug.client import Client, eudebug_engines, exec_queue_args, retry_ioctl, try_retry_ioctl, \
@@ -449,27 +451,24 @@ def ufence_ack_trigger(d: Debugger, e: Event) -> None:
 def run_basic_sessions(fd: int, flags: int, count: int = 1, match_opposite: bool = True,
                        filter: int = 0) -> None:
     """``count`` sessions of the basic client, run one after the other, then each checked."""
-    sessions = [Session(basic_client, flags, device=fd) for _ in range(count)]
-    try:
-        for s in sessions:
-            s.run()
-        for s in sessions:
-            s.check(match_opposite, filter)
-    finally:
-        for s in sessions:
-            s.close()
+    run_client_with_trigger(fd, flags, basic_client, count=count, match_opposite=match_opposite,
+                            filter=filter, ack_ufences=False)
 
 
 def run_client_with_trigger(fd: int, flags: int, work: Callable[[Client], Any], data: Any = None,
                             triggers: Iterable[tuple[int, Callable[[Debugger, Event], Any]]] = (),
-                            count: int = 1, match_opposite: bool = True, filter: int = 0) -> list[Session]:
+                            count: int = 1, match_opposite: bool = True, filter: int = 0,
+                            ack_ufences: bool = True) -> None:
+    """``count`` sessions of ``work`` (all clients forked first), each debugger with ``triggers``
+    and (``ack_ufences``) the ufence-ack trigger; run one after the other, then each checked."""
     sessions = [Session(work, flags, device=fd, data=data) for _ in range(count)]
     try:
         for s in sessions:
             assert s.debugger is not None
             for etype, fn in triggers:
                 s.debugger.add_trigger(etype, fn)
-            s.debugger.add_trigger(EventType.VM_BIND_UFENCE, ufence_ack_trigger)
+            if ack_ufences:
+                s.debugger.add_trigger(EventType.VM_BIND_UFENCE, ufence_ack_trigger)
         for s in sessions:
             s.run()
         for s in sessions:
@@ -477,7 +476,6 @@ def run_client_with_trigger(fd: int, flags: int, work: Callable[[Client], Any], 
     finally:
         for s in sessions:
             s.close()
-    return sessions
 
 
 def run_basic_discovery(fd: int, flags: int, match_opposite: bool = True) -> None:
@@ -500,6 +498,20 @@ def run_basic_discovery(fd: int, flags: int, match_opposite: bool = True) -> Non
 
 # ------------------------------------------------------------------------------------------------
 # Device fixture helper and forked helpers
+
+@pytest.fixture
+def fd() -> Iterator[int]:
+    """IGT's main fixture: the device with eudebug enabled (skips the test if the toggle is
+    unusable), restored afterwards.  Test modules import it by name."""
+    try:
+        dev, key = open_enabled_device()
+    except OSError as exc:
+        pytest.skip(f"eudebug cannot be enabled on the device: {exc}")
+    try:
+        yield dev
+    finally:
+        close_enabled_device(dev, key)
+
 
 def open_enabled_device(device: str | None = None) -> tuple[int, str]:
     """Open the device and enable eudebug for the caller; (fd, key for restore_eudebug)."""

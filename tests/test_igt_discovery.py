@@ -11,11 +11,12 @@ import random
 import signal
 import threading
 import time
-from typing import Callable, Iterator
+from typing import Callable
 
 import pytest
 
 import igt_clients as ic
+from igt_clients import fd  # noqa: F401  (the device fixture)
 from xe_eudebug.client import Client
 from xe_eudebug.debugger import Debugger
 from xe_eudebug.device import driver_name, list_devices, open_device
@@ -36,17 +37,6 @@ EMPTY_SESSIONS = 8
 FULL_DISCOVERY = ic.RESOURCE_COUNT * (1 + 2 * ic.RESOURCE_COUNT)
 
 
-@pytest.fixture
-def fd() -> Iterator[int]:
-    """IGT's main fixture: the device with eudebug enabled (skips if the toggle is unusable)."""
-    try:
-        dev, key = ic.open_enabled_device()
-    except OSError as exc:
-        pytest.skip(f"eudebug cannot be enabled on the device: {exc}")
-    try:
-        yield dev
-    finally:
-        ic.close_enabled_device(dev, key)
 
 
 def _attach_retry(d: Debugger, pid: int, timeout: float = 30.0) -> None:

@@ -10,11 +10,12 @@ import random
 import signal
 import struct
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
 import igt_clients as ic
+from igt_clients import fd  # noqa: F401  (the device fixture)
 from xe_eudebug import ioctl as seam
 from xe_eudebug import uapi
 from xe_eudebug.client import Client, user_fence_sync
@@ -31,17 +32,6 @@ DELAY_ACK_FENCE_WAIT_S = 5.0
 DELAY_ACK_S = DELAY_ACK_FENCE_WAIT_S * 4 / 5
 
 
-@pytest.fixture
-def fd() -> Iterator[int]:
-    """IGT's main fixture: the device with eudebug enabled (skips if the toggle is unusable)."""
-    try:
-        dev, key = ic.open_enabled_device()
-    except OSError as exc:
-        pytest.skip(f"eudebug cannot be enabled on the device: {exc}")
-    try:
-        yield dev
-    finally:
-        ic.close_enabled_device(dev, key)
 
 
 FAULTABLE = [pytest.param(0, id="plain"), pytest.param(ic.TEST_FAULTABLE, id="faultable")]
