@@ -388,10 +388,6 @@ def _lowest_free(used: Iterable[int]) -> int:
     return n
 
 
-def _s64(v: int) -> int:
-    return v - (1 << 64) if v & (1 << 63) else v
-
-
 def _proc_status(pid: int) -> dict[str, str] | None:
     try:
         with open(f"/proc/{pid}/status", "rb") as f:
