@@ -294,8 +294,8 @@ class Actions:
         self.keep: dict[Any, Any] = {}   # ctypes objects and mappings that must stay alive
 
     # device files
-    def open(self) -> int:
-        return open_device()
+    def open(self, device: str | None = None) -> int:
+        return open_device(device)
 
     def open_after(self, delay: float) -> int:
         time.sleep(delay)

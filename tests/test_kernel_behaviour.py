@@ -84,6 +84,21 @@ def _short_sim_handle(sim_server):
     return sim_server(read_event_timeout=0.5, fifo_timeout=0.5, fifo_retry=0.05, enable_default=True)
 
 
+@pytest.fixture(scope="module")
+def _two_device_handle(sim_server):
+    if ON_HARDWARE:
+        pytest.skip("needs a simulator instance with two devices")
+    return sim_server(devices=2, enable_default=True)
+
+
+@pytest.fixture
+def two_devices(_two_device_handle, monkeypatch):
+    """Point device opening at a private simulator with devices sim:0 and sim:1."""
+    monkeypatch.setenv("XE_EUDEBUG_SIM_SOCKET", _two_device_handle.socket)
+    monkeypatch.setenv("XE_EUDEBUG_DEVICE", "sim")
+    return _two_device_handle
+
+
 @pytest.fixture
 def short_sim(_short_sim_handle, monkeypatch):
     """Point device opening (here and in debuggees forked later) at a private simulator with
@@ -224,6 +239,23 @@ def test_b07_connect_by_thread_id_targets_thread_group(fd, child):
     assert connect(fd, child.pid)[0] == EBUSY
     child.do("open")  # opened by the main thread: the same thread group
     assert next_event(dfd).is_("OPEN", "CREATE")
+
+
+def test_b07_uniqueness_is_per_device(two_devices, child):
+    """7. A second connect to the same thread group on the same device fails EBUSY; after the
+    first debugger fd is closed a new connect succeeds.  (On another device the same target can
+    be debugged at the same time; each connection sees only its device's clients.)"""
+    d0, d1 = track(open_device("sim:0")), track(open_device("sim:1"))
+    dfd0 = attach(d0, child.pid)
+    dfd1 = attach(d1, child.pid)
+    assert connect(d1, child.pid)[0] == EBUSY
+    child.do("open", "sim:1")
+    ev = next_event(dfd1)
+    assert ev.is_("OPEN", "CREATE") and ev.seqno == 1
+    expect_no_event(dfd0)
+    child.do("open", "sim:0")
+    assert next_event(dfd0).is_("OPEN", "CREATE")
+    expect_no_event(dfd1)
 
 
 def test_b06_connect_without_ptrace_permission_eacces(fd, child, child2):
