@@ -1535,7 +1535,15 @@ class Kernel:
             dev.writers_waiting += 1          # discovery runs before any other resource change
         worker = threading.Thread(target=self._discovery, args=(conn,), daemon=True,
                                   name=f"xe-eudebug-discovery-{dev.index}")
-        worker.start()
+        try:
+            worker.start()
+        except RuntimeError:
+            with self._lock:                      # undo the attach: nothing was reported yet
+                dev.writers_waiting -= 1
+                dev.conns.remove(conn)
+                conn.status = -E.ENOMEM
+                self._gate_cv.notify_all()
+            raise _fail(E.ENOMEM, "EUDEBUG_CONNECT: no discovery worker") from None
         return dfile
 
     @staticmethod
