@@ -327,6 +327,36 @@ def test_b09_connect_fd_not_tied_to_connection(child):
     assert poll_mask(dfd, 0) == 0
 
 
+def test_b09_inherited_debugger_fd_keeps_connection(fd, child):
+    """9. Connect returns the new fd as the ioctl return value; the fd is not close-on-exec and
+    is blocking.  (A forked process inheriting it keeps the connection alive after the debugger
+    closes its copy, §12.1.)"""
+    dfd = attach(fd, child.pid)
+    r, w = os.pipe()
+    holder = os.fork()
+    if holder == 0:  # pragma: no cover - holds the inherited debugger fd until told to exit
+        try:
+            os.close(w)
+            os.read(r, 1)
+        finally:
+            os._exit(0)
+    os.close(r)
+    try:
+        close_fd(dfd)
+        assert connect(fd, child.pid)[0] == EBUSY  # the holder's copy keeps it attached
+    finally:
+        os.write(w, b"x")
+        os.close(w)
+        deadline = time.monotonic() + 5
+        while os.waitpid(holder, os.WNOHANG)[0] == 0:
+            if time.monotonic() > deadline:
+                os.kill(holder, 9)
+                os.waitpid(holder, 0)
+                break
+            time.sleep(0.005)
+    assert reconnect_retry(fd, child.pid) >= 0
+
+
 def test_b10_read_syscall_on_debugger_fd_einval(fd, child):
     """10. `read()` on the debugger fd fails EINVAL."""
     dfd = attach(fd, child.pid)
