@@ -920,10 +920,12 @@ def test_b30_exec_queue_and_lrc_handles(fd, child):
 
 # === exec queues ===============================================================================
 
-def test_b31_exec_queue_events_only_debuggable(fd, child):
+@pytest.mark.parametrize("cls", [RENDER, COMPUTE], ids=["render", "compute"])
+def test_b31_exec_queue_events_only_debuggable(fd, child, cls):
     """31. EXEC_QUEUE events are emitted only for queues created with the EUDEBUG property
     (render/compute), with `len = 56 + 8·width`, engine_class 0 or 4."""
-    cls = eu_class(fd)
+    if find_engine(fd, cls) is None:
+        pytest.skip(f"device has no engine of class {cls}")
     dfd, c, ch, vm, vh = live_vm(fd, child)
     r, plain = child.do("exec_queue_create", c, vm, cls)
     assert r == 0
@@ -1004,6 +1006,33 @@ def test_b36_map_bind_events_before_return(fd, child):
         assert o.flags == CREATE and o.len == 56 and o.vm_bind_ref_seqno == b.seqno
         assert (o.addr, o.range, o.num_extensions) == (op["addr"], op["range"], 0)
     assert b.seqno < o1.seqno < o2.seqno
+
+
+def test_b36_num_binds_counts_evented_ops(fd, child):
+    """36. A MAP bind emits VM_BIND(STATE_CHANGE, num_binds=n) followed by n VM_BIND_OP(CREATE)
+    whose `vm_bind_ref_seqno` equals the VM_BIND seqno, all before the bind ioctl returns.
+    (n counts the ops that produce events: a PREFETCH in the same ioctl is not one, §10.2.)"""
+    dfd, c, ch, vm, vh = live_vm(fd, child)
+    bo = make_bo(child, c, 2 * SZ)
+    assert child.do("bind", c, vm, [dict(obj=bo, addr=0x100000, range=SZ)]) == 0
+    drain(dfd)
+    assert child.do("bind", c, vm, [dict(op=PREFETCH, addr=0x100000, range=SZ, region=0),
+                                    dict(obj=bo, offset=SZ, addr=0x300000, range=SZ)]) == 0
+    b, o = drain(dfd)
+    assert b.num_binds == 1 and o.is_("VM_BIND_OP", "CREATE") and o.addr == 0x300000
+
+
+def test_b37_one_unmap_op_event_per_user_op(fd, child):
+    """37. An UNMAP emits VM_BIND_OP with DESTROY and the user's addr/range; UNMAP_ALL reports
+    addr 0 / range 0.  (One event per user op, even when it covers several mappings, §10.1.)"""
+    dfd, c, ch, vm, vh = live_vm(fd, child)
+    bo = make_bo(child, c, 2 * SZ)
+    assert child.do("bind", c, vm, [dict(obj=bo, addr=0x100000, range=SZ),
+                                    dict(obj=bo, offset=SZ, addr=0x100000 + SZ, range=SZ)]) == 0
+    drain(dfd)
+    assert child.do("bind", c, vm, [dict(op=UNMAP, addr=0x100000, range=2 * SZ)]) == 0
+    b, o = drain(dfd)
+    assert b.num_binds == 1 and o.is_("VM_BIND_OP", "DESTROY") and (o.addr, o.range) == (0x100000, 2 * SZ)
 
 
 def test_b37_unmap_and_unmap_all_events(fd, child):
