@@ -30,7 +30,8 @@ from xe_eudebug import uapi as U
 from xe_eudebug.device import enable_eudebug, open_device, query_engines
 
 __all__ = [
-    "U", "seam", "Ev", "decode", "Actions", "track", "HDR_SIZE", "connect", "attach", "read_event_raw", "next_event", "try_read",
+    "U", "seam", "Ev", "decode", "Actions", "track", "tracked_fds", "HDR_SIZE", "connect", "attach",
+    "read_event_raw", "next_event", "try_read",
     "drain", "expect_no_event", "poll_mask", "ack", "vm_open", "read_metadata", "eu_control",
     "set_nonblock", "close_fd", "Debuggee", "find_engine", "enable_eudebug", "open_device",
     "LR", "EV", "FL", "dead_pid",
@@ -126,6 +127,11 @@ def decode(raw: bytes) -> Ev:
 # --- fds the test process holds; a forked debuggee closes them so the test's closes are final --
 
 _parent_fds: set[int] = set()
+
+
+def tracked_fds() -> set[int]:
+    """The device, debugger and vm fds the test process holds (a copy)."""
+    return set(_parent_fds)
 
 
 def track(fd: int) -> int:

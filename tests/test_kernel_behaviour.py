@@ -18,10 +18,10 @@ import time
 
 import pytest
 
-from kbhelpers import (EV, FL, HDR_SIZE, LR, Debuggee, U, Actions, _parent_fds, ack, attach, close_fd, connect,
+from kbhelpers import (EV, FL, HDR_SIZE, LR, Debuggee, U, Actions, ack, attach, close_fd, connect,
                        dead_pid, decode, drain, enable_eudebug, eu_control, expect_no_event, find_engine,
                        next_event, open_device, poll_mask, read_event_raw, read_metadata, seam, track,
-                       try_read, vm_open)
+                       tracked_fds, try_read, vm_open)
 
 EINVAL, ENOENT, EBUSY = -errno.EINVAL, -errno.ENOENT, -errno.EBUSY
 POLLIN, POLLHUP, POLLERR = select.POLLIN, select.POLLHUP, select.POLLERR
@@ -40,9 +40,9 @@ ON_HARDWARE = os.environ.get("XE_EUDEBUG_DEVICE", "").startswith("/")
 def _close_leftovers():
     """Close every device/debugger/vm fd a test left open (a failed test must not leave a
     connection attached for the next one)."""
-    before = set(_parent_fds)
+    before = tracked_fds()
     yield
-    for fd in sorted(set(_parent_fds) - before):
+    for fd in sorted(tracked_fds() - before):
         try:
             close_fd(fd)
         except OSError:
