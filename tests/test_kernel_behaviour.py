@@ -788,6 +788,8 @@ def test_b26_poll_pollin_exactly_when_queued(fd, child):
     assert poll_mask(dfd, 0, POLLIN | select.POLLOUT) == 0
     c = child.do("open")
     assert poll_mask(dfd, 5000) == POLLIN
+    # never POLLOUT, no POLLRDNORM (§4.4)
+    assert poll_mask(dfd, 0, POLLIN | select.POLLOUT | select.POLLRDNORM | select.POLLWRNORM) == POLLIN
     next_event(dfd)
     assert poll_mask(dfd, 0) == 0
     child.do("close", c)
