@@ -3,6 +3,13 @@
 Every test names its behaviour number and quotes it.  Only the system-call seam, the uapi structs
 and device opening are used (see tests/kbhelpers.py); debuggees are forked processes driven
 step by step, so the same tests run against the simulator and a real Xe device.
+
+    python3 -m pytest tests/test_kernel_behaviour.py                      # the test session's simulator
+    XE_EUDEBUG_DEVICE=/dev/dri/renderD128 python3 -m pytest tests/test_kernel_behaviour.py
+
+On hardware the tests that need a simulator configured with short READ_EVENT/fifo timeouts or two
+devices are skipped; everything else runs unchanged (debugging is enabled through the sysfs toggle,
+which needs the permission to write it).
 """
 
 from __future__ import annotations
