@@ -335,3 +335,20 @@ def test_ptr_aliases_data() -> None:
     d.ptr = "y"
     assert d.data == "y"
     close(d)
+
+
+def test_attach_wakes_worker_so_an_immediate_stop_still_drains(fake: FakeBackend) -> None:
+    conn = fake.new_file()
+    conn.push(vm_event(1), vm_event(2, vm=2))
+    fresh = os.dup(conn.fd)  # what CONNECT hands out: a new fd on the connection
+    master = fake.new_file(lambda request, addr: fresh if request == uapi.DRM_IOCTL_XE_EUDEBUG_CONNECT else 0)
+    d = Debugger(master.fd)
+    try:
+        d.start_worker()
+        time.sleep(0.02)               # the worker now sits in a 100 ms poll without a debug fd
+        d.attach(os.getpid())
+        assert d.fd == fresh and d.target_pid == os.getpid()
+        d.stop_worker()                # without the wake-up this poll would time out and quit
+        assert d.log.seqnos() == [1, 2]
+    finally:
+        close(d)
