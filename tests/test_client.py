@@ -359,3 +359,16 @@ def test_low_level_recorders_and_chain_helpers() -> None:
         assert chain.nodes[1].base.next_extension == 0 and ExtensionChain().address == 0
     finally:
         c.close()
+
+
+@pytest.mark.parametrize("thread", MODES)
+def test_large_log_crosses_the_pipe(thread: bool) -> None:
+    def work(c: Client) -> None:
+        for i in range(5000):
+            c.record(EventType.VM, EventFlags.CREATE, client_handle=3, vm_handle=i + 1)
+
+    with Client(-1, work, thread=thread, timeout=10) as c:
+        c.start()
+        c.wait_done()
+        assert len(c.log) == 5000 and c.log.head == 5000 * 40 and c.seqno == 5001
+        assert c.log[4999].vm_handle == 5000 and c.log[4999].seqno == 5000
