@@ -28,7 +28,12 @@ _LAZY = {
     "EventLog": "log",
     "EventLogMismatch": "log",
     "Client": "client",
+    "ClientError": "client",
+    "attach_debug_chain": "client",
     "Debugger": "debugger",
+    "TriggerError": "debugger",
+    "VmFile": "debugger",
+    "WorkerState": "debugger",
     "Session": "session",
 }
 
