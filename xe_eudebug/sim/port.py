@@ -199,6 +199,25 @@ def file_key(fd: int) -> int:
     return st.st_ino if stat.S_ISSOCK(st.st_mode) else -1
 
 
+_c_epoll_wait = _libc_gil.epoll_wait
+_c_epoll_wait.restype = ctypes.c_int
+_c_epoll_wait.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+
+
+class _EpollBuf(threading.local):
+    def __init__(self) -> None:
+        self.buf = ctypes.create_string_buffer(16 * 8)  # room for 8 epoll_event on any ABI
+        self.addr = ctypes.addressof(self.buf)
+
+
+_epollbuf = _EpollBuf()
+
+
+def epoll_ready(epfd: int) -> bool:
+    """Whether an epoll instance has an event pending right now (no wait, GIL kept)."""
+    return _c_epoll_wait(epfd, _epollbuf.addr, 8, 0) > 0
+
+
 def status_flags(fd: int) -> int:
     """fcntl(F_GETFL) without releasing the GIL; 0 on error."""
     flags = _c_fcntl(fd, 3)  # F_GETFL

@@ -35,7 +35,7 @@ from .config import SimConfig, default_socket_dir, default_socket_path
 from .port import (F_CLOEXEC, F_FD, KIND_DEBUGGER, KIND_DEVICE, KIND_OTHER, KIND_VM, M_DATA, M_DONE,
                    OP_CLONE, OP_FILE_INFO, OP_FSYNC, OP_GET_ENABLED, OP_INFO, OP_IOCTL, OP_LSEEK, OP_MMAP,
                    OP_OPEN, OP_POLL, OP_PREAD, OP_PWRITE, OP_READ, OP_SET_ENABLED, R_MEMREAD, R_MEMWRITE,
-                   R_REPLY, ProtocolError, file_key, recv_msg, send_byte, send_msg, status_flags, to_s64, to_u64,
+                   R_REPLY, ProtocolError, epoll_ready, file_key, recv_msg, send_byte, send_msg, status_flags, to_s64, to_u64,
                    vm_read, vm_write)
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,8 @@ _CONNECT = 0xC018644E   # DRM_IOCTL_XE_EUDEBUG_CONNECT: debugger fd, flags 0 (no
 _VM_OPEN = 0x40286A01   # DRM_XE_EUDEBUG_IOCTL_VM_OPEN: vm fd, O_CLOEXEC
 
 _SIOCOUTQ = 0x5411
+RELEASE_ORDER_WAIT = 0.05  # seconds a slow release holds up the next one (see _release_worker)
+RELEASE_SYNC_WAIT = 1.0    # seconds a call waits for releases of files closed before it
 MEMORY_ANSWER_TIMEOUT = 30.0  # seconds a caller may take to answer a memory request
 _MAX_RW = wire._MAX_RW  # largest read served in one call (short counts beyond, like the VFS)
 
@@ -69,7 +71,7 @@ class _Conn:
     """One control connection; identity (pid) is that of the process that opened the path
     connection, shared by its clones."""
 
-    __slots__ = ("sock", "buf", "pid", "uid", "gid", "direct", "dead")
+    __slots__ = ("sock", "buf", "pid", "uid", "gid", "direct", "dead", "held")
 
     def __init__(self, sock: socket.socket, pid: int, uid: int, gid: int, direct: bool) -> None:
         self.sock = sock
@@ -79,6 +81,7 @@ class _Conn:
         self.gid = gid
         self.direct = direct
         self.dead = False
+        self.held: list[int] = []  # fds received with the call being served
 
 
 class Caller:
@@ -175,10 +178,13 @@ def _make_error(cls: type, errno: int) -> Exception:
     return exc
 
 
+_KIND_NAMES = {KIND_DEVICE: "device", KIND_DEBUGGER: "debugger", KIND_VM: "vm", KIND_OTHER: "other"}
+
+
 class _Entry:
     """A simulated file: the server's end of the socketpair and the kernel's File."""
 
-    __slots__ = ("sock", "fd", "key", "file", "device", "kind", "lock", "queued", "hup", "released")
+    __slots__ = ("sock", "fd", "key", "file", "device", "kind", "lock", "queued", "hup", "released", "slow")
 
     def __init__(self, sock: socket.socket, key: int, file: Any, device: int, kind: int) -> None:
         self.sock = sock
@@ -191,6 +197,7 @@ class _Entry:
         self.queued = 0       # readiness bytes in the client's receive queue (sent - drained)
         self.hup = False      # server end shut down after detach
         self.released = False
+        self.slow = False     # its release kept a call waiting RELEASE_SYNC_WAIT already
 
 
 class Server:
@@ -215,12 +222,14 @@ class Server:
         self.stopping = threading.Event()
         self.release_queue: deque[_Entry] = deque()
         self.release_cv = threading.Condition()
+        self.releases_pending: set[_Entry] = set()  # scheduled releases not yet done
         self.dirty: set[int] = set()
         self.dirty_cv = threading.Condition()
         self.tls = threading.local()
         self.listener: socket.socket | None = None
         self._listener_ino = 0
         self.direct_default = self.config.memory_access == "auto"
+        self.debug = log.isEnabledFor(logging.DEBUG)
         try:
             kernel.on_poll_change = self._on_poll_change
         except AttributeError:
@@ -337,10 +346,12 @@ class Server:
                 if msg is None:
                     break
                 kind, flags, a, b, c, payload, fds = msg
+                conn.held = fds
                 try:
                     self._dispatch(conn, kind, a, b, c, payload, fds)
                 finally:
-                    wire._close_fds(fds)
+                    wire._close_fds(conn.held)
+                    conn.held = []
         except ProtocolError as exc:
             log.warning("closing the control connection of pid %d: malformed message (%s)", conn.pid, exc)
         except OSError as exc:
@@ -357,6 +368,11 @@ class Server:
 
     def _reply(self, conn: _Conn, result: int = 0, err: int = 0, drain: int = 0,
                payload: bytes = b"", fd: int = -1, flags: int = 0) -> None:
+        # The call's reference to the caller's file ends before the caller sees the result, as the
+        # kernel's does: a close() right after the call is then really the last one.
+        if conn.held:
+            wire._close_fds(conn.held)
+            conn.held = []
         if conn.dead:
             return
         if fd >= 0:
@@ -365,6 +381,7 @@ class Server:
 
     def _dispatch(self, conn: _Conn, kind: int, a: int, b: int, c: int, payload: bytes,
                   fds: list[int]) -> None:
+        self._sync_releases()
         if kind == OP_CLONE or kind == OP_INFO or kind == OP_OPEN:
             if fds or payload:
                 raise ProtocolError(f"request {kind} carries unexpected data")
@@ -522,6 +539,8 @@ class Server:
             self.by_file[id(file)] = entry
             self.by_fd[entry.fd] = entry
         self.epoll.register(entry.fd, select.EPOLLIN | select.EPOLLRDHUP)
+        if self.debug:
+            log.debug("new %s file %#x on device %d", _KIND_NAMES.get(kind, "?"), key, device)
         # The kernel may have reported readiness before the file had an fd.
         self.tls.dirty.add(id(file))
         return entry, theirs
@@ -535,32 +554,59 @@ class Server:
                 continue
             except OSError:
                 return
-            for fd, _mask in events:
-                entry = self.by_fd.get(fd)
-                if entry is None:
-                    continue
+            self._check_closed(events)
+
+    def _check_closed(self, events: list[tuple[int, int]]) -> None:
+        for fd, _mask in events:
+            entry = self.by_fd.get(fd)
+            if entry is None or entry.hup:  # detached files are watched through SIOCOUTQ
+                continue
+            try:
+                data = entry.sock.recv(4096, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                self._schedule_release(entry)
+            # Bytes written into a simulated fd by the client are discarded.
+        if self.detached:
+            for entry in list(self.detached):
                 try:
-                    data = entry.sock.recv(4096, socket.MSG_DONTWAIT)
-                except BlockingIOError:
-                    continue
+                    pending = int.from_bytes(fcntl.ioctl(entry.fd, _SIOCOUTQ, b"\0\0\0\0"), "little")
                 except OSError:
-                    data = b""
-                if not data:
+                    pending = 0
+                if pending == 0:  # the client's end (and the byte queued in it) is gone
                     self._schedule_release(entry)
-                # Bytes written into a simulated fd by the client are discarded.
-            if self.detached:
-                for entry in list(self.detached):
-                    try:
-                        pending = int.from_bytes(fcntl.ioctl(entry.fd, _SIOCOUTQ, b"\0\0\0\0"), "little")
-                    except OSError:
-                        pending = 0
-                    if pending == 0:  # the client's end (and the byte queued in it) is gone
-                        self._schedule_release(entry)
+
+    def _sync_releases(self) -> None:
+        """Make every close that happened before this call visible to it, as close(2) runs the
+        release before it returns: collect end-of-files already signalled and wait (boundedly)
+        for the releases scheduled so far."""
+        if epoll_ready(self.epoll.fileno()) or self.detached:
+            self._check_closed(self.epoll.poll(0))
+        if not self.releases_pending:
+            return
+        deadline = time.monotonic() + RELEASE_SYNC_WAIT
+        with self.release_cv:
+            # A release that already kept some call waiting RELEASE_SYNC_WAIT (an OPEN DESTROY
+            # blocked on a full fifo) is not waited for again.
+            waiting = [e for e in self.releases_pending if not e.slow]
+            while waiting:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    for e in waiting:
+                        e.slow = True
+                    break
+                self.release_cv.wait(left)
+                waiting = [e for e in waiting if e in self.releases_pending]
 
     def _schedule_release(self, entry: _Entry) -> None:
         with self.lock:
             if entry.released:
                 return
+            if self.debug:
+                log.debug("last close of %s file %#x", _KIND_NAMES.get(entry.kind, "?"), entry.key)
             entry.released = True
             self.by_key.pop(entry.key, None)
             self.by_file.pop(id(entry.file), None)
@@ -572,9 +618,14 @@ class Server:
             pass
         with self.release_cv:
             self.release_queue.append(entry)
-            self.release_cv.notify()
+            self.releases_pending.add(entry)
+            self.release_cv.notify_all()
 
     def _release_worker(self) -> None:
+        """Run releases in the order their last closes were seen.  A release that blocks (an
+        OPEN DESTROY event waiting on a full fifo, up to fifo_timeout) must not hold up the
+        releases of other processes' files, as it would not in the kernel: each release runs in
+        its own thread and the next one starts when it finishes or after RELEASE_ORDER_WAIT."""
         while True:
             with self.release_cv:
                 while not self.release_queue and not self.stopping.is_set():
@@ -582,14 +633,22 @@ class Server:
                 if not self.release_queue:
                     return
                 entry = self.release_queue.popleft()
-            self.tls.dirty = None
-            try:
-                self.kernel.release(entry.file)
-            except Exception:
-                log.exception("kernel model failed in release")
-            finally:
-                with entry.lock:
-                    entry.sock.close()
+            t = threading.Thread(target=self._release_one, args=(entry,), name="sim-release-one", daemon=True)
+            t.start()
+            t.join(RELEASE_ORDER_WAIT)
+
+    def _release_one(self, entry: _Entry) -> None:
+        self.tls.dirty = None
+        try:
+            self.kernel.release(entry.file)
+        except Exception:
+            log.exception("kernel model failed in release")
+        finally:
+            with entry.lock:
+                entry.sock.close()
+            with self.release_cv:
+                self.releases_pending.discard(entry)
+                self.release_cv.notify_all()
 
     # -- poll readiness -------------------------------------------------------------------
     def _on_poll_change(self, file: Any) -> None:
@@ -641,16 +700,17 @@ class Server:
                 return 0
             if mask & (select.POLLHUP | select.POLLERR):
                 # Detached: keep one byte queued (so its last close stays observable through
-                # SIOCOUTQ) and shut our end down so raw poll() shows POLLHUP.
-                try:
-                    entry.sock.send(b"\0", socket.MSG_DONTWAIT)
-                    entry.sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+                # SIOCOUTQ) and shut our end down so raw poll() shows POLLHUP.  The end-of-file
+                # our own shutdown causes must not read as the last close: stop watching first.
                 entry.hup = True
                 try:
                     self.epoll.unregister(entry.fd)
                 except (OSError, ValueError):
+                    pass
+                try:
+                    entry.sock.send(b"\0", socket.MSG_DONTWAIT)
+                    entry.sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
                     pass
                 with self.lock:
                     if not entry.released:
