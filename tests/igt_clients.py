@@ -251,7 +251,9 @@ class BindList:
                 self.maps.append(mem)
                 self.bos.append(0)
             else:
-                bo = Client.bo_create(fd, self.size, placement=placement, flags=flags, vm=vm)
+                # VRAM BOs must be write-combined (IGT __xe_default_cpu_caching)
+                caching = uapi.DRM_XE_GEM_CPU_CACHING_WC if vram else uapi.DRM_XE_GEM_CPU_CACHING_WB
+                bo = Client.bo_create(fd, self.size, placement=placement, flags=flags, vm=vm, cpu_caching=caching)
                 self.bos.append(bo)
                 self.maps.append(bo_mmap(fd, bo, self.size))
             self.maps[-1][:] = words(addr, self.size // 8)

@@ -288,9 +288,11 @@ def test_basic_exec_queues(fd: int) -> None:
 
 def _exec_queue_create(fd: int, vm: int, hwe: object, value: int) -> tuple[int, int]:
     """(result, exec queue id) of EXEC_QUEUE_CREATE with the EUDEBUG property set to ``value``."""
-    create = exec_queue_args(vm, hwe, eudebug=True)
-    prop = create._keepalive[-1]
+    prop = uapi.drm_xe_ext_set_property()
+    prop.base.name = uapi.DRM_XE_EXEC_QUEUE_EXTENSION_SET_PROPERTY
+    prop.property = uapi.DRM_XE_EXEC_QUEUE_SET_PROPERTY_EUDEBUG
     prop.value = value
+    create = exec_queue_args(vm, hwe, eudebug=False, extensions=prop)
     ret = seam.try_ioctl(fd, uapi.DRM_IOCTL_XE_EXEC_QUEUE_CREATE, create)
     return ret, int(create.exec_queue_id)
 
