@@ -83,7 +83,7 @@ class FakeKernel:
 
     def ioctl(self, file, caller, request, arg):
         if request == FAKE_ECHO:
-            return caller.pid, bytes(reversed(arg))
+            return caller.pid, bytes(reversed(bytes(arg)))  # bytes(): copy_from_user
         if request == FAKE_ID:
             return file.serial, b""
         if request == FAKE_LIVE:
@@ -332,6 +332,21 @@ def test_unknown_request_gets_kernel_errno(dev):
 def test_bad_struct_address_gives_efault_not_a_crash(dev):
     with pytest.raises(OSError) as info:
         port.backend.ioctl(dev, FAKE_ECHO, 8)
+    assert info.value.errno == errno.EFAULT
+
+
+def test_unreadable_struct_faults_only_where_the_kernel_reads_it(dev):
+    """An unknown request with a NULL _IOW argument is the kernel's EINVAL/ENOTTY (its request
+    check comes first), a known one faults when the kernel copies the struct."""
+    dbg = connect_debugger(dev)
+    try:
+        with pytest.raises(OSError) as info:
+            port.backend.ioctl(dbg, _ioc(1, "j", 0, 8), 0)
+        assert info.value.errno == errno.EINVAL
+    finally:
+        os.close(dbg)
+    with pytest.raises(OSError) as info:
+        port.backend.ioctl(dev, FAKE_ECHO, 0)
     assert info.value.errno == errno.EFAULT
 
 

@@ -53,7 +53,8 @@ PROTOCOL_VERSION = 1
 
 # port -> server requests
 OP_OPEN = 1          # a = device index                         -> new fd
-OP_IOCTL = 2         # fd; a = request, b = arg address; payload = struct bytes (or none)
+OP_IOCTL = 2         # fd; a = request, b = arg address, c = IOCTL_ARG_UNREADABLE or 0;
+                     # payload = struct bytes (none when unreadable)
 OP_READ = 3          # fd; a = size                              -> payload
 OP_PREAD = 4         # fd; a = size, b = offset                  -> payload
 OP_PWRITE = 5        # fd; b = offset; payload = data            -> a = count
@@ -67,6 +68,8 @@ OP_CLONE = 12        #                                           -> a new contro
 OP_INFO = 13         #                                           -> payload JSON
 OP_FILE_INFO = 14    # fd                                        -> a = device index, b = kind
 MAX_OP = OP_FILE_INFO
+
+IOCTL_ARG_UNREADABLE = 1
 
 # port -> server answers to memory requests
 M_DATA = 32          # a = errno (0 ok); payload = bytes read
@@ -1025,12 +1028,14 @@ class SimBackend:
         direction = (request >> _IOC_DIRSHIFT) & 3
         addr = addr or 0
         arg: bytes = b""
+        unreadable = 0
         if size and direction & _IOC_WRITE:
             try:
                 arg = vm_read(_self_pid(), addr, size)
             except OSError:
-                raise OSError(_errno.EFAULT, os.strerror(_errno.EFAULT)) from None
-        flags, result, err, drain, copy_back, fds = link.raw_call(OP_IOCTL, fd, request, to_u64(addr), 0, arg)
+                # The kernel decides when this faults (after its own earlier checks).
+                unreadable = IOCTL_ARG_UNREADABLE
+        flags, result, err, drain, copy_back, fds = link.raw_call(OP_IOCTL, fd, request, to_u64(addr), unreadable, arg)
         if drain:
             _drain(fd, drain)
         if copy_back:

@@ -165,6 +165,21 @@ class Caller:
         return reply
 
 
+class UnreadableArg(bytes):
+    """The argument of a call whose struct the caller could not read: `bytes(arg)` - the
+    model's copy_from_user - fails with EFAULT at the point the kernel would fault, after the
+    checks that come first (an unknown debugger ioctl is still EINVAL).  Direct access sees
+    zeros."""
+
+    def __new__(cls, size: int, error_class: type) -> "UnreadableArg":
+        obj = super().__new__(cls, size)
+        obj._error = error_class  # type: ignore[attr-defined]
+        return obj
+
+    def __bytes__(self) -> bytes:
+        raise _make_error(self._error, _errno.EFAULT)  # type: ignore[attr-defined]
+
+
 def _make_error(cls: type, errno: int) -> Exception:
     try:
         exc = cls(errno)
@@ -407,7 +422,7 @@ class Server:
             self._reply(conn, err=_errno.EBADF)
             return
         if kind == OP_IOCTL:
-            self._ioctl(conn, entry, fd, a, b, payload)
+            self._ioctl(conn, entry, fd, a, b, payload, c == wire.IOCTL_ARG_UNREADABLE)
             return
         if payload and kind != OP_PWRITE:
             raise ProtocolError(f"request kind {kind} carries a payload")
@@ -444,11 +459,16 @@ class Server:
         log.error("kernel model failed in %s", what, exc_info=exc)
         return _errno.EIO
 
-    def _ioctl(self, conn: _Conn, entry: _Entry, fd: int, request: int, addr: int, arg: bytes) -> None:
+    def _ioctl(self, conn: _Conn, entry: _Entry, fd: int, request: int, addr: int, arg: bytes,
+               unreadable: bool = False) -> None:
         request &= 0xFFFFFFFF
         size = (request >> 16) & 0x3FFF
         direction = request >> 30
-        if direction & 1:
+        if unreadable:
+            if arg or not direction & 1:
+                raise ProtocolError(f"ioctl {request:#x}: unreadable argument with bytes or without _IOC_WRITE")
+            arg = UnreadableArg(size, self.error_class)
+        elif direction & 1:
             if len(arg) != size:
                 raise ProtocolError(f"ioctl {request:#x} with {len(arg)} argument bytes, expected {size}")
         elif arg:
