@@ -19,7 +19,12 @@ def _devices(_args: argparse.Namespace) -> int:
     for row in rows:
         parts = [row["device"]]
         if row.get("simulated"):
-            state = f"running, pid {row.get('pid')}" if row.get("running") else "not running (starts on first use)"
+            if row.get("running"):
+                state = f"running, pid {row.get('pid')}"
+            elif row.get("autostart"):
+                state = "not running; starts on first use"
+            else:
+                state = "not running; XE_EUDEBUG_SIM_SOCKET names it, so it is not started on demand"
             parts.append(f"simulator ({state}; socket {row.get('socket')})")
         elif "error" in row:
             parts.append(f"error: {row['error']}")

@@ -298,11 +298,12 @@ def list_devices(include_simulator: bool = True) -> list[dict[str, Any]]:
             os.close(fd)
         out.append(entry)
     if include_simulator:
-        path, _may_start = _port.selected_socket_path()
+        path, may_start = _port.selected_socket_path()
         try:
             info = _port.server_info(path)
         except OSError:
-            out.append({"device": "sim", "driver": "xe", "simulated": True, "running": False, "socket": path})
+            out.append({"device": "sim", "driver": "xe", "simulated": True, "running": False, "socket": path,
+                        "autostart": may_start})
         else:
             for i in range(int(info.get("devices", 1))):
                 out.append({"device": f"sim:{i}", "driver": "xe", "simulated": True, "running": True,
