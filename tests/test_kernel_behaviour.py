@@ -613,6 +613,9 @@ def test_b66_debugger_close_ends_stalled_discovery(fd, child):
     assert time.monotonic() - t0 < 3.0
 
 
+@pytest.mark.xfail(not ON_HARDWARE, strict=True,
+                   reason="simulator: close(2) of a simulated fd (a socketpair end) cannot block; the "
+                          "release runs later in the server (docs/simulator.md)")
 def test_b66_drm_file_close_blocks_during_discovery(fd, child, child2):
     """66. Connect and the resource ioctls (...) and DRM file open/close block device-wide while a
     discovery is running.  (Here: the last close of a DRM file in another process.)"""
