@@ -564,6 +564,8 @@ def test_b17_debugger_ioctls_ebusy_during_discovery(fd, child):
                       bitmask_size=8)[0] == EBUSY
     assert read_metadata(dfd, 1, 1, 0)[0] == EBUSY
     assert seam.try_ioctl(dfd, seam._IO(ord("j"), 0x20), 0) == EBUSY  # behaviour 11's EBUSY
+    for request in DEBUGGER_ARG_IOCTLS:  # the discovery check comes before reading the argument
+        assert seam.try_ioctl(dfd, request, 4096) == EBUSY, hex(request)
     ret, ev = try_read(dfd)
     assert ret == 0 and ev.is_("OPEN", "CREATE") and ev.seqno == 1
     assert vm_open(dfd, 1, 1) == EBUSY  # still incomplete after one read
@@ -572,6 +574,19 @@ def test_b17_debugger_ioctls_ebusy_during_discovery(fd, child):
     # discovery complete: argument errors instead of EBUSY
     assert vm_open(dfd, 1, 999) == EINVAL
     assert ack(dfd, 999999) == EINVAL
+
+
+DEBUGGER_ARG_IOCTLS = (U.DRM_XE_EUDEBUG_IOCTL_VM_OPEN, U.DRM_XE_EUDEBUG_IOCTL_ACK_EVENT,
+                       U.DRM_XE_EUDEBUG_IOCTL_READ_METADATA, U.DRM_XE_EUDEBUG_IOCTL_EU_CONTROL)
+
+
+def test_b42_b53_b54_b58_unreadable_argument_efault(fd, child):
+    """42/53/54/58. ACK_EVENT, READ_METADATA, VM_OPEN and EU_CONTROL validate their arguments
+    (flags → EINVAL ...).  (Before any of that, an argument that cannot be read fails EFAULT:
+    step 2 of §5.1, §6.1, §7, §8.1.)"""
+    dfd, _c, _ch = live(fd, child)
+    for request in DEBUGGER_ARG_IOCTLS:
+        assert seam.try_ioctl(dfd, request, 4096) == -errno.EFAULT, hex(request)
 
 
 def test_b18_no_live_event_before_discovery_events(fd, child):
