@@ -1307,6 +1307,7 @@ def test_b48_metadata_destroy_unknown_enoent_attached_ok(fd, local):
     assert local.md_destroy(dev, 1) == ENOENT
     r, md = local.md_create(dev, 0, b"payload")
     assert local.md_destroy(dev, md + 5) == ENOENT
+    assert local.md_destroy(dev, md, extensions=1) == EINVAL  # §9.2
     r, vm = local.vm_create(dev, LR)
     r, bo = local.bo_create(dev, SZ)
     assert local.bind(dev, vm, [dict(obj=bo, addr=0x100000, range=SZ, ext=[dict(metadata_id=md, cookie=1)])]) == 0
