@@ -600,11 +600,3 @@ def wait_until(cond: Callable[[], bool], timeout: float, interval: float = 0.001
             return cond()
         time.sleep(interval)
     return True
-
-
-def iter_engines_all(fd: int) -> Iterator[Any]:
-    from xe_eudebug.device import query_engines
-    yield from query_engines(fd)
-
-
-__all__ = [name for name in dir() if not name.startswith("_")]
