@@ -10,7 +10,9 @@ seam to a private simulator.
 In the same run it measures round trips per second of a bare request/reply over a Unix socketpair
 between two Python processes (64-byte messages, send/recv), the floor of any Python transport, and
 prints the ratio: the median over --repeat runs of the pipeline rate divided by the baseline
-measured right before and after it (so load from other processes affects both alike).
+measured right before and after it (so load from other processes affects both alike).  It also
+prints the simulator server's CPU time per event, which load on the machine disturbs less.
+Request values and struct layouts come from `xe_eudebug.uapi`.
 
     python3 bench/sim_pipeline.py [--events 4000] [--repeat 3] [--op vm|metadata]
 """
@@ -25,39 +27,43 @@ import statistics
 import struct
 import sys
 import time
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from xe_eudebug.sim import SimConfig, port, start_server  # noqa: E402
 
-# Request values and layouts from the target uapi (spec/abi.json).
-DRM_IOCTL_XE_VM_CREATE = 0xC0206443            # drm_xe_vm_create, 32 bytes
-DRM_IOCTL_XE_VM_DESTROY = 0x40186444           # drm_xe_vm_destroy, 24 bytes
-DRM_XE_VM_CREATE_FLAG_LR_MODE = 1 << 1
-DRM_IOCTL_XE_DEBUG_METADATA_CREATE = 0xC028644F  # drm_xe_debug_metadata_create, 40 bytes
-DRM_IOCTL_XE_DEBUG_METADATA_DESTROY = 0x40106450  # drm_xe_debug_metadata_destroy, 16 bytes
-DRM_IOCTL_XE_EUDEBUG_CONNECT = 0xC018644E      # drm_xe_eudebug_connect, 24 bytes
-DRM_XE_EUDEBUG_IOCTL_READ_EVENT = 0x6A00
-DRM_XE_EUDEBUG_EVENT_READ = 1
-EVENT_OPEN = 2
-EVENT_VM = 3
-EVENT_METADATA = 9
+from xe_eudebug.uapi import (  # noqa: E402
+    DRM_IOCTL_XE_DEBUG_METADATA_CREATE, DRM_IOCTL_XE_DEBUG_METADATA_DESTROY, DRM_IOCTL_XE_EUDEBUG_CONNECT,
+    DRM_IOCTL_XE_VM_CREATE, DRM_IOCTL_XE_VM_DESTROY, DRM_XE_EUDEBUG_EVENT_METADATA, DRM_XE_EUDEBUG_EVENT_OPEN,
+    DRM_XE_EUDEBUG_EVENT_READ, DRM_XE_EUDEBUG_EVENT_VM, DRM_XE_EUDEBUG_IOCTL_READ_EVENT,
+    DRM_XE_VM_CREATE_FLAG_LR_MODE, drm_xe_debug_metadata_create, drm_xe_debug_metadata_destroy,
+    drm_xe_eudebug_connect, drm_xe_eudebug_event, drm_xe_vm_create, drm_xe_vm_destroy)
+
+VM_CREATE_SIZE = ctypes.sizeof(drm_xe_vm_create)
+VM_DESTROY_SIZE = ctypes.sizeof(drm_xe_vm_destroy)
+MD_CREATE_SIZE = ctypes.sizeof(drm_xe_debug_metadata_create)
+MD_DESTROY_SIZE = ctypes.sizeof(drm_xe_debug_metadata_destroy)
+VM_ID = drm_xe_vm_create.vm_id.offset        # out: the new VM's id
+VM_FLAGS = drm_xe_vm_create.flags.offset
+VM_DESTROY_ID = drm_xe_vm_destroy.vm_id.offset
+MD_ID = drm_xe_debug_metadata_create.metadata_id.offset
+MD_DESTROY_ID = drm_xe_debug_metadata_destroy.metadata_id.offset
+EVENT_TYPE = drm_xe_eudebug_event.type.offset
+EVENT_HEADER_SIZE = ctypes.sizeof(drm_xe_eudebug_event)
 
 try:
     from xe_eudebug import ioctl as _seam
 
-    def ioctl(fd: int, request: int, arg: ctypes.Array) -> int:
+    def ioctl(fd: int, request: int, arg: Any) -> int:
         return _seam.ioctl(fd, request, arg)
 
     VIA = "xe_eudebug.ioctl (the seam)"
 except ImportError:  # the seam is not present: call the simulator backend directly
-    def ioctl(fd: int, request: int, arg: ctypes.Array) -> int:
+    def ioctl(fd: int, request: int, arg: Any) -> int:
         return port.backend.ioctl(fd, request, ctypes.addressof(arg))
 
     VIA = "the simulator backend directly (xe_eudebug.ioctl not importable)"
-
-for _name in ("DRM_IOCTL_XE_VM_CREATE", "DRM_IOCTL_XE_VM_DESTROY"):
-    assert (globals()[_name] >> 8) & 0xFF == ord("d")
 
 
 def client_loop(sock_path: str, op: str, count: int, ready_w: int, go_r: int) -> None:
@@ -66,25 +72,24 @@ def client_loop(sock_path: str, op: str, count: int, ready_w: int, go_r: int) ->
     os.write(ready_w, b"r")
     os.read(go_r, 1)
     if op == "vm":
-        create = ctypes.create_string_buffer(32)
-        destroy = ctypes.create_string_buffer(24)
+        create = ctypes.create_string_buffer(VM_CREATE_SIZE)
+        destroy = ctypes.create_string_buffer(VM_DESTROY_SIZE)
         flags = struct.pack("<I", DRM_XE_VM_CREATE_FLAG_LR_MODE)
         for _ in range(count // 2):
-            ctypes.memset(create, 0, 32)
-            create[8:12] = flags
+            ctypes.memset(create, 0, VM_CREATE_SIZE)
+            create[VM_FLAGS:VM_FLAGS + 4] = flags
             ioctl(fd, DRM_IOCTL_XE_VM_CREATE, create)
-            destroy[0:4] = create[12:16]
+            destroy[VM_DESTROY_ID:VM_DESTROY_ID + 4] = create[VM_ID:VM_ID + 4]
             ioctl(fd, DRM_IOCTL_XE_VM_DESTROY, destroy)
     else:
         payload = ctypes.create_string_buffer(b"bench-metadata", 16)
-        create = ctypes.create_string_buffer(40)
-        destroy = ctypes.create_string_buffer(16)
-        head = struct.pack("<QQQQ", 0, 1, ctypes.addressof(payload), 16)
+        create = ctypes.create_string_buffer(MD_CREATE_SIZE)
+        destroy = ctypes.create_string_buffer(MD_DESTROY_SIZE)
+        head = drm_xe_debug_metadata_create(extensions=0, type=1, user_addr=ctypes.addressof(payload), len=16)
         for _ in range(count // 2):
-            ctypes.memset(create, 0, 40)
-            create[0:32] = head
+            ctypes.memmove(create, ctypes.addressof(head), MD_CREATE_SIZE)
             ioctl(fd, DRM_IOCTL_XE_DEBUG_METADATA_CREATE, create)
-            destroy[8:12] = create[32:36]
+            destroy[MD_DESTROY_ID:MD_DESTROY_ID + 4] = create[MD_ID:MD_ID + 4]
             ioctl(fd, DRM_IOCTL_XE_DEBUG_METADATA_DESTROY, destroy)
     os.close(fd)
 
@@ -106,20 +111,19 @@ def pipeline(sock_path: str, op: str, count: int) -> float:
         if os.read(ready_r, 1) != b"r":
             raise RuntimeError("client did not start")
         dev = port.open_device(0, socket_path=sock_path)
-        connect = ctypes.create_string_buffer(struct.pack("<QQII", 0, pid, 0, 0), 24)
+        connect = drm_xe_eudebug_connect(pid=pid)
         dbg = ioctl(dev, DRM_IOCTL_XE_EUDEBUG_CONNECT, connect)
         event = ctypes.create_string_buffer(256)
-        request = struct.pack("<IHH", 256, DRM_XE_EUDEBUG_EVENT_READ, 0)
+        request = bytes(drm_xe_eudebug_event(len=256, type=DRM_XE_EUDEBUG_EVENT_READ))
 
         def read() -> int:
-            ctypes.memset(event, 0, 24)
-            event[0:8] = request
+            event[0:EVENT_HEADER_SIZE] = request
             ioctl(dbg, DRM_XE_EUDEBUG_IOCTL_READ_EVENT, event)
-            return struct.unpack_from("<H", event, 4)[0]
+            return struct.unpack_from("<H", event, EVENT_TYPE)[0]
 
-        while read() != EVENT_OPEN:  # discovery: the client's DRM file
+        while read() != DRM_XE_EUDEBUG_EVENT_OPEN:  # discovery: the client's DRM file
             pass
-        want = EVENT_VM if op == "vm" else EVENT_METADATA
+        want = DRM_XE_EUDEBUG_EVENT_VM if op == "vm" else DRM_XE_EUDEBUG_EVENT_METADATA
         expected = (count // 2) * 2
         got = 0
         start = time.perf_counter()
@@ -162,6 +166,16 @@ def bare_round_trips(count: int) -> float:
     return count / elapsed
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` so far (0.0 where /proc is unavailable)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=4000, help="events per pipeline run")
@@ -173,23 +187,27 @@ def main() -> int:
     ratios: list[float] = []
     pipes: list[float] = []
     bares: list[float] = []
+    cpus: list[float] = []  # simulator server CPU time per event, microseconds
     try:
         for i in range(args.repeat):
             # The baseline is measured right before and right after each pipeline run, so that
             # load from other processes on the machine weighs on both sides of the ratio alike.
             before = bare_round_trips(args.events * 2)
+            cpu = cpu_seconds(handle.pid)
             pipe = pipeline(handle.socket, args.op, args.events)
+            cpus.append((cpu_seconds(handle.pid) - cpu) / args.events * 1e6)
             after = bare_round_trips(args.events * 2)
             bare = (before + after) / 2
             ratios.append(pipe / bare)
             pipes.append(pipe)
             bares.append(bare)
-            print(f"run {i + 1}: pipeline {pipe:9.0f} events/s   bare socket {bare:9.0f} round trips/s   ratio {pipe / bare:.3f}")
+            print(f"run {i + 1}: pipeline {pipe:9.0f} events/s   bare socket {bare:9.0f} round trips/s   ratio {pipe / bare:.3f}   server CPU {cpus[-1]:.0f} us/event")
     finally:
         handle.stop()
     ratio = statistics.median(ratios)
     print(f"calls via {VIA}; op {args.op}; {args.events} events per run")
     print(f"simulator pipeline: {statistics.median(pipes):.0f} events/s median, {max(pipes):.0f} best (client ioctl -> debugger READ_EVENT)")
+    print(f"simulator server CPU time: {statistics.median(cpus):.0f} us per event median (both calls of the event)")
     print(f"bare Unix-socket request/reply: {statistics.median(bares):.0f} round trips/s median, {max(bares):.0f} best")
     print(f"ratio: {ratio:.3f} (median of per-run ratios; target >= {args.target})")
     return 0
