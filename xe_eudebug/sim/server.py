@@ -53,6 +53,10 @@ RELEASE_ORDER_WAIT = 0.05  # seconds a slow release holds up the next one (see _
 RELEASE_SYNC_WAIT = 1.0    # seconds a call waits for releases of files closed before it
 MEMORY_ANSWER_TIMEOUT = 30.0  # seconds a caller may take to answer a memory request
 _MAX_RW = wire._MAX_RW  # largest read served in one call (short counts beyond, like the VFS)
+# Diagnostics: a directory in XE_EUDEBUG_SIM_PROFILE gets one cProfile dump per control
+# connection (written when the connection ends); read them with `python3 -m pstats`.
+PROFILE_ENV = "XE_EUDEBUG_SIM_PROFILE"
+_PROFILE_DIR = os.environ.get(PROFILE_ENV, "")
 
 
 class _FallbackKernelError(Exception):
@@ -358,6 +362,18 @@ class Server:
         t.start()
 
     def _serve_conn(self, conn: _Conn) -> None:
+        if _PROFILE_DIR:
+            import cProfile
+
+            profiler = cProfile.Profile()
+            try:
+                profiler.runcall(self._serve_conn_loop, conn)
+            finally:
+                profiler.dump_stats(os.path.join(_PROFILE_DIR, f"conn-{os.getpid()}-{threading.get_ident()}.prof"))
+            return
+        self._serve_conn_loop(conn)
+
+    def _serve_conn_loop(self, conn: _Conn) -> None:
         try:
             while not conn.dead:
                 msg = recv_msg(conn.sock, conn.buf)
