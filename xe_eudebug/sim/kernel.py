@@ -16,7 +16,6 @@ What is modelled and what is not is listed in ``docs/simulator-model.md``.
 
 from __future__ import annotations
 
-import contextlib
 import errno as E
 import heapq
 import logging
@@ -25,7 +24,7 @@ import struct
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Iterable, Iterator, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 from . import procmem
 
@@ -122,6 +121,32 @@ DRIVER_VERSION = (1, 1, 0)
 POLLIN, POLLOUT, POLLERR, POLLHUP, POLLRDNORM, POLLWRNORM = 0x1, 0x4, 0x8, 0x10, 0x40, 0x100
 CAP_SYS_PTRACE = 19
 CAP_SYS_NICE = 23
+
+
+class _Reading:
+    """Context of `Kernel._reading` (a plain class: it runs on every ioctl of a DRM file)."""
+
+    __slots__ = ("kernel", "dev")
+
+    def __init__(self, kernel: "Kernel", dev: Device) -> None:
+        self.kernel = kernel
+        self.dev = dev
+
+    def __enter__(self) -> None:
+        kernel = self.kernel
+        kernel._lock.acquire()
+        try:
+            kernel._gate_read(self.dev)
+        except BaseException:
+            kernel._lock.release()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        kernel = self.kernel
+        try:
+            kernel._gate_read_done(self.dev)
+        finally:
+            kernel._lock.release()
 
 
 class KernelError(Exception):
@@ -652,15 +677,9 @@ class Kernel:
         if dev.readers == 0:
             self._gate_cv.notify_all()
 
-    @contextlib.contextmanager
-    def _reading(self, dev: Device) -> Iterator[None]:
+    def _reading(self, dev: Device) -> "_Reading":
         """The kernel lock plus the device's discovery gate for reading (§2.3)."""
-        with self._lock:
-            self._gate_read(dev)
-            try:
-                yield
-            finally:
-                self._gate_read_done(dev)
+        return _Reading(self, dev)
 
     # -- events ------------------------------------------------------------------------------------
     def _poll_changed(self, conn: Connection) -> None:

@@ -238,6 +238,7 @@ class Server:
         self.detached: set[_Entry] = set()
         self.conns = 0
         self.epoll = select.epoll()
+        self._epfd = self.epoll.fileno()
         self.stopping = threading.Event()
         self.release_queue: deque[_Entry] = deque()
         self.release_cv = threading.Condition()
@@ -415,7 +416,12 @@ class Server:
 
     def _dispatch(self, conn: _Conn, kind: int, a: int, b: int, c: int, payload: bytes,
                   fds: list[int]) -> None:
-        self._sync_releases()
+        # Closes that happened before this call are visible to it: collect pending end-of-files
+        # (one non-blocking epoll_wait) and wait for releases still running.
+        if self.detached or epoll_ready(self._epfd):
+            self._check_closed(self.epoll.poll(0))
+        if self.releases_pending:
+            self._wait_releases()
         if kind == OP_CLONE or kind == OP_INFO or kind == OP_OPEN:
             if fds or payload:
                 raise ProtocolError(f"request {kind} carries unexpected data")
@@ -618,14 +624,10 @@ class Server:
                 if pending == 0:  # the client's end (and the byte queued in it) is gone
                     self._schedule_release(entry)
 
-    def _sync_releases(self) -> None:
-        """Make every close that happened before this call visible to it, as close(2) runs the
-        release before it returns: collect end-of-files already signalled and wait (boundedly)
-        for the releases scheduled so far."""
-        if epoll_ready(self.epoll.fileno()) or self.detached:
-            self._check_closed(self.epoll.poll(0))
-        if not self.releases_pending:
-            return
+    def _wait_releases(self) -> None:
+        """Wait (boundedly) for the releases scheduled so far: with the end-of-files collected at
+        the start of each call (`_dispatch`), every close that happened before a call is visible
+        to it, as close(2) runs the release before it returns."""
         deadline = time.monotonic() + RELEASE_SYNC_WAIT
         with self.release_cv:
             # A release that already kept some call waiting RELEASE_SYNC_WAIT (an OPEN DESTROY
