@@ -172,6 +172,11 @@ class Caller(Protocol):
 
     def write(self, addr: int, data: bytes) -> None: ...      # raises KernelError(EFAULT)
 
+    # Optional: write(addr, data) as the last act of the call, done by the caller's side while
+    # the call returns (a fault then fails the call with EFAULT, the model's state as if the copy
+    # had been attempted).  `addr` is the call's arg_addr.  Callers without it get write().
+    # def write_on_return(self, addr: int, data: bytes) -> None: ...
+
 
 class _DefaultConfig:
     devices = 1
@@ -1703,7 +1708,9 @@ class Kernel:
         if event is None:
             caller.write(addr, struct.pack("<I", need))
             raise _fail(E.EMSGSIZE, "READ_EVENT: buffer too small")
-        caller.write(addr, event)                  # a fault here loses the event, as in the kernel
+        # A fault here loses the event, as in the kernel; nothing follows the copy.
+        write = getattr(caller, "write_on_return", None) or caller.write
+        write(addr, event)
         return 0, b""
 
     def _ack_event(self, conn: Connection, caller: Caller, arg: bytes) -> tuple[int, bytes]:

@@ -91,7 +91,7 @@ class _Conn:
 class Caller:
     """The process blocked in a call: copy_from_user / copy_to_user on its memory."""
 
-    __slots__ = ("_conn", "_error", "pid", "uid", "gid", "arg_addr", "nonblock")
+    __slots__ = ("_conn", "_error", "pid", "uid", "gid", "arg_addr", "nonblock", "on_return")
 
     def __init__(self, conn: _Conn, error_class: type, arg_addr: int = 0, nonblock: bool = False) -> None:
         self._conn = conn
@@ -101,6 +101,7 @@ class Caller:
         self.gid = conn.gid
         self.arg_addr = arg_addr
         self.nonblock = nonblock
+        self.on_return: bytes | None = None  # bytes the caller writes at arg_addr as the call returns
 
     def _fault(self) -> Exception:
         return _make_error(self._error, _errno.EFAULT)
@@ -139,6 +140,17 @@ class Caller:
                     raise self._fault() from None
                 conn.direct = False
         self._ask(R_MEMWRITE, M_DONE, addr, 0, data)
+
+    def write_on_return(self, addr: int, data: bytes) -> None:
+        """copy_to_user as the last act of an ioctl, at its argument address: the port writes the
+        bytes into its own memory before the call returns (a fault fails the call with EFAULT),
+        which spares the server a cross-process copy.  Anywhere else, a plain write()."""
+        if addr != self.arg_addr or self.on_return is not None or not data:
+            self.write(addr, data)
+            return
+        if addr <= 0 or addr + len(data) > wire.MASK64 + 1:
+            raise self._fault()
+        self.on_return = bytes(data)
 
     def _ask(self, kind: int, answer: int, addr: int, size: int, data: bytes) -> bytes:
         """Ask the blocked caller's side of the connection to copy (read `size` or write `data`)."""
@@ -515,6 +527,11 @@ class Server:
         if copy_back and (not direction & 2 or len(copy_back) > size):
             log.error("kernel model returned %d copy-back bytes for ioctl %#x; ignored", len(copy_back), request)
             copy_back = b""
+        if caller.on_return is not None:
+            if copy_back:  # both at the argument address: the struct copy-back comes last
+                copy_back = bytes(copy_back) + caller.on_return[len(copy_back):]
+            else:
+                copy_back = caller.on_return
         new: tuple[_Entry, socket.socket] | None = None
         if not err and not isinstance(result, int):
             if request == _CONNECT:
