@@ -660,24 +660,27 @@ class Server:
                 waiting = [e for e in waiting if e in self.releases_pending]
 
     def _schedule_release(self, entry: _Entry) -> None:
-        with self.lock:
-            if entry.released:
-                return
-            if self.debug:
-                log.debug("last close of %s file %#x", _KIND_NAMES.get(entry.kind, "?"), entry.key)
-            entry.released = True
-            self.by_key.pop(entry.key, None)
-            self.by_file.pop(id(entry.file), None)
-            self.by_fd.pop(entry.fd, None)
-            self.detached.discard(entry)
+        # The file becomes "released" and "release pending" in one step, before it leaves the
+        # epoll set: a call that finds no end-of-file pending (the file watcher took it) then
+        # finds the release pending and waits for it.  Lock order: release_cv, then lock.
+        with self.release_cv:
+            with self.lock:
+                if entry.released:
+                    return
+                if self.debug:
+                    log.debug("last close of %s file %#x", _KIND_NAMES.get(entry.kind, "?"), entry.key)
+                entry.released = True
+                self.by_key.pop(entry.key, None)
+                self.by_file.pop(id(entry.file), None)
+                self.by_fd.pop(entry.fd, None)
+                self.detached.discard(entry)
+            self.releases_pending.add(entry)
+            self.release_queue.append(entry)
+            self.release_cv.notify_all()
         try:
             self.epoll.unregister(entry.fd)
         except (OSError, ValueError):
             pass
-        with self.release_cv:
-            self.release_queue.append(entry)
-            self.releases_pending.add(entry)
-            self.release_cv.notify_all()
 
     def _release_worker(self) -> None:
         """Run releases in the order their last closes were seen.  A release that blocks (an
