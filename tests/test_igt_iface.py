@@ -43,9 +43,6 @@ def _connect_self(fd: int) -> int:
 
 # ------------------------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=False, reason="simulator bug B07 (/tmp/sim-bugs.md): the release of a closed debugger fd "
-                   "is asynchronous, so an immediate CONNECT or disable after close() intermittently "
-                   "fails EBUSY (kernel-behaviour.md §14.7, §12.1)")
 def test_sysfs_toggle(fd: int) -> None:
     """IGT sysfs-toggle: the enable_eudebug toggle gates CONNECT and is idempotent."""
     enable_eudebug(fd, False)
