@@ -493,6 +493,9 @@ class Kernel:
     def __init__(self, config: Any = None) -> None:
         self.config = config if config is not None else _DefaultConfig()
         self._lock = threading.RLock()
+        # Threads blocked in _queue on a full fifo (the server does not make later calls wait
+        # for a release blocked there: in the kernel that close(2) has not returned yet).
+        self.fifo_waiters: set[int] = set()
         self._gate_cv = threading.Condition(self._lock)
         self._fence_cv = threading.Condition(self._lock)
         self._fence_gen = 0
@@ -704,15 +707,20 @@ class Kernel:
             limit = float(_cfg(self.config, "fifo_timeout"))
             retry = max(float(_cfg(self.config, "fifo_retry")), 0.001)
             deadline = time.monotonic() + limit
-            while len(conn.fifo) >= capacity:
-                if conn.status != 1:
-                    return False
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    log.info("event fifo stayed full for %.1f s: detaching with ETIMEDOUT", limit)
-                    self._detach(conn, -E.ETIMEDOUT)
-                    return False
-                conn.cv.wait(min(retry, left))
+            me = threading.get_ident()
+            self.fifo_waiters.add(me)
+            try:
+                while len(conn.fifo) >= capacity:
+                    if conn.status != 1:
+                        return False
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        log.info("event fifo stayed full for %.1f s: detaching with ETIMEDOUT", limit)
+                        self._detach(conn, -E.ETIMEDOUT)
+                        return False
+                    conn.cv.wait(min(retry, left))
+            finally:
+                self.fifo_waiters.discard(me)
             if conn.status != 1:
                 return False
         conn.fifo.append(event)

@@ -51,6 +51,7 @@ _VM_OPEN = 0x40286A01   # DRM_XE_EUDEBUG_IOCTL_VM_OPEN: vm fd, O_CLOEXEC
 _SIOCOUTQ = 0x5411
 RELEASE_ORDER_WAIT = 0.05  # seconds a slow release holds up the next one (see _release_worker)
 RELEASE_SYNC_WAIT = 1.0    # seconds a call waits for releases of files closed before it
+RELEASE_BLOCKED_CHECK = 0.005  # seconds between checks whether such a release blocks on a full fifo
 MEMORY_ANSWER_TIMEOUT = 30.0  # seconds a caller may take to answer a memory request
 _MAX_RW = wire._MAX_RW  # largest read served in one call (short counts beyond, like the VFS)
 # Diagnostics: a directory in XE_EUDEBUG_SIM_PROFILE gets one cProfile dump per control
@@ -215,7 +216,8 @@ _KIND_NAMES = {KIND_DEVICE: "device", KIND_DEBUGGER: "debugger", KIND_VM: "vm", 
 class _Entry:
     """A simulated file: the server's end of the socketpair and the kernel's File."""
 
-    __slots__ = ("sock", "fd", "key", "file", "device", "kind", "lock", "queued", "hup", "released", "slow")
+    __slots__ = ("sock", "fd", "key", "file", "device", "kind", "lock", "queued", "hup", "released", "slow",
+                 "thread")
 
     def __init__(self, sock: socket.socket, key: int, file: Any, device: int, kind: int) -> None:
         self.sock = sock
@@ -229,6 +231,7 @@ class _Entry:
         self.hup = False      # server end shut down after detach
         self.released = False
         self.slow = False     # its release kept a call waiting RELEASE_SYNC_WAIT already
+        self.thread = 0       # ident of the thread running its release
 
 
 class Server:
@@ -646,18 +649,22 @@ class Server:
         the start of each call (`_dispatch`), every close that happened before a call is visible
         to it, as close(2) runs the release before it returns."""
         deadline = time.monotonic() + RELEASE_SYNC_WAIT
+        # A release blocked on a full event fifo (its OPEN DESTROY event) is a close(2) that has
+        # not returned in the kernel: nothing is ordered after it, and the call waiting may be
+        # the READ_EVENT that makes room.  It is not waited for (checked every
+        # RELEASE_BLOCKED_CHECK), nor is a release that already kept a call waiting
+        # RELEASE_SYNC_WAIT (blocked elsewhere).
+        blocked: set[int] = getattr(self.kernel, "fifo_waiters", set())
         with self.release_cv:
-            # A release that already kept some call waiting RELEASE_SYNC_WAIT (an OPEN DESTROY
-            # blocked on a full fifo) is not waited for again.
-            waiting = [e for e in self.releases_pending if not e.slow]
+            waiting = [e for e in self.releases_pending if not e.slow and e.thread not in blocked]
             while waiting:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     for e in waiting:
                         e.slow = True
                     break
-                self.release_cv.wait(left)
-                waiting = [e for e in waiting if e in self.releases_pending]
+                self.release_cv.wait(min(left, RELEASE_BLOCKED_CHECK))
+                waiting = [e for e in waiting if e in self.releases_pending and e.thread not in blocked]
 
     def _schedule_release(self, entry: _Entry) -> None:
         # The file becomes "released" and "release pending" in one step, before it leaves the
@@ -699,6 +706,7 @@ class Server:
             t.join(RELEASE_ORDER_WAIT)
 
     def _release_one(self, entry: _Entry) -> None:
+        entry.thread = threading.get_ident()
         self.tls.dirty = None
         try:
             self.kernel.release(entry.file)
