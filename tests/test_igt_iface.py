@@ -262,9 +262,6 @@ def _threaded_vm_client(c: Client) -> None:
     c.close_driver(dfd)
 
 
-@pytest.mark.xfail(strict=False, reason="simulator bug B-READ-STALL (/tmp/sim-bugs.md): a READ_EVENT waits ~1 s "
-                   "behind a pending DRM-file release blocked on the full fifo, so the worker's 1 s stop "
-                   "leaves events unread (kernel-behaviour.md §3.6, §4)")
 def test_basic_client_th(fd: int) -> None:
     """IGT basic-client-th: VM events from many client threads sharing one DRM client."""
     ic.run_client_with_trigger(fd, 0, _threaded_vm_client, match_opposite=True, filter=0)
@@ -331,33 +328,3 @@ def test_basic_exec_queues_enable(fd: int) -> None:
     finally:
         ic.vm_destroy_raw(fd, vm_lr)
         ic.vm_destroy_raw(fd, vm_non_lr)
-
-
-GPU_EXEC_REASON = ("needs GPU execution (a command-streamer batch on an exec queue); the simulator has no "
-                   "execution model and this suite ports the interface subtests only")
-EU_REASON = "needs EU execution hardware (SIP, breakpoints, EU attention): not ported"
-
-#: The subtests of IGT tests/intel/xe_eudebug_online.c (subtests.md §5).
-ONLINE_SUBTESTS = [
-    "basic-breakpoint", "preempt-breakpoint", "set-breakpoint", "set-breakpoint-faultable",
-    "set-breakpoint-sigint-debugger", "breakpoint-not-in-debug-mode", "stopped-thread", "resume-one",
-    "resume-dss", "interrupt-all", "interrupt-other-debuggable", "interrupt-other",
-    "interrupt-all-set-breakpoint", "interrupt-all-set-breakpoint-faultable", "tdctl-parameters",
-    "reset-with-attention", "interrupt-reconnect", "single-step", "single-step-one", "debugger-reopen",
-    *[f"writes-caching-{a}-bb-{b}-target-{t}" for a in ("sram", "vram") for b in ("sram", "vram")
-      for t in ("sram", "vram")],
-    "breakpoint-many-sessions-single-tile", "breakpoint-many-sessions-tiles", "pagefault-read",
-    "pagefault-write",
-]
-
-
-@pytest.mark.parametrize("subtest", ["vm-bind-clear", "vm-bind-clear-faultable"])
-def test_gpu_exec_subtests(subtest: str) -> None:
-    """IGT vm-bind-clear, vm-bind-clear-faultable: not ported (GPU execution)."""
-    pytest.skip(f"IGT {subtest}: {GPU_EXEC_REASON}")
-
-
-@pytest.mark.parametrize("subtest", ONLINE_SUBTESTS)
-def test_online_subtests(subtest: str) -> None:
-    """IGT xe_eudebug_online.c: not ported (EU execution)."""
-    pytest.skip(f"IGT xe_eudebug_online {subtest}: {EU_REASON}")
