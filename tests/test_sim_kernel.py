@@ -25,9 +25,7 @@ import pytest
 from xe_eudebug.sim import kernel as K
 from xe_eudebug.sim import procmem
 
-ABI = Path(__file__).resolve().parent.parent.parent / "shared" / "spec" / "abi.json"
-if not ABI.exists():
-    ABI = Path("/work/shared/spec/abi.json")
+ABI = Path(__file__).resolve().parent / "data" / "abi.json"
 
 
 class FakeCaller:
