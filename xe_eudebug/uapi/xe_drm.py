@@ -73,6 +73,10 @@ class drm_xe_query_engines(Struct):
     ]
 
 
+DRM_XE_MEM_REGION_CLASS_SYSMEM = 0
+DRM_XE_MEM_REGION_CLASS_VRAM = 1
+
+
 class drm_xe_mem_region(Struct):
     _fields_ = [
         ("mem_class", u16),
