@@ -50,7 +50,8 @@ _VM_OPEN = 0x40286A01   # DRM_XE_EUDEBUG_IOCTL_VM_OPEN: vm fd, O_CLOEXEC
 
 _SIOCOUTQ = 0x5411
 RELEASE_ORDER_WAIT = 0.05  # seconds a slow release holds up the next one (see _release_worker)
-RELEASE_SYNC_WAIT = 1.0    # seconds a call waits for releases of files closed before it
+RELEASE_SYNC_WAIT = 10.0   # seconds a call waits for releases of files closed before it (a release
+#                            waiting for a discovery to finish can take that long under load)
 RELEASE_BLOCKED_CHECK = 0.005  # seconds between checks whether such a release blocks on a full fifo
 MEMORY_ANSWER_TIMEOUT = 30.0  # seconds a caller may take to answer a memory request
 _MAX_RW = wire._MAX_RW  # largest read served in one call (short counts beyond, like the VFS)
