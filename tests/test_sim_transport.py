@@ -734,3 +734,36 @@ def test_closed_fd_is_ebadf_and_the_connection_survives(fake, dev):
         call(other, FAKE_ECHO, ctypes.create_string_buffer(16))
     assert info.value.errno == errno.EBADF
     assert call(dev, FAKE_ECHO, ctypes.create_string_buffer(16)) == os.getpid()
+
+
+def test_private_instance_exits_when_its_owner_is_killed():
+    """A private instance (idle exit disabled) does not outlive the process that started it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import time\n"
+        "from xe_eudebug.sim import SimConfig, start_server\n"
+        "h = start_server(SimConfig(idle_exit=0))\n"
+        "print(h.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    owner = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    try:
+        server_pid = int(owner.stdout.readline())
+        assert os.path.exists(f"/proc/{server_pid}")
+    finally:
+        owner.kill()
+        owner.wait(10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{server_pid}/stat", "rb") as f:
+                if f.read().rsplit(b")", 1)[1].split()[0] == b"Z":
+                    break
+        except FileNotFoundError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(server_pid, 9)
+        raise AssertionError("the orphaned simulator is still running 10 s after its owner was killed")

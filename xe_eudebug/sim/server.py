@@ -49,6 +49,7 @@ _CONNECT = 0xC018644E   # DRM_IOCTL_XE_EUDEBUG_CONNECT: debugger fd, flags 0 (no
 _VM_OPEN = 0x40286A01   # DRM_XE_EUDEBUG_IOCTL_VM_OPEN: vm fd, O_CLOEXEC
 
 _SIOCOUTQ = 0x5411
+OWNER_GONE_IDLE_EXIT = 1.0  # seconds of idleness after which an orphaned private instance exits
 RELEASE_ORDER_WAIT = 0.05  # seconds a slow release holds up the next one (see _release_worker)
 RELEASE_SYNC_WAIT = 10.0   # seconds a call waits for releases of files closed before it (a release
 #                            waiting for a discovery to finish can take that long under load)
@@ -256,6 +257,7 @@ class Server:
         self.epoll = select.epoll()
         self._epfd = self.epoll.fileno()
         self.stopping = threading.Event()
+        self.owner_pid = 0  # set for private instances: see serve_forever
         self.release_queue: deque[_Entry] = deque()
         self.release_cv = threading.Condition()
         self.releases_pending: set[_Entry] = set()  # scheduled releases not yet done
@@ -333,15 +335,20 @@ class Server:
                     self._start_conn(sock)
                     idle_since = None
                     continue
-                if self.config.idle_exit > 0:
+                idle_exit = self.config.idle_exit
+                if self.owner_pid and not _alive(self.owner_pid):
+                    # the process that started this private instance is gone (killed without
+                    # stopping it): nobody else knows its socket, so do not outlive its users
+                    idle_exit = min(idle_exit, OWNER_GONE_IDLE_EXIT) if idle_exit > 0 else OWNER_GONE_IDLE_EXIT
+                if idle_exit > 0:
                     with self.lock:
                         idle = self.conns == 0 and not self.by_key and not self.detached
                     if not idle:
                         idle_since = None
                     elif idle_since is None:
                         idle_since = time.monotonic()
-                    elif time.monotonic() - idle_since >= self.config.idle_exit:
-                        log.info("idle for %.1f s, exiting", self.config.idle_exit)
+                    elif time.monotonic() - idle_since >= idle_exit:
+                        log.info("idle for %.1f s, exiting", idle_exit)
                         break
         finally:
             self.close()
@@ -853,6 +860,20 @@ class ServerHandle:
         return f"<ServerHandle pid={self.pid} socket={self.socket!r}>"
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (exited, not yet reaped) is gone too
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
+
+
 def _runtime_base() -> str:
     base = os.environ.get("XDG_RUNTIME_DIR")
     return base if base and os.path.isdir(base) else tempfile.gettempdir()
@@ -875,7 +896,7 @@ def start_server(config: SimConfig | None = None, socket: str | None = None, *,
     env.update((config or SimConfig.from_env()).to_env())
     pkg_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    argv = [sys.executable, "-m", "xe_eudebug.sim", "--socket", socket]
+    argv = [sys.executable, "-m", "xe_eudebug.sim", "--socket", socket, "--owner-pid", str(os.getpid())]
     if kernel:
         argv += ["--kernel", kernel]
     if verbose:
@@ -937,6 +958,8 @@ def main(argv: list[str] | None = None, prog: str = "python3 -m xe_eudebug.sim")
     parser.add_argument("--enable", action="store_true", help="start with eudebug enabled on every device")
     # Testing hook: another kernel model ("module:Class"), also from XE_EUDEBUG_SIM_KERNEL.
     parser.add_argument("--kernel", default=os.environ.get(KERNEL_ENV) or DEFAULT_KERNEL, help=argparse.SUPPRESS)
+    parser.add_argument("--owner-pid", type=int, default=0,
+                        help="a private instance: once this process is gone, exit when idle for 1 s")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log calls (repeat for more)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -956,6 +979,7 @@ def main(argv: list[str] | None = None, prog: str = "python3 -m xe_eudebug.sim")
     if os.path.abspath(path) == os.path.abspath(default_socket_path()):
         wire._ensure_private_dir(default_socket_dir())
     server = Server(path, config, kernel_spec=args.kernel)
+    server.owner_pid = args.owner_pid
     try:
         server.bind()
     except OSError as exc:
