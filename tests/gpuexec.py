@@ -68,8 +68,8 @@ def pack(*parts: Any) -> bytes:
 class GpuClient:
     """One DRM client of the device under test; everything it creates is freed by `close`."""
 
-    def __init__(self, device: str | None = None) -> None:
-        self.fd = open_device(device)
+    def __init__(self, device: str | None = None, fd: int | None = None) -> None:
+        self.fd = open_device(device) if fd is None else fd
         self.keep: list[Any] = []
         self.maps: dict[int, Any] = {}
 
