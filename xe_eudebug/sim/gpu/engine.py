@@ -218,7 +218,7 @@ class CommandStreamer:
                 self._post_sync((header >> mi.MI_FLUSH_DW_POST_SYNC_SHIFT) & 3, dw[1] & ~7, dw[2],
                                 dw[3:], space)
             elif op == mi.MI_SEMAPHORE_WAIT:
-                self._semaphore_wait(header, dw, space, ctx, stop)
+                self._semaphore_wait(at, header, dw, space, ctx, stop)
             # MI_NOOP, MI_ARB_ON_OFF, MI_USER_INTERRUPT: nothing to model
 
     def _check_stop(self, stop: Callable[[], str | None]) -> None:
@@ -235,13 +235,13 @@ class CommandStreamer:
         elif op == mi.POST_SYNC_WRITE_DEPTH_COUNT:
             space.write(addr, struct.pack("<Q", 0))     # no 3D pipeline: no pixels were counted
 
-    def _semaphore_wait(self, header: int, dw: tuple[int, ...], space: AddressSpace, ctx: Context,
+    def _semaphore_wait(self, at: int, header: int, dw: tuple[int, ...], space: AddressSpace, ctx: Context,
                         stop: Callable[[], str | None]) -> None:
-        if len(dw) < 4:
-            raise _BadCommand(header, 0, "MI_SEMAPHORE_WAIT: too short")
+        compare = (header >> mi.MI_SEMAPHORE_COMPARE_SHIFT) & 7
+        if len(dw) < 4 or compare > mi.SAD_NOT_EQUAL_SDD:
+            raise _BadCommand(header, at, f"MI_SEMAPHORE_WAIT {header:#010x} at {at:#x}: length/compare")
         sdd = dw[1]
         addr = (dw[2] | dw[3] << 32) & 0xFFFFFFFFFFFC
-        compare = (header >> mi.MI_SEMAPHORE_COMPARE_SHIFT) & 7
         while True:
             if header & mi.MI_SEMAPHORE_REGISTER_POLL:
                 value = self._read_reg(ctx, self._reg(addr, False))
@@ -275,6 +275,4 @@ def _compare(op: int, sad: int, sdd: int) -> bool:
         return sad <= sdd
     if op == mi.SAD_EQUAL_SDD:
         return sad == sdd
-    if op == mi.SAD_NOT_EQUAL_SDD:
-        return sad != sdd
-    return False
+    return sad != sdd                         # SAD_NOT_EQUAL_SDD
