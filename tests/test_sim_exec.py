@@ -140,9 +140,9 @@ def test_vm_bind_clear_pattern_copies_fresh_memory_through_a_register(c):
     vm, bo, q = setup(c)
     clean = c.bo()
     c.bind(vm, clean, 0x4000000)
-    assert run(c, q, bo, pack(MI_NOOP | 0xC5A3, lrm(CS_GPR[0], 0x4000000 + 0x40),
+    assert run(c, q, bo, pack(MI_NOOP | 0xC5A3, lri(CS_GPR[0], 0xFFFFFFFF), lrm(CS_GPR[0], 0x4000000 + 0x40),
                                srm(CS_GPR[0], BATCH), MI_BATCH_BUFFER_END)) == 0
-    assert c.read32(bo, 0) == 0
+    assert c.read32(bo, 0) == 0                                # GPR0 was loaded from the new BO
 
 
 def test_chained_and_second_level_batches(c):
