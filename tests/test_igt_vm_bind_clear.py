@@ -189,10 +189,7 @@ def _triggers(shared: Shared):
         if e.flags & EventFlags.DESTROY:
             shared.add(_UNBIND)
 
-    def ack_trigger(d: Debugger, e: Event) -> None:
-        d.ack_ufence(e)
-
-    return clear_trigger, ack_trigger
+    return clear_trigger
 
 
 @pytest.mark.parametrize("flags", [pytest.param(0, id="plain"),
@@ -203,12 +200,12 @@ def test_vm_bind_clear(fd: int, flags: int) -> None:
     if flags & ic.TEST_FAULTABLE and not ic.supports_faults(fd):
         pytest.skip("the device does not support fault-mode VMs")
     shared = Shared()
-    clear_trigger, ack_trigger = _triggers(shared)
+    clear_trigger = _triggers(shared)
     with Session(_client(shared), flags, device=fd) as s:
         c, d = s.client, s.debugger
         assert c is not None and d is not None
         d.add_trigger(EventType.VM_BIND_OP, clear_trigger)
-        d.add_trigger(EventType.VM_BIND_UFENCE, ack_trigger)
+        d.add_trigger(EventType.VM_BIND_UFENCE, ic.ufence_ack_trigger)
         d.attach(c)
         d.start_worker()
         c.start()

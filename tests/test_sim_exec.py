@@ -304,6 +304,12 @@ def test_timeline_syncobj_points_from_exec(c):
     assert c.exec(q, BATCH, [syncobj_sync(s, point=3)]) == 0
     assert c.timeline_wait([s], [3], 10 * NSEC) == 0
     assert c.timeline_array(U.DRM_IOCTL_SYNCOBJ_QUERY, [s], [0])[1] == [3]
+    # in-syncs on points: a submitted point is a dependency, a later one is not submitted yet
+    c.write(bo, 0x100, pack(sdi(DATA, 0x55), MI_BATCH_BUFFER_END))
+    assert c.exec(q, BATCH + 0x100, [syncobj_sync(s, signal=False, point=2), syncobj_sync(s, point=4)]) == 0
+    assert c.timeline_wait([s], [4], 10 * NSEC) == 0
+    assert c.read32(bo, DATA_OFF) == 0x55
+    assert c.exec(q, BATCH, [syncobj_sync(s, signal=False, point=9)]) == ERR["EINVAL"]
 
 
 def test_vm_bind_syncobjs(c):
