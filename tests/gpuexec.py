@@ -115,15 +115,20 @@ class GpuClient:
     def read64(self, bo: int, offset: int) -> int:
         return struct.unpack("<Q", bytes(self.map(bo)[offset:offset + 8]))[0]
 
-    def bind(self, vm: int, bo: int, addr: int, size: int = BO_SIZE, syncs: list[Any] | None = None) -> None:
-        """Map `bo` at `addr` and wait until the bind is complete (a user fence)."""
+    def bind(self, vm: int, bo: int, addr: int, size: int = BO_SIZE, syncs: list[Any] | None = None,
+             *, op: int = U.DRM_XE_VM_BIND_OP_MAP, userptr: int = 0, flags: int = 0) -> None:
+        """Map `bo` (or `userptr` with OP_MAP_USERPTR, or nothing with the NULL flag) at `addr`
+        and wait until the bind is complete (a user fence)."""
         cell = ctypes.c_uint64(0)
         fence = user_fence(ctypes.addressof(cell), 1)
         all_syncs = [fence] + list(syncs or [])
         arr = (U.drm_xe_sync * len(all_syncs))(*all_syncs)
         arg = U.drm_xe_vm_bind(vm_id=vm, num_binds=1, num_syncs=len(all_syncs), syncs=ctypes.addressof(arr))
-        arg.bind.op = U.DRM_XE_VM_BIND_OP_MAP
+        arg.bind.op = op
         arg.bind.obj = bo
+        arg.bind.flags = flags
+        if userptr:
+            arg.bind.userptr = userptr
         arg.bind.addr = addr
         arg.bind.range = size
         seam.ioctl(self.fd, U.DRM_IOCTL_XE_VM_BIND, arg)

@@ -9,6 +9,7 @@ need a simulator with a short job timeout start a private instance.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import threading
 import time
@@ -84,6 +85,9 @@ def test_exec_argument_errnos_in_kernel_order(c):
     # an unreadable sync array
     arg = U.drm_xe_exec(exec_queue_id=q, num_syncs=1, syncs=8, address=BATCH, num_batch_buffer=1)
     assert c_try(c, arg) == ERR["EFAULT"]
+    if SIM:                                   # the model's limit for kcalloc of the sync array
+        arg.num_syncs = 0xFFFFFFFF
+        assert c_try(c, arg) == -errno.ENOMEM
     # the queue still works after every refusal
     assert run(c, q, bo, pack(MI_BATCH_BUFFER_END)) == 0
 
@@ -206,6 +210,33 @@ def test_jobs_of_a_queue_run_in_submission_order(c):
     assert c.wait_ufence(c.bo_addr(bo, DATA_OFF + 0x48), 1, 10 * NSEC, q) == 0
     assert (c.read32(bo, DATA_OFF + 4), c.read32(bo, DATA_OFF + 8)) == (0xA, 0xB)
     assert c.read64(bo, DATA_OFF + 0x40) == 1
+
+
+def test_userptr_null_and_scratch_mappings(c):
+    """The engine reaches userptr memory in the client, NULL mappings read zero and drop writes,
+    and a SCRATCH_PAGE VM turns unmapped accesses into the scratch page instead of a fault."""
+    import mmap as _mmap
+    vm = c.vm(U.DRM_XE_VM_CREATE_FLAG_SCRATCH_PAGE)
+    bo = c.bo()
+    c.bind(vm, bo, BATCH)
+    q = c.queue(vm)
+    mem = _mmap.mmap(-1, 0x2000)
+    mem[:4] = (0x12345678).to_bytes(4, "little")
+    uaddr = ctypes.addressof(ctypes.c_char.from_buffer(mem))
+    c.bind(vm, 0, 0x300000, 0x2000, op=U.DRM_XE_VM_BIND_OP_MAP_USERPTR, userptr=uaddr)
+    c.bind(vm, 0, 0x500000, 0x1000, flags=U.DRM_XE_VM_BIND_FLAG_NULL)
+    batch = pack(lrm(CS_GPR[0], 0x300000), srm(CS_GPR[0], DATA),          # userptr -> BO
+                 sdi(0x300010, 0xFEED),                                    # BO -> userptr
+                 lri(CS_GPR[1], 7), lrm(CS_GPR[1], 0x500000), srm(CS_GPR[1], DATA + 4),   # NULL
+                 sdi(0x500000, 1),
+                 lri(CS_GPR[2], 7), lrm(CS_GPR[2], 0x9000000), srm(CS_GPR[2], DATA + 8),  # scratch
+                 sdi(0x9000000, 1), MI_BATCH_BUFFER_END)
+    c.write(bo, DATA_OFF + 4, (0xFFFFFFFF).to_bytes(4, "little") * 2)
+    assert run(c, q, bo, batch) == 0
+    assert c.read32(bo, DATA_OFF) == 0x12345678
+    assert int.from_bytes(mem[0x10:0x14], "little") == 0xFEED
+    assert (c.read32(bo, DATA_OFF + 4), c.read32(bo, DATA_OFF + 8)) == (0, 0)
+    del uaddr
 
 
 # ------------------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ __all__ = ["XeExec", "VmView", "DEFAULT_JOB_TIMEOUT_MS"]
 DEFAULT_JOB_TIMEOUT_MS = 5000
 CLASS_VM_BIND = _uapi.DRM_XE_ENGINE_CLASS_VM_BIND
 VM_CREATE_SCRATCH_PAGE = _uapi.DRM_XE_VM_CREATE_FLAG_SCRATCH_PAGE
-MAX_WIDTH = 9
+MAX_SYNC_BYTES = 64 << 20             # a larger sync array: kcalloc fails, ENOMEM
 _EXEC = struct.Struct("<QIIQQH6xQQ")
 
 
@@ -170,6 +170,8 @@ class XeExec:
                 raise _fail(E.EINVAL, f"DRM_IOCTL_XE_EXEC: num_batch_buffer {nbb} for width {q.width}")
             if self.reset_status(q):
                 raise _fail(E.ECANCELED, f"DRM_IOCTL_XE_EXEC: exec queue {qid} was banned")
+        if num_syncs * xe_sync.SYNC_SIZE > MAX_SYNC_BYTES:
+            raise _fail(E.ENOMEM, f"DRM_IOCTL_XE_EXEC: num_syncs {num_syncs}")
         raws: list[bytes] = []
         fault = 0
         for i in range(num_syncs):
