@@ -195,8 +195,8 @@ def _triggers(shared: Shared):
 @pytest.mark.parametrize("flags", [pytest.param(0, id="plain"),
                                    pytest.param(ic.TEST_FAULTABLE, id="faultable")])
 def test_vm_bind_clear(fd: int, flags: int) -> None:
-    """IGT vm-bind-clear / vm-bind-clear-faultable.  (IGT's faultable variant requires the
-    device NOT to support faults, an inverted check; the port skips when faults are missing.)"""
+    """IGT vm-bind-clear / vm-bind-clear-faultable (which requires fault-mode VMs: IGT's
+    ``xe_supports_faults`` returns 0, the ioctl's result, when they are supported)."""
     if flags & ic.TEST_FAULTABLE and not ic.supports_faults(fd):
         pytest.skip("the device does not support fault-mode VMs")
     shared = Shared()
