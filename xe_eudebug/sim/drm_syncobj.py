@@ -138,7 +138,8 @@ class DrmSyncobj:
 
     # -- CREATE / DESTROY ----------------------------------------------------------------------------
     def create(self, file: Any, caller: Any, k: bytearray) -> int:
-        _handle, flags = struct.unpack_from("<II", k, 0)
+        args = _uapi.drm_syncobj_create.from_buffer(k)
+        flags = args.flags
         if flags & ~CREATE_SIGNALED:
             raise _fail(E.EINVAL, f"DRM_IOCTL_SYNCOBJ_CREATE: flags {flags:#x}")
         obj = Syncobj()
@@ -149,12 +150,13 @@ class DrmSyncobj:
             while h in file.syncobjs:
                 h += 1
             file.syncobjs[h] = obj
-        struct.pack_into("<I", k, 0, h)
+        args.handle = h
         return 0
 
     def destroy(self, file: Any, caller: Any, k: bytearray) -> int:
-        handle, pad = struct.unpack_from("<II", k, 0)
-        if pad:
+        args = _uapi.drm_syncobj_destroy.from_buffer(k)
+        handle = args.handle
+        if args.pad:
             raise _fail(E.EINVAL, "DRM_IOCTL_SYNCOBJ_DESTROY: pad")
         with self._lock:
             if file.syncobjs.pop(handle, None) is None:
@@ -169,8 +171,9 @@ class DrmSyncobj:
         return self._array_op(file, caller, k, "DRM_IOCTL_SYNCOBJ_SIGNAL", signaled_stub)
 
     def _array_op(self, file: Any, caller: Any, k: bytearray, what: str, make: Any) -> int:
-        handles, count, pad = struct.unpack_from("<QII", k, 0)
-        if pad:
+        args = _uapi.drm_syncobj_array.from_buffer(k)
+        handles, count = args.handles, args.count_handles
+        if args.pad:
             raise _fail(E.EINVAL, f"{what}: pad")
         if not count:
             raise _fail(E.EINVAL, f"{what}: count_handles 0")
@@ -182,7 +185,8 @@ class DrmSyncobj:
         return 0
 
     def timeline_signal(self, file: Any, caller: Any, k: bytearray) -> int:
-        handles, points_ptr, count, flags = struct.unpack_from("<QQII", k, 0)
+        args = _uapi.drm_syncobj_timeline_array.from_buffer(k)
+        handles, points_ptr, count, flags = args.handles, args.points, args.count_handles, args.flags
         what = "DRM_IOCTL_SYNCOBJ_TIMELINE_SIGNAL"
         if flags:
             raise _fail(E.EINVAL, f"{what}: flags {flags:#x}")
@@ -202,7 +206,8 @@ class DrmSyncobj:
         return 0
 
     def query(self, file: Any, caller: Any, k: bytearray) -> int:
-        handles, points_ptr, count, flags = struct.unpack_from("<QQII", k, 0)
+        args = _uapi.drm_syncobj_timeline_array.from_buffer(k)
+        handles, points_ptr, count, flags = args.handles, args.points, args.count_handles, args.flags
         what = "DRM_IOCTL_SYNCOBJ_QUERY"
         if flags & ~QUERY_LAST_SUBMITTED:
             raise _fail(E.EINVAL, f"{what}: flags {flags:#x}")
@@ -216,7 +221,8 @@ class DrmSyncobj:
 
     # -- WAIT / TIMELINE_WAIT ----------------------------------------------------------------------------
     def wait(self, file: Any, caller: Any, k: bytearray) -> int:
-        handles, timeout, count, flags = struct.unpack_from("<QqII", k, 0)
+        args = _uapi.drm_syncobj_wait.from_buffer(k)
+        handles, timeout, count, flags = args.handles, args.timeout_nsec, args.count_handles, args.flags
         what = "DRM_IOCTL_SYNCOBJ_WAIT"
         if flags & ~(WAIT_ALL | WAIT_FOR_SUBMIT | WAIT_DEADLINE):
             raise _fail(E.EINVAL, f"{what}: flags {flags:#x}")
@@ -224,11 +230,13 @@ class DrmSyncobj:
             return 0
         objs = self._find_array(file, caller, handles, count, what)
         first = self._wait(objs, [0] * count, timeout, flags, what)
-        struct.pack_into("<I", k, 24, first)
+        args.first_signaled = first
         return 0
 
     def timeline_wait(self, file: Any, caller: Any, k: bytearray) -> int:
-        handles, points_ptr, timeout, count, flags = struct.unpack_from("<QQqII", k, 0)
+        args = _uapi.drm_syncobj_timeline_wait.from_buffer(k)
+        handles, points_ptr, timeout = args.handles, args.points, args.timeout_nsec
+        count, flags = args.count_handles, args.flags
         what = "DRM_IOCTL_SYNCOBJ_TIMELINE_WAIT"
         if flags & ~(WAIT_ALL | WAIT_FOR_SUBMIT | WAIT_AVAILABLE | WAIT_DEADLINE):
             raise _fail(E.EINVAL, f"{what}: flags {flags:#x}")
@@ -237,7 +245,7 @@ class DrmSyncobj:
         objs = self._find_array(file, caller, handles, count, what)
         points = [p for (p,) in struct.iter_unpack("<Q", caller.read(points_ptr, 8 * count))]
         first = self._wait(objs, points, timeout, flags, what)
-        struct.pack_into("<I", k, 32, first)
+        args.first_signaled = first
         return 0
 
     def _wait(self, objs: list[Syncobj], points: list[int], timeout_ns: int, flags: int, what: str) -> int:

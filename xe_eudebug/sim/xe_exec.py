@@ -43,7 +43,6 @@ DEFAULT_JOB_TIMEOUT_MS = 5000
 CLASS_VM_BIND = _uapi.DRM_XE_ENGINE_CLASS_VM_BIND
 VM_CREATE_SCRATCH_PAGE = _uapi.DRM_XE_VM_CREATE_FLAG_SCRATCH_PAGE
 MAX_SYNC_BYTES = 64 << 20             # a larger sync array: kcalloc fails, ENOMEM
-_EXEC = struct.Struct("<QIIQQH6xQQ")
 
 
 def _fail(errno: int, what: str) -> Exception:
@@ -157,8 +156,10 @@ class XeExec:
 
     # -- the ioctl -------------------------------------------------------------------------------------
     def ioctl(self, file: Any, caller: Any, k: bytearray) -> int:
-        ext, qid, num_syncs, syncs_ptr, address, nbb, r0, r1 = _EXEC.unpack_from(k, 0)
-        if ext or any(k[34:40]) or r0 or r1:
+        args = _uapi.drm_xe_exec.from_buffer(k)
+        qid, num_syncs, syncs_ptr = args.exec_queue_id, args.num_syncs, args.syncs
+        address, nbb = args.address, args.num_batch_buffer
+        if args.extensions or any(args.pad) or any(args.reserved):
             raise _fail(E.EINVAL, "DRM_IOCTL_XE_EXEC: extensions/pad/reserved")
         with self._lock:
             q = file.queues.get(qid)

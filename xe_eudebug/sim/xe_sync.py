@@ -8,8 +8,8 @@ fences are GPU virtual addresses in the queue's VM, written by the engine at the
 
 from __future__ import annotations
 
+import ctypes
 import errno as E
-import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,8 +22,7 @@ SYNC_SYNCOBJ = _uapi.DRM_XE_SYNC_TYPE_SYNCOBJ
 SYNC_TIMELINE_SYNCOBJ = _uapi.DRM_XE_SYNC_TYPE_TIMELINE_SYNCOBJ
 SYNC_USER_FENCE = _uapi.DRM_XE_SYNC_TYPE_USER_FENCE
 SYNC_FLAG_SIGNAL = _uapi.DRM_XE_SYNC_FLAG_SIGNAL
-SYNC_SIZE = 48
-_SYNC = struct.Struct("<QIIQQQQ")
+SYNC_SIZE = ctypes.sizeof(_uapi.drm_xe_sync)
 
 
 @dataclass
@@ -52,8 +51,9 @@ def _fail(errno: int, what: str) -> Exception:
 def parse(file: Any, raw: bytes, *, lr: bool, what: str) -> SyncEntry:
     """One drm_xe_sync as xe_sync_entry_parse checks it (kernel lock held).  User fences are left
     to the caller (VM_BIND and EXEC treat them differently)."""
-    _ext, s_type, flags, addr, value, r0, r1 = _SYNC.unpack_from(raw, 0)
-    if flags & ~SYNC_FLAG_SIGNAL or r0 or r1:
+    sync = _uapi.drm_xe_sync.from_buffer_copy(raw)
+    s_type, flags, addr, value = sync.type, sync.flags, sync.addr, sync.timeline_value
+    if flags & ~SYNC_FLAG_SIGNAL or any(sync.reserved):
         raise _fail(E.EINVAL, f"{what}: sync flags/reserved")
     entry = SyncEntry(s_type, flags, addr, value)
     if s_type in (SYNC_SYNCOBJ, SYNC_TIMELINE_SYNCOBJ):
@@ -129,7 +129,8 @@ def in_fences(file: Any, raws: list[bytes]) -> list[DmaFence]:
     before it is applied.  Bad entries are left to `parse`, which reports them in order."""
     out = []
     for raw in raws:
-        _ext, s_type, flags, addr, value, _r0, _r1 = _SYNC.unpack_from(raw, 0)
+        sync = _uapi.drm_xe_sync.from_buffer_copy(raw)
+        s_type, flags, addr, value = sync.type, sync.flags, sync.addr, sync.timeline_value
         if s_type not in (SYNC_SYNCOBJ, SYNC_TIMELINE_SYNCOBJ) or flags & SYNC_FLAG_SIGNAL or addr >> 32:
             continue
         obj = file.syncobjs.get(addr)
