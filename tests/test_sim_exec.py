@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from gpuexec import (BO_SIZE, COMPUTE, CS_GPR, ERR, LR, MI_ARB_CHECK, MI_BATCH_BUFFER_END, MI_NOOP,
+from gpuexec import (CS_GPR, ERR, LR, MI_ARB_CHECK, MI_BATCH_BUFFER_END, MI_NOOP,
                      NSEC, GpuClient, U, bbs, lri, lrm, lrr, pack, sdi, semaphore_wait, srm, syncobj_sync,
                      user_fence)
 from xe_eudebug.sim.gpu import mi
@@ -175,7 +175,6 @@ def test_gpgpu_state_commands_are_accepted_and_no_walker_result_is_faked(c):
     """The commands gpgpu_shader_exec emits on graphics version 20 run through; COMPUTE_WALKER
     dispatches no thread, so the shader's output stays untouched."""
     vm, bo, q = setup(c)
-    out = DATA + 0x100
     state = [mi.gfx(1, 1, 4, 1) | 3 << 8 | 2,                 # PIPELINE_SELECT GPGPU
              mi.gfx(0, 1, 1, 22), *[0] * 21,                 # STATE_BASE_ADDRESS
              mi.gfx(0, 1, 5, 3), 0, 0,                       # STATE_COMPUTE_MODE
@@ -187,7 +186,6 @@ def test_gpgpu_state_commands_are_accepted_and_no_walker_result_is_faked(c):
     assert run(c, q, bo, pack(state, sdi(DATA + 0x40, 0x600D), MI_BATCH_BUFFER_END)) == 0
     assert c.read32(bo, DATA_OFF + 0x40) == 0x600D
     assert bytes(c.map(bo)[DATA_OFF + 0x100:DATA_OFF + 0x110]) == b"\x5a" * 16
-    del out
 
 
 def test_jobs_of_a_queue_run_in_submission_order(c):
