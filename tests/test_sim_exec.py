@@ -402,3 +402,27 @@ def test_timeline_signal_query_wait(c):
     assert c.timeline_wait([t], [9], NSEC // 10, U.DRM_SYNCOBJ_WAIT_FLAGS_WAIT_FOR_SUBMIT) == ERR["ETIME"]
     threading.Timer(0.1, lambda: c.timeline_array(U.DRM_IOCTL_SYNCOBJ_TIMELINE_SIGNAL, [t], [9])).start()
     assert c.timeline_wait([t], [9], 10 * NSEC, U.DRM_SYNCOBJ_WAIT_FLAGS_WAIT_FOR_SUBMIT) == 0
+
+
+def test_parallel_queue_runs_one_batch_per_lrc(c):
+    """A width-2 queue takes an array of two batch addresses; num_batch_buffer must be 2."""
+    vm = c.vm(LR)
+    bo = c.bo()
+    c.bind(vm, bo, BATCH)
+    eci = (U.drm_xe_engine_class_instance * 2)()
+    for i in range(2):
+        eci[i].engine_class, eci[i].engine_instance = U.DRM_XE_ENGINE_CLASS_COMPUTE, i
+    from xe_eudebug import ioctl as seam
+    arg = U.drm_xe_exec_queue_create(width=2, num_placements=1, vm_id=vm, instances=ctypes.addressof(eci))
+    if seam.try_ioctl(c.fd, U.DRM_IOCTL_XE_EXEC_QUEUE_CREATE, arg) < 0:
+        pytest.skip("no two consecutive compute engines for a parallel queue")
+    q = int(arg.exec_queue_id)
+    c.write(bo, 0, pack(sdi(DATA, 0x1111), MI_BATCH_BUFFER_END))
+    c.write(bo, 0x100, pack(sdi(DATA + 4, 0x2222), MI_BATCH_BUFFER_END))
+    addrs = (ctypes.c_uint64 * 2)(BATCH, BATCH + 0x100)
+    assert c.exec(q, ctypes.addressof(addrs), nbb=1) == ERR["EINVAL"]
+    assert c.exec(q, 8, nbb=2) == ERR["EFAULT"]                  # the address array is unreadable
+    c.write(bo, DATA_OFF + 0xF00, bytes(8))
+    assert c.exec(q, ctypes.addressof(addrs), [user_fence(DATA + 0xF00, 3)], nbb=2) == 0
+    assert c.wait_ufence(c.bo_addr(bo, DATA_OFF + 0xF00), 3, 10 * NSEC, q) == 0
+    assert (c.read32(bo, DATA_OFF), c.read32(bo, DATA_OFF + 4)) == (0x1111, 0x2222)
