@@ -976,6 +976,8 @@ class Kernel:
         with self._lock:
             for dev in self.devices:
                 for f in dev.files:
+                    for q in f.queues.values():
+                        self.xe_exec.kill(q)       # running jobs stop at their next check
                     for bo in f.bos.values():
                         bo.handle_open = False
                         bo.refs = 0
