@@ -184,15 +184,19 @@ class DrmSyncobj:
             self._on_change()
         return 0
 
-    def timeline_signal(self, file: Any, caller: Any, k: bytearray) -> int:
+    def _timeline_array(self, file: Any, caller: Any, k: bytearray, what: str,
+                        allowed: int) -> tuple[Any, list[Syncobj]]:
+        """drm_syncobj_timeline_array checks: flags, a handle count, the handles."""
         args = _uapi.drm_syncobj_timeline_array.from_buffer(k)
-        handles, points_ptr, count, flags = args.handles, args.points, args.count_handles, args.flags
-        what = "DRM_IOCTL_SYNCOBJ_TIMELINE_SIGNAL"
-        if flags:
-            raise _fail(E.EINVAL, f"{what}: flags {flags:#x}")
-        if not count:
+        if args.flags & ~allowed:
+            raise _fail(E.EINVAL, f"{what}: flags {args.flags:#x}")
+        if not args.count_handles:
             raise _fail(E.EINVAL, f"{what}: count_handles 0")
-        objs = self._find_array(file, caller, handles, count, what)
+        return args, self._find_array(file, caller, args.handles, args.count_handles, what)
+
+    def timeline_signal(self, file: Any, caller: Any, k: bytearray) -> int:
+        args, objs = self._timeline_array(file, caller, k, "DRM_IOCTL_SYNCOBJ_TIMELINE_SIGNAL", 0)
+        points_ptr, count = args.points, args.count_handles
         points = [0] * count
         if points_ptr:
             points = [p for (p,) in struct.iter_unpack("<Q", caller.read(points_ptr, 8 * count))]
@@ -206,14 +210,8 @@ class DrmSyncobj:
         return 0
 
     def query(self, file: Any, caller: Any, k: bytearray) -> int:
-        args = _uapi.drm_syncobj_timeline_array.from_buffer(k)
-        handles, points_ptr, count, flags = args.handles, args.points, args.count_handles, args.flags
-        what = "DRM_IOCTL_SYNCOBJ_QUERY"
-        if flags & ~QUERY_LAST_SUBMITTED:
-            raise _fail(E.EINVAL, f"{what}: flags {flags:#x}")
-        if not count:
-            raise _fail(E.EINVAL, f"{what}: count_handles 0")
-        objs = self._find_array(file, caller, handles, count, what)
+        args, objs = self._timeline_array(file, caller, k, "DRM_IOCTL_SYNCOBJ_QUERY", QUERY_LAST_SUBMITTED)
+        points_ptr, count, flags = args.points, args.count_handles, args.flags
         with self._lock:
             points = [(o.last_point() if flags & QUERY_LAST_SUBMITTED else o.last_signaled()) for o in objs]
         caller.write(points_ptr, struct.pack(f"<{count}Q", *points))
