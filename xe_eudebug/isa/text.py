@@ -221,8 +221,8 @@ def parse_line(line: str, labels: dict[str, int] | None = None, pc: int = 0,
             if suffix not in SYNC_BY_NAME:
                 raise AsmError(f"{where}: unknown sync function .{suffix}")
             return Instruction("sync", **kw, sync_fc=SYNC_BY_NAME[suffix])
-        if base == "nop":
-            return Instruction("nop", **kw)
+        if base == "nop":  # nop has no mask control: IGA drops a (W) on it
+            return Instruction("nop", **dict(kw, nomask=False))
         if not rest:
             raise AsmError(f"{where}: {base} needs operands")
         dst = parse_operand(rest[0], where, dst=True)
