@@ -121,6 +121,7 @@ class EuThread:
         self._step_pending = False
         self._return_to: int | None = None
         self._decoded: dict[bytes, Instruction] = {}
+        self._checked: set[int] = set()
 
     # -- register access --
     def cr0(self, dword: int) -> int:
@@ -310,11 +311,13 @@ class EuThread:
         if op == "nop":
             self.ip += 16
             return None
-        if inst.saturate:
-            raise ExecError("saturation is not executed")
-        for o in (inst.dst, *inst.srcs):
-            if o.type not in ("ub", "b", "uw", "w", "ud", "d", "uq", "q"):
-                raise ExecError(f"type :{o.type} is not executed (integer types only)")
+        if id(inst) not in self._checked:
+            if inst.saturate:
+                raise ExecError("saturation is not executed")
+            for o in (inst.dst, *inst.srcs):
+                if o.type not in ("ub", "b", "uw", "w", "ud", "d", "uq", "q"):
+                    raise ExecError(f"type :{o.type} is not executed (integer types only)")
+            self._checked.add(id(inst))  # instructions stay alive in the decode cache
         chans = self._channels(inst)
         size = TYPE_SIZE[inst.dst.type]
         if op == "cmp":
