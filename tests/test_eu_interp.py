@@ -228,3 +228,19 @@ def test_breakpoint_suppress_lets_one_pass_then_traps_again():
         t.resume()
     assert stop is Stop.EOT
     assert len(stops) == 2 and stops[0] == stops[1]  # once per iteration, same instruction
+
+
+def test_instruction_fetch_sees_writes_to_the_isa():
+    s = GpgpuShader()
+    s.label(0)
+    s.nop()
+    s.jump(0)
+    sip = GpgpuShader()
+    sip.write_aip(0)
+    sip.wait()
+    sip.end_system_routine(True)
+    t, _, isa, target = _setup(s, sip, breakpoints_enabled=True)
+    assert t.run(100) is Stop.BUDGET
+    struct.pack_into("<I", isa, 16, struct.unpack_from("<I", isa, 16)[0] | 1 << 30)
+    assert t.run(100) is Stop.HOST_WAIT  # the debugger's breakpoint, set while running
+    assert t.cr0(2) == 16 and _dword(target, 2, 3) == 16
