@@ -76,6 +76,23 @@ def test_jump_neq_spins_until_memory_holds_the_value():
     assert _dword(target, 2, 3) == 1
 
 
+def _sip(aip_row: int, suppress: bool) -> GpgpuShader:
+    """xe_eudebug_online's SIP: report the AIP, wait for the host, return."""
+    sip = GpgpuShader()
+    sip.write_aip(aip_row)
+    sip.wait()
+    sip.end_system_routine(suppress)
+    return sip
+
+
+def _endless_loop() -> GpgpuShader:
+    s = GpgpuShader()
+    s.label(0)
+    s.nop()
+    s.jump(0)
+    return s
+
+
 def _breakpoint_shader():
     s = GpgpuShader()
     s.write_dword(0x01010101, 0)
@@ -84,11 +101,7 @@ def _breakpoint_shader():
     bp = s.instructions - 1
     s.write_dword(0x02020202, 1)
     s.eot()
-    sip = GpgpuShader()
-    sip.write_aip(2)
-    sip.wait()
-    sip.end_system_routine(True)
-    return s, sip, bp
+    return s, _sip(2, True), bp
 
 
 def test_breakpoint_enters_sip_which_reports_aip_and_returns():
@@ -165,15 +178,7 @@ def test_a64_store_load_and_page_fault():
 
 
 def test_interrupt_enters_sip_from_an_endless_loop():
-    s = GpgpuShader()
-    s.label(0)
-    s.nop()
-    s.jump(0)
-    sip = GpgpuShader()
-    sip.write_aip(0)
-    sip.wait()
-    sip.end_system_routine(False)
-    t, _, _, target = _setup(s, sip)
+    t, _, _, target = _setup(_endless_loop(), _sip(0, False))
     assert t.run(200) is Stop.BUDGET and not t.in_sip
     t.interrupt()
     assert t.run(200) is Stop.HOST_WAIT and t.in_sip
@@ -231,15 +236,7 @@ def test_breakpoint_suppress_lets_one_pass_then_traps_again():
 
 
 def test_instruction_fetch_sees_writes_to_the_isa():
-    s = GpgpuShader()
-    s.label(0)
-    s.nop()
-    s.jump(0)
-    sip = GpgpuShader()
-    sip.write_aip(0)
-    sip.wait()
-    sip.end_system_routine(True)
-    t, _, isa, target = _setup(s, sip, breakpoints_enabled=True)
+    t, _, isa, target = _setup(_endless_loop(), _sip(0, True), breakpoints_enabled=True)
     assert t.run(100) is Stop.BUDGET
     struct.pack_into("<I", isa, 16, struct.unpack_from("<I", isa, 16)[0] | 1 << 30)
     assert t.run(100) is Stop.HOST_WAIT  # the debugger's breakpoint, set while running
