@@ -33,7 +33,10 @@ def igt_source() -> str | None:
     os.makedirs(os.path.dirname(DEFAULT_TREE), exist_ok=True)
     with tarfile.open(tarball) as tar:
         members = [tar.getmember(f"{IGT_DIR_NAME}/{n}") for n in NEEDED]
-        tar.extractall(os.path.dirname(DEFAULT_TREE), members=members, filter="data")
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(os.path.dirname(DEFAULT_TREE), members=members, filter="data")
+        else:  # Python before 3.11.4: the members are three regular files named above
+            tar.extractall(os.path.dirname(DEFAULT_TREE), members=members)
     return DEFAULT_TREE
 
 
