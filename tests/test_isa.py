@@ -188,3 +188,21 @@ def test_breakpoint_on_and_range():
     assert s.code[4] == 0x80000901 | 1 << 30
     with pytest.raises(IndexError, match="outside"):
         s.breakpoint_on(2)
+
+
+def test_command_line_assembles_and_disassembles(tmp_path, capsys):
+    from xe_eudebug.isa.__main__ import main
+
+    src = tmp_path / "k.asm"
+    src.write_text("L0:\n(W) add (1|M0) r40.0<1>:ud r40.0<0;1,0>:ud 0x1:ud\n"
+                   "(W&f0.0) jmpi (1|M0) L0 {Breakpoint}\n")
+    out = tmp_path / "k.bin"
+    assert main(["asm", str(src), "--out", str(out)]) == 0
+    assert main(["disasm", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("000000: 80000040 28058220") and "add (1|M0) r40.0<1>:ud" in lines[0]
+    assert lines[1].endswith("(W&f0.0) jmpi (1|M0) -16 {Breakpoint}")
+    bad = tmp_path / "bad.hex"
+    bad.write_text("0x0000007f, 0x0, 0x0, 0x0")
+    assert main(["disasm", "--hex", str(bad)]) == 1
+    assert "illegal opcode 0x7f" in capsys.readouterr().out
