@@ -241,3 +241,13 @@ def test_instruction_fetch_sees_writes_to_the_isa():
     struct.pack_into("<I", isa, 16, struct.unpack_from("<I", isa, 16)[0] | 1 << 30)
     assert t.run(100) is Stop.HOST_WAIT  # the debugger's breakpoint, set while running
     assert t.cr0(2) == 16 and _dword(target, 2, 3) == 16
+
+
+def test_running_off_the_bound_isa_is_a_fetch_fault():
+    s = GpgpuShader()
+    s.nop()
+    t, _, isa, _ = _setup(s)
+    isa[0x10000 - 16:] = isa[:16]  # a nop in the last slot of the bound ISA range
+    t.ip = 0x10000 - 16
+    assert t.run(10) is Stop.FAULT
+    assert t.fault.address == IBASE + 0x10000 and not t.fault.write

@@ -230,10 +230,10 @@ class EuThread:
         self.state = Stop.ILLEGAL
         return Stop.ILLEGAL
 
-    def _fetch(self) -> Instruction | str:
+    def _fetch(self) -> Instruction | str | None:
         raw = self.memory.read(self.ibase + self.ip, 16)
         if raw is None:
-            return f"instruction fetch faulted at {self.ibase + self.ip:#x}"
+            return None
         inst = self._decoded.get(raw)
         if inst is None:
             try:
@@ -253,6 +253,10 @@ class EuThread:
                 if self._enter_sip(self.ip, 0):
                     continue
             inst = self._fetch()
+            if inst is None:
+                self.fault = Fault(self.ibase + self.ip, False, self.ip)
+                self.state = Stop.FAULT
+                return Stop.FAULT
             if isinstance(inst, str):
                 stop = self._illegal(inst)
                 if stop:
