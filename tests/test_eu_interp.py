@@ -251,3 +251,45 @@ def test_running_off_the_bound_isa_is_a_fetch_fault():
     t.ip = 0x10000 - 16
     assert t.run(10) is Stop.FAULT
     assert t.fault.address == IBASE + 0x10000 and not t.fault.write
+
+
+def _run_text(text: str, **kw) -> EuThread:
+    from xe_eudebug.isa.text import assemble_dwords
+
+    code = assemble_dwords(text + "\n(W) send.gtwy (8|M0) null r112 null:0 0x0 0x2000000 {EOT}")
+    mem = FlatMemory()
+    mem.bind(IBASE, struct.pack(f"<{len(code)}I", *code))
+    t = EuThread(mem, IBASE, 0, **kw)
+    assert t.run(1000) is Stop.EOT, t.error
+    return t
+
+
+def test_integer_alu_regions_flags_and_predication():
+    t = _run_text("""
+    (W) mov (16|M0) r10.0<1>:ud 0x0:ud
+    (W) mov (1|M0) r10.0<1>:d -8:d
+    (W) asr (1|M0) r10.1<1>:d r10.0<0;1,0>:d 0x1:ud
+    (W) shr (1|M0) r10.2<1>:ud r10.0<0;1,0>:ud 0x1c:ud
+    (W) mul (1|M0) r10.3<1>:d r10.0<0;1,0>:d -3:d
+    (W) cmp (1|M0) (lt)f0.0 null<1>:d r10.0<0;1,0>:d 0x0:d
+    (W) cmp (1|M0) (lt)f0.1 null<1>:ud r10.0<0;1,0>:ud 0x0:ud
+    (W) mov (8|M0) r11.0<1>:ud r10.0<8;8,1>:ud
+    (W) mov (8|M0) r12.0<1>:ud 0x0:ud
+    (W) mov (1|M0) f1.0<1>:uw 0xa5:uw
+    (f1.0) mov (8|M0) r12.0<1>:ud 0x7:ud
+    (W&~f0.0) sel (1|M0) r10.4<1>:ud r10.2<0;1,0>:ud r10.3<0;1,0>:ud
+    (W) sel (1|M0) (lt)f1.1 r10.7<1>:d r10.0<0;1,0>:d r10.3<0;1,0>:d
+    (W) add (4|M0) r13.0<1>:uw r11.0<8;4,2>:uw 0x1:uw
+    (W) xor (1|M0) r10.5<1>:ud r10.2<0;1,0>:ud 0xffffffff:ud
+    (W) add (1|M0) (eq)f0.0 r10.6<1>:ud r10.2<0;1,0>:ud -15:d
+    """, exec_mask=0xFF)
+    r10 = t.grf_dwords(10, 8)
+    assert r10[0] == 0xFFFFFFF8 and r10[1] == 0xFFFFFFFC and r10[2] == 0xF and r10[3] == 24
+    assert t.grf_dwords(11, 4) == r10[:4]
+    assert t.grf_dwords(12, 8) == (7, 0, 7, 0, 0, 7, 0, 7)  # flag bits 0b10100101
+    assert r10[4] == 24  # f0.0 bit 0 is set (signed -8 < 0), the inverted predicate: src1
+    assert r10[7] == 0xFFFFFFF8  # sel.lt: the smaller, signed
+    assert struct.unpack_from("<4H", t.grf, 13 * 64) == (0xFFF9, 0xFFFD, 0x10, 25)
+    assert r10[5] == 0xFFFFFFF0 and r10[6] == 0
+    assert t.flag(0) & 1  # 15 + (-15) == 0 set eq
+    assert not t.flag(0) >> 16 & 1  # unsigned 0xfffffff8 < 0 is false

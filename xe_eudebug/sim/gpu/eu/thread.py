@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import enum
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from xe_eudebug.isa.encoding import (GRF_BYTES, GRF_COUNT, SIGNED_TYPES, TYPE_SIZE, DecodeError,
                                      Instruction, Operand, decode)
@@ -322,17 +322,14 @@ class EuThread:
                 if o.type not in ("ub", "b", "uw", "w", "ud", "d", "uq", "q"):
                     raise ExecError(f"type :{o.type} is not executed (integer types only)")
             self._checked.add(id(inst))  # instructions stay alive in the decode cache
-        chans = self._channels(inst)
         size = TYPE_SIZE[inst.dst.type]
+        if op == "sel":
+            self._sel(inst)
+            self.ip += 16
+            return None
+        chans = self._channels(inst)
         if op == "cmp":
             self._cmp(inst, chans)
-        elif op == "sel":
-            f = self.flag(inst.flag_reg) >> (16 * inst.flag_subreg)
-            for ch in chans:
-                pick = (f >> (inst.chan_off + ch)) & 1
-                if inst.pred_inv:
-                    pick ^= 1
-                self._write(inst.dst, ch, self._read(inst.srcs[0 if pick else 1], ch))
         else:
             values = [(ch, _alu(op, self._read(inst.srcs[0], ch),
                                 self._read(inst.srcs[1], ch) if len(inst.srcs) > 1 else 0,
@@ -343,6 +340,22 @@ class EuThread:
                 self._set_flags(inst, [(ch, _COND[inst.cond_mod](v, 0)) for ch, v in values])
         self.ip += 16
         return None
+
+    def _sel(self, inst: Instruction) -> None:
+        """sel: the predicate picks src0 (set) or src1 per channel; without one, the
+        condition modifier compares src0 with src1 (ge: max, lt: min); else src0."""
+        chans = self._channels(replace(inst, pred_ctrl=0))
+        f = self.flag(inst.flag_reg) >> (16 * inst.flag_subreg)
+        cond = _COND.get(inst.cond_mod)
+        for ch in chans:
+            a, b = self._read(inst.srcs[0], ch), self._read(inst.srcs[1], ch)
+            if inst.pred_ctrl:
+                first = bool((f >> (inst.chan_off + ch)) & 1) != inst.pred_inv
+            elif cond is not None:
+                first = cond(a, b)
+            else:
+                first = True
+            self._write(inst.dst, ch, a if first else b)
 
     def _cmp(self, inst: Instruction, chans: list[int]) -> None:
         cond = _COND.get(inst.cond_mod)
