@@ -6,8 +6,6 @@ import ast
 import os
 import struct
 
-import pytest
-
 from xe_eudebug.isa.gpgpu import GpgpuShader
 from xe_eudebug.sim.gpu.eu import (CR0_EXC_BREAKPOINT, CR0_EXC_ILLEGAL, CR0_ILLEGAL_ENABLE,
                                    EuThread, FlatMemory, Stop, Surface)

@@ -4,5 +4,8 @@ A low layer like `xe_eudebug.uapi`: it imports nothing from the rest of the pack
 See docs/eu-isa.md.
 """
 
-from .encoding import (DecodeError, EncodeError, Instruction, Operand, Swsb, decode,  # noqa: F401
+from .encoding import (DecodeError, EncodeError, Instruction, Operand, Swsb, decode,
                        decode_program, encode, encode_program)
+
+__all__ = ["DecodeError", "EncodeError", "Instruction", "Operand", "Swsb", "decode",
+           "decode_program", "encode", "encode_program"]

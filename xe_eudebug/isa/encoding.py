@@ -10,7 +10,7 @@ is not supported (no IGT template uses it: `decode` rejects a word with the comp
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Iterable, Sequence
 
 GEN_VER = 2000
@@ -457,6 +457,8 @@ def decode(dwords: Sequence[int], offset: int | None = None) -> Instruction:
             return Instruction(**c)
         if op.kind == "ternary":
             raise DecodeError(f"three-source instruction {op.name} is not supported", w)
+        if op.name == "math":  # its function sits where the condition modifier is
+            raise DecodeError("math is not supported", w)
         srcs = [_decode_src(w, 0, op.nsrc == 1)]
         if op.nsrc == 2:
             srcs.append(_decode_src(w, 1, False))
@@ -564,7 +566,3 @@ def encode_program(insts: Iterable[Instruction]) -> list[int]:
     for i in insts:
         out.extend(encode(i))
     return out
-
-
-__all__ = [name for name in dir() if not name.startswith("_") and name not in (
-    "annotations", "dataclass", "field", "replace", "Iterable", "Sequence")]

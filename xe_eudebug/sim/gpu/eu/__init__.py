@@ -4,6 +4,10 @@ It imports only `xe_eudebug.isa` (a low layer like `uapi`); the engine gives it 
 the narrow `EuMemory` interface.
 """
 
-from .memory import EuMemory, FlatMemory, Surface  # noqa: F401
-from .thread import (CR0_BREAKPOINT_SUPPRESS, CR0_EXC_BREAKPOINT, CR0_EXC_ILLEGAL,  # noqa: F401
+from .memory import EuMemory, FlatMemory, Surface
+from .thread import (CR0_BREAKPOINT_SUPPRESS, CR0_EXC_BREAKPOINT, CR0_EXC_ILLEGAL,
                      CR0_ILLEGAL_ENABLE, CR0_MASTER_EXCEPTION, EuThread, Fault, Stop)
+
+__all__ = ["EuMemory", "FlatMemory", "Surface", "CR0_BREAKPOINT_SUPPRESS", "CR0_EXC_BREAKPOINT",
+           "CR0_EXC_ILLEGAL", "CR0_ILLEGAL_ENABLE", "CR0_MASTER_EXCEPTION", "EuThread", "Fault",
+           "Stop"]
