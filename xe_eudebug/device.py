@@ -177,17 +177,24 @@ def eudebug_enabled(fd: int) -> bool:
 def enable_eudebug(fd: int, enable: bool) -> bool:
     """Set the device's eudebug enable state; returns the previous state.
 
-    Raises OSError(EBUSY) when disabling while a debugger is attached (the kernel refuses)."""
+    Raises OSError(EBUSY) when disabling while a debugger is attached (the kernel refuses).
+    As IGT's ``__xe_eudebug_enable_getset``, the value is read back after the write and must
+    be the one written (``AssertionError`` otherwise)."""
     if _is_sim(fd):
-        return _port.set_enabled(fd, bool(enable))
-    path = _sysfs_enable_path(fd)
-    with open(path) as f:
-        old = _parse_bool(f.read(), path)
-    try:
-        with open(path, "w") as f:
-            f.write("1" if enable else "0")
-    except OSError as exc:
-        raise OSError(exc.errno, f"{path}: writing {int(bool(enable))}: {exc.strerror}") from None
+        where = f"simulated device {device_name(fd)}"
+        old = _port.set_enabled(fd, bool(enable))
+    else:
+        where = path = _sysfs_enable_path(fd)
+        with open(path) as f:
+            old = _parse_bool(f.read(), path)
+        try:
+            with open(path, "w") as f:
+                f.write("1" if enable else "0")
+        except OSError as exc:
+            raise OSError(exc.errno, f"{path}: writing {int(bool(enable))}: {exc.strerror}") from None
+    now = eudebug_enabled(fd)
+    if now != bool(enable):
+        raise AssertionError(f"enable_eudebug of {where}: wrote {int(bool(enable))}, reads back {int(now)}")
     return old
 
 
