@@ -372,6 +372,8 @@ class Client:
         self.done = False
         self.status: int | None = None
         self.log = EventLog("client")
+        #: Why the log cannot be read (a dead client's wait_done), else "".
+        self.log_lost = ""
         self.pat_index: int | None = None
         #: Callables run in the parent after every empty 1 s slice of a token wait; an
         #: exception they raise ends the wait (the Session surfaces trigger failures this way).
@@ -412,6 +414,19 @@ class Client:
 
     # -- properties ------------------------------------------------------------------------
     ptr = data_alias()
+
+    @property
+    def log(self) -> EventLog:
+        """The client's event log; reading it after :meth:`wait_done` found the client dead
+        raises :class:`ClientError` (IGT's log read asserts then)."""
+        if self.log_lost:
+            raise ClientError(self.log_lost)
+        return self._log
+
+    @log.setter
+    def log(self, value: EventLog) -> None:
+        self._log = value
+        self.log_lost = ""
 
     @property
     def timeout_ms(self) -> int:
@@ -654,12 +669,19 @@ class Client:
         self._send(self._in_w, Token.CLIENT_RUN, self.pid)
 
     def wait_done(self) -> None:
-        """Once: receive CLIENT_FINI (the client's final seqno) and the client log."""
+        """Once: receive CLIENT_FINI (the client's final seqno) and the client log.
+
+        A client that died without FINI is an error unless :attr:`allow_dead_client` is set;
+        then, as in IGT, it is marked (``seqno`` becomes :data:`DEAD_CLIENT`) and reading its
+        :attr:`log` afterwards raises :class:`ClientError`."""
         if self.done:
             return
         self.done = True
         value = self._parent_wait(Token.CLIENT_FINI)
         if value == DEAD_CLIENT:
+            self.seqno = DEAD_CLIENT
+            self.log_lost = (f"client {self.pid or self._child_pid or '?'} died before sending its event log "
+                             f"({self._last_read_error or 'no FINI'}): its log cannot be read")
             return
         self.seqno = value
         size_raw = b""
