@@ -300,18 +300,38 @@ def _exec_queue_destroy(fd: int, qid: int) -> None:
     seam.ioctl(fd, uapi.DRM_IOCTL_XE_EXEC_QUEUE_DESTROY, arg)
 
 
+def igt_exec_queue_values() -> list[int]:
+    """The property values IGT's loop tries (T:2758-2761): 0, then ``1 << (i - 1)`` for i = 1..64
+    evaluated as a 32-bit int and stored in the u64 ``value``.  ``1 << 31`` is INT_MIN, which
+    sign-extends to 0xFFFFFFFF80000000; shifts of 32 and more are undefined in C, and x86 (the
+    hardware IGT runs on) masks the count to 5 bits, so i = 33..64 repeat i = 1..32."""
+    out = [0]
+    for i in range(1, 65):
+        v32 = (1 << ((i - 1) % 32)) & 0xFFFFFFFF
+        out.append(v32 | 0xFFFFFFFF00000000 if v32 & 0x80000000 else v32)
+    return out
+
+
+def test_igt_exec_queue_values_include_the_sign_extended_shift() -> None:
+    values = igt_exec_queue_values()
+    assert len(values) == 65 and values[32] == 0xFFFFFFFF80000000 and values[64] == 0xFFFFFFFF80000000
+    assert values[1:32] == [1 << n for n in range(31)] and values[33:64] == values[1:32]
+
+
 def test_basic_exec_queues_enable(fd: int) -> None:
     """IGT basic-exec-queues-enable: the EUDEBUG exec-queue property is accepted only on
     render/compute engines, only with exactly ENABLE, only on LR VMs, and -EPERM while eudebug
-    is disabled.  (Genuine 64-bit single-bit values: a superset of IGT's 32-bit shifts.)"""
+    is disabled.  The values are IGT's (including 0xFFFFFFFF80000000, its ``1 << 31``) followed
+    by the genuine 64-bit single bits 1 << 32 .. 1 << 63 that IGT's int shift never reaches; the
+    kernel refuses every value with a bit other than ENABLE (-EINVAL)."""
     vm_non_lr = ic.vm_create_raw(fd, 0)
     vm_lr = ic.vm_create_raw(fd, ic.LR)
     enable = uapi.DRM_XE_EXEC_QUEUE_EUDEBUG_FLAG_ENABLE
+    values = igt_exec_queue_values() + [1 << n for n in range(32, 64)]
     try:
         for hwe in query_engines(fd):
             debuggable = hwe.engine_class in ic.RENDER_COMPUTE
-            for i in range(65):
-                value = 0 if i == 0 else 1 << (i - 1)
+            for value in values:
                 ret, qid = _exec_queue_create(fd, vm_lr, hwe, value)
                 where = f"engine class {hwe.engine_class}:{hwe.engine_instance} value {value:#x}"
                 if not debuggable or value != enable:
