@@ -215,10 +215,10 @@ def test_discovery_race(fd: int, clients: int, flags: int) -> None:
         short = [x for st in stats for x in st.dwells if x < minimum]
         assert not short, f"dwells shorter than {minimum:g} s: {short}"
         if flags & ic.DISCOVERY_SIGINT:
-            for st in stats:
-                if st.left_when_done >= 10:
-                    assert st.attaches_after_done > 0, \
-                        f"a thread with {st.left_when_done} tries left after the SIGINT never attached again"
+            # (one thread may meet only -EBUSY from the others for all its remaining tries)
+            if max(st.left_when_done for st in stats) >= 10:
+                assert sum(st.attaches_after_done for st in stats) > 0, \
+                    f"threads with {[st.left_when_done for st in stats]} tries left after the SIGINT never attached again"
             return
         reference = rcs[0].debuggers[0]
         for rc in reversed(rcs[1:]):
