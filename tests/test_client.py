@@ -254,6 +254,7 @@ def drm(fake: FakeBackend) -> Any:  # noqa: F811
     handler = FakeDrm(c)
     f = fake.new_file(handler)
     c.master_fd = f.fd
+    c.pat_index = 0  # the fake answers no device query, so none for the PAT index
     try:
         yield c, handler, f.fd
     finally:
