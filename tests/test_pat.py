@@ -15,16 +15,18 @@ import pytest
 from xe_eudebug.client import PVC_DEVICE_IDS, pat_index_wb, wb_pat_index
 from xe_eudebug.device import device_id, graphics_version, open_device
 
-# (platform, PCI device ids from IGT's lib/pciids.h, graphics IP the kernel reports, IGT's wb)
+# (platform, PCI device ids from IGT's lib/pciids.h, a graphics IP the kernel reports for them, IGT's wb)
 IGT_TABLE = [
     ("Tiger Lake", [0x9A40, 0x9A49, 0x9A60], (0, 0), 0),
     ("DG2", [0x5690, 0x56A0, 0x56B0], (0, 0), 0),
     ("ATS-M", [0x56C0, 0x56C1, 0x56C2], (0, 0), 0),
     ("Ponte Vecchio", [0x0B69, 0x0B6E, 0x0BD4, 0x0BD5, 0x0BD6, 0x0BD7, 0x0BD8, 0x0BD9, 0x0BDA, 0x0BDB,
                        0x0BE0, 0x0BE1, 0x0BE5], (0, 0), 3),
+    # (IGT gives every MTL and ARL id Meteor Lake's info; their GMD_ID reads 12.70, 12.71 or 12.74)
     ("Meteor Lake", [0x7D40, 0x7D45, 0x7D55, 0x7D60, 0x7DD5], (12, 70), 3),
-    ("Meteor Lake (12.71)", [0x7D55], (12, 71), 3),
+    ("Meteor Lake 12.71", [0x7D40, 0x7D45, 0x7D55, 0x7D60, 0x7DD5], (12, 71), 3),
     ("Arrow Lake", [0x7D51, 0x7DD1, 0x7D41, 0x7D67, 0xB640], (12, 74), 3),
+    ("Arrow Lake 12.70", [0x7D41, 0x7D67, 0xB640], (12, 70), 3),
     ("Lunar Lake", [0x6420, 0x64A0, 0x64B0], (20, 4), 2),
     ("Battlemage", [0xE202, 0xE209, 0xE20B, 0xE20C, 0xE20D, 0xE210, 0xE211, 0xE212, 0xE216,
                     0xE220, 0xE221, 0xE222, 0xE223], (20, 1), 2),
