@@ -183,11 +183,11 @@ def enable_eudebug(fd: int, enable: bool) -> bool:
     Raises OSError(EBUSY) when disabling while a debugger is attached (the kernel refuses).
     As IGT's ``__xe_eudebug_enable_getset``, the value is read back after the write and must
     be the one written (``AssertionError`` otherwise)."""
+    path = ""
     if _is_sim(fd):
-        where = f"simulated device {device_name(fd)}"
         old = _port.set_enabled(fd, bool(enable))
     else:
-        where = path = _sysfs_enable_path(fd)
+        path = _sysfs_enable_path(fd)
         with open(path) as f:
             old = _parse_bool(f.read(), path)
         try:
@@ -197,6 +197,7 @@ def enable_eudebug(fd: int, enable: bool) -> bool:
             raise OSError(exc.errno, f"{path}: writing {int(bool(enable))}: {exc.strerror}") from None
     now = eudebug_enabled(fd)
     if now != bool(enable):
+        where = path or f"simulated device {device_name(fd)}"
         raise AssertionError(f"enable_eudebug of {where}: wrote {int(bool(enable))}, reads back {int(now)}")
     return old
 
