@@ -147,14 +147,14 @@ def _connect_user_case(app_user: pwd.struct_passwd | None, dbg_user: pwd.struct_
         app_proc.join()
 
 
-def _video_node(sim_server: Callable[..., Any]) -> Callable[[], int]:
-    """How a process opens the DRM node after the switch.  Hardware: the render node, which the
-    video group can open.  Simulator: a private instance whose socket belongs to group video
-    (mode 0660 in a 0710 directory, SimConfig.group), the way a render node does."""
+def _video_node(sim_server: Callable[..., Any]) -> tuple[Callable[[], int], Callable[[], None]]:
+    """How a process opens the DRM node after the switch, and how to release it.  Hardware: the
+    render node, which the video group can open.  Simulator: a private instance whose socket
+    belongs to group video (mode 0660 in a 0710 directory, SimConfig.group), as a render node."""
     if os.environ.get("XE_EUDEBUG_DEVICE", "").startswith("/"):
-        return open_device
+        return open_device, lambda: None
     handle = sim_server(group="video", enable_default=True)
-    return lambda: handle.open_device(0)
+    return (lambda: handle.open_device(0)), handle.stop
 
 
 def _users() -> tuple[pwd.struct_passwd, int]:
@@ -175,16 +175,19 @@ def test_connect_user(fd: int, sim_server: Callable[..., Any]) -> None:
     """IGT connect-user: CONNECT permission model across uids (ptrace-like), each debugger
     opening the node only after it dropped privileges."""
     lp, video = _users()
-    node = _video_node(sim_server)
-    _connect_user_case(None, lp, video, -errno.EACCES, node)   # non-root debugger -> root app
-    _connect_user_case(lp, lp, video, 0, node)                  # lp -> lp
-    _connect_user_case(lp, None, video, 0, node)                # root -> lp
+    node, release = _video_node(sim_server)
     try:
-        mail = pwd.getpwnam("mail")
-    except KeyError:
-        warnings.warn("user 'mail' does not exist: case mail -> lp skipped")
-        return
-    _connect_user_case(lp, mail, video, -errno.EACCES, node)    # mail -> lp
+        _connect_user_case(None, lp, video, -errno.EACCES, node)   # non-root debugger -> root app
+        _connect_user_case(lp, lp, video, 0, node)                  # lp -> lp
+        _connect_user_case(lp, None, video, 0, node)                # root -> lp
+        try:
+            mail = pwd.getpwnam("mail")
+        except KeyError:
+            warnings.warn("user 'mail' does not exist: case mail -> lp skipped")
+            return
+        _connect_user_case(lp, mail, video, -errno.EACCES, node)    # mail -> lp
+    finally:
+        release()
 
 
 def test_private_simulator_is_closed_to_other_users(fd: int) -> None:
