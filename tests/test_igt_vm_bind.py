@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import mmap
 import os
 import random
 import signal
 import struct
-import threading
 import time
 from typing import Any
 
@@ -20,9 +18,8 @@ import igt_clients as ic
 from igt_clients import fd  # noqa: F401  (the device fixture)
 from xe_eudebug import ioctl as seam
 from xe_eudebug import uapi
-from xe_eudebug.client import Client, eudebug_engines, exec_queue_args, user_fence_sync
+from xe_eudebug.client import Client, user_fence_sync
 from xe_eudebug.debugger import Debugger
-from xe_eudebug.device import query_config
 from xe_eudebug.events import Event, EventFlags, EventType, FILTER_ALL, filter_mask
 from xe_eudebug.session import Session
 
@@ -396,126 +393,3 @@ def test_vma_ufence(fd: int, flags: int) -> None:
         s.check(True, filter_mask(EventType.VM_BIND_UFENCE))
     assert len(fences) == ic.UFENCE_EVENT_COUNT
 
-
-
-# ------------------------------------------------------------------------------------------------
-# vm-bind-clear: the debugger half (T:2235-2492)
-
-#: scaled: seconds each client thread binds fresh buffers (IGT ``igt_until_timeout(5)``).
-VM_BIND_CLEAR_S = 1.0
-
-
-def _vm_bind_clear_thread(c: Client, hwe: Any, region: int, rng: random.Random) -> int:
-    """One IGT vm_bind_clear_thread without the batch: fresh clean and batch BOs bound with a
-    user fence at random VAs, an eudebug exec queue created and destroyed, both unbound.
-    Returns the number of rounds (IGT's per-thread ``sum``)."""
-    fd = c.open_driver()
-    # IGT keeps ``1 << min(va_bits, 48)`` in a uint32_t, which truncates it to 0: its VAs are
-    # then masked with 0xffffffff, i.e. stay below 4 GiB.  So do these.
-    gtt_mask = ((1 << min(query_config(fd).get("va_bits", 48), 48)) - 1) & 0xFFFFFFFF
-    size = ic.alignment(fd)  # xe_bb_size(fd, 16): one aligned page
-    two_mb = 2 << 20
-    vm = c.vm_create(fd, ic.vm_flags(c.flags))
-    fence = ctypes.c_uint64(0)
-    count = 0
-    deadline = time.monotonic() + VM_BIND_CLEAR_S
-    while time.monotonic() < deadline:
-        batch_offset = (rng.getrandbits(31) * two_mb) & gtt_mask or two_mb
-        while True:
-            clean_offset = (rng.getrandbits(31) * two_mb) & gtt_mask or two_mb
-            if clean_offset != batch_offset:
-                break
-        batch_offset += rng.randrange(two_mb) & -size
-        clean_offset += rng.randrange(two_mb) & -size
-        bos = []
-        for offset in (clean_offset, batch_offset):
-            bo = Client.bo_create(fd, size, placement=region)
-            fence.value = 0
-            c.vm_bind(fd, vm, bo, 0, offset, size,
-                      syncs=user_fence_sync(ctypes.addressof(fence), ic.USER_FENCE_VALUE))
-            ret = c.wait_ufence(fd, ctypes.addressof(fence), ic.USER_FENCE_VALUE, 60 * ic.NSEC_PER_SEC)
-            assert ret == 0, f"bind of {offset:#x}: user fence wait returned {ret}"
-            bos.append(bo)
-        # (IGT writes a batch that copies one u32 of the clean BO into the batch BO, runs it and
-        # checks the copy is 0: that half needs EXEC and comes with it.)
-        create = exec_queue_args(vm, hwe)
-        c.exec_queue_create(fd, create)
-        c.exec_queue_destroy(fd, create)
-        for offset, bo in zip((batch_offset, clean_offset), reversed(bos)):
-            c.vm_unbind(fd, vm, 0, offset, size)
-            Client.bo_close(fd, bo)
-        count += 1
-    c.vm_destroy(fd, vm)
-    c.close_driver(fd)
-    return count
-
-
-def _vm_bind_clear_client(c: Client) -> None:
-    """IGT vm_bind_clear_client: a thread per memory region and debuggable engine; the total
-    number of rounds goes to the parent through the shared page in ``c.data``."""
-    fd = c.open_driver()
-    jobs = [(hwe, 1 << int(r.instance)) for r in ic.mem_regions(fd) for hwe in eudebug_engines(fd)]
-    counts = [0] * len(jobs)
-    errors: list[BaseException] = []
-
-    def run(i: int) -> None:
-        try:
-            counts[i] = _vm_bind_clear_thread(c, jobs[i][0], jobs[i][1], random.Random())
-        except BaseException as exc:  # re-raised in the client's main thread
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(jobs))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-        assert not t.is_alive(), "a vm-bind-clear thread did not finish"
-    if errors:
-        raise errors[0]
-    struct.pack_into("<Q", c.data, 0, sum(counts))
-    c.close_driver(fd)
-
-
-@pytest.mark.parametrize("flags", FAULTABLE)
-def test_vm_bind_clear(fd: int, flags: int) -> None:
-    """IGT vm-bind-clear, vm-bind-clear-faultable, the debugger half: every freshly bound VMA
-    reads as zero through the VM fd at a random u32 (sampled for half of the binds, as IGT),
-    every bind op is unbound (bind_count == unbind_count) and each round binds two
-    (2 * sum == bind_count).  The client's GPU half (a batch copying a u32 of the clean BO,
-    checked to be 0) needs EXEC running batches and is not run yet (docs/subtests.md)."""
-    _need_faults(fd, flags)
-    shared = mmap.mmap(-1, 4096)  # IGT's MAP_SHARED priv: the client writes its sum here
-    counts = {"bind": 0, "unbind": 0, "sampled": 0}
-    rng = random.Random()
-
-    def op_trigger(d: Debugger, e: Event) -> None:
-        if e.flags & EventFlags.CREATE:
-            if rng.random() < 0.5:
-                bind = _bind_of(d, e)
-                delta = rng.randrange(int(e.range)) & -4
-                with d.vm_open(bind.client_handle, bind.vm_handle) as vm:
-                    data = vm.pread(4, int(e.addr) + delta)
-                d.assert_(data == bytes(4), f"fresh VMA {int(e.addr):#x}+{delta:#x} reads {data.hex()}, not 0")
-                counts["sampled"] += 1
-            counts["bind"] += 1
-        if e.flags & EventFlags.DESTROY:
-            counts["unbind"] += 1
-
-    try:
-        with Session(_vm_bind_clear_client, flags, device=fd, data=shared) as s:
-            c, d = s.client, s.debugger
-            assert c is not None and d is not None
-            d.add_trigger(EventType.VM_BIND_OP, op_trigger)
-            d.add_trigger(EventType.VM_BIND_UFENCE, ic.ufence_ack_trigger)
-            d.attach(c)
-            d.start_worker()
-            c.start()
-            c.wait_done()
-            d.stop_worker(1.0)
-        total = struct.unpack_from("<Q", shared, 0)[0]
-    finally:
-        shared.close()
-    assert total > 0, "the client bound nothing"
-    assert counts["bind"] == counts["unbind"], counts
-    assert 2 * total == counts["bind"], f"{total} rounds, {counts['bind']} bind ops"
-    assert counts["sampled"] > 0, "no fresh VMA was read"

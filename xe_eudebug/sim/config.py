@@ -33,6 +33,8 @@ class SimConfig:
     fifo_retry:         producer retry slice in seconds (kernel: 1 s).
     fifo_capacity:      events per connection fifo (kernel: 64).
     enable_default:     initial value of each device's ``enable_eudebug`` toggle (kernel: 0).
+    job_timeout_ms:     milliseconds a job of a non-LR exec queue may run before it is stopped
+                        and its queue banned (kernel: 5000, the engine class's job_timeout_ms).
     idle_exit:          seconds the server keeps running with no control connection and no
                         open simulated file; 0 or less never exits on idleness.
     memory_access:      how the server reaches a blocked caller's memory: "auto" (direct
@@ -50,6 +52,7 @@ class SimConfig:
     fifo_retry: float = 1.0
     fifo_capacity: int = 64
     enable_default: bool = False
+    job_timeout_ms: int = 5000
     idle_exit: float = 30.0
     memory_access: str = "auto"
     group: str = ""
@@ -60,6 +63,8 @@ class SimConfig:
         for name in ("read_event_timeout", "fifo_timeout", "fifo_retry"):
             if float(getattr(self, name)) < 0:
                 raise ValueError(f"SimConfig.{name} must be >= 0")
+        if int(self.job_timeout_ms) < 1:
+            raise ValueError("SimConfig.job_timeout_ms must be >= 1")
         if int(self.fifo_capacity) < 1:
             raise ValueError("SimConfig.fifo_capacity must be >= 1")
         if self.memory_access not in ("auto", "caller"):

@@ -27,7 +27,9 @@ from collections import deque
 from typing import Any, Callable, Iterable, Protocol
 
 from .. import uapi as _uapi
-from . import procmem
+from . import procmem, xe_sync
+from .drm_syncobj import DrmSyncobj, signaled_stub, wait_fences
+from .xe_exec import XeExec
 
 log = logging.getLogger(__name__)
 
@@ -224,6 +226,7 @@ class _DefaultConfig:
     fifo_retry = 1.0
     fifo_capacity = 64
     enable_default = False
+    job_timeout_ms = 5000                  # a job of a non-LR exec queue (xe_hw_engine.c default)
     # Appendix A fidelity switches: reproduce kernel quirks the simulator avoids by default.
     fidelity_lrc_truncation = False        # EXEC_QUEUE copies only `width` bytes of lrc_handle[]
     fidelity_nonlr_discovery_abort = False  # a non-LR VM with mappings stops discovery (ENOENT)
@@ -273,6 +276,7 @@ class DeviceFile(File):
         self.queues: dict[int, ExecQueue] = {}
         self.bos: dict[int, Bo] = {}
         self.metadata: dict[int, Metadata] = {}
+        self.syncobjs: dict[int, Any] = {}         # drm_syncobj handles (sim/drm_syncobj.py)
 
 
 class Bo:
@@ -560,6 +564,9 @@ class Kernel:
             0x4F: (DRM_IOCTL_XE_DEBUG_METADATA_CREATE, self._metadata_create),
             0x50: (DRM_IOCTL_XE_DEBUG_METADATA_DESTROY, self._metadata_destroy),
         }
+        self.syncobj = DrmSyncobj(self._lock, self._fence_cv, self._fences_written)
+        self._drm_table.update(self.syncobj.table())
+        self.xe_exec = XeExec(self)
         self._debugger_table: dict[int, Callable[..., Any]] = {
             DRM_XE_EUDEBUG_IOCTL_READ_EVENT: self._read_event,
             DRM_XE_EUDEBUG_IOCTL_VM_OPEN: self._vm_open,
@@ -969,6 +976,8 @@ class Kernel:
         with self._lock:
             for dev in self.devices:
                 for f in dev.files:
+                    for q in f.queues.values():
+                        self.xe_exec.kill(q)       # running jobs stop at their next check
                     for bo in f.bos.values():
                         bo.handle_open = False
                         bo.refs = 0
@@ -1163,6 +1172,8 @@ class Kernel:
                         sync_fault = exc.errno
                         break
         fence_write: tuple[int, bytes] | None = None
+        with self._lock:                           # a bind is applied after its in-fences signal
+            wait_fences(self._lock, self._fence_cv, xe_sync.in_fences(file, syncs_raw))
         dev = file.device
         with self._reading(dev):
             fence_write = self._vm_bind_locked(file, caller, vm_id, q_id, num_binds, ops,
@@ -1235,6 +1246,7 @@ class Kernel:
         conn = self._conn_for(file) if vm.lr else None
         bind_seqno = conn.next_seqno() if conn is not None else 0
         fence: UserFence | None = None
+        out_syncs: list[xe_sync.SyncEntry] = []
         for raw in syncs_raw:                      # xe_sync_entry_parse, one entry at a time
             _s_ext, s_type, s_flags, s_addr, s_value, s_r0, s_r1 = struct.unpack_from("<QIIQQQQ", raw, 0)
             if s_flags & ~SYNC_FLAG_SIGNAL or s_r0 or s_r1:
@@ -1246,7 +1258,8 @@ class Kernel:
                     raise _fail(E.EINVAL, "VM_BIND: syncobj handle")
                 if s_type == SYNC_TIMELINE_SYNCOBJ and not s_value:
                     raise _fail(E.EINVAL, "VM_BIND: timeline point 0")
-                raise _fail(E.ENOENT, "VM_BIND: syncobjs are not modelled (no such handle)")
+                out_syncs.append(xe_sync.parse(file, raw, lr=vm.lr, what="VM_BIND"))
+                continue
             if s_type != SYNC_USER_FENCE:
                 raise _fail(E.EINVAL, "VM_BIND: sync type")
             if num_binds == 0:
@@ -1262,6 +1275,11 @@ class Kernel:
             fence = UserFence(int(caller.pid), s_addr, s_value)
         if sync_fault:
             raise _fail(sync_fault, "VM_BIND: syncs")
+        if out_syncs:                              # binds complete at once: signalled now
+            done = signaled_stub()
+            for entry in out_syncs:
+                xe_sync.signal(entry, done)
+            self._fences_written()
         if num_binds == 0:
             return self._fence_now(fence)          # "nothing to do": fences signalled, success
         # execute the ops
@@ -1372,9 +1390,11 @@ class Kernel:
             raise _fail(E.EINVAL, "WAIT_USER_FENCE: pad/reserved")
         if addr & 7:
             raise _fail(E.EINVAL, "WAIT_USER_FENCE: address alignment")
+        wq = None
         if q_id:
             with self._lock:
-                if q_id not in file.queues:
+                wq = file.queues.get(q_id)
+                if wq is None:
                     raise _fail(E.ENOENT, "WAIT_USER_FENCE: exec_queue_id")
         start = time.monotonic_ns()
         if timeout < 0:                            # wait "forever" (MAX_SCHEDULE_TIMEOUT)
@@ -1404,6 +1424,9 @@ class Kernel:
             if ((op == 0 and current == want) or (op == 1 and current != want) or (op == 2 and current > want)
                     or (op == 3 and current >= want) or (op == 4 and current < want)
                     or (op == 5 and current <= want)):
+                break
+            if wq is not None and self.xe_exec.reset_status(wq):
+                err = E.EIO                        # the exec queue was reset (banned)
                 break
             now = time.monotonic_ns()
             if deadline is not None and now >= deadline:
@@ -1484,6 +1507,7 @@ class Kernel:
                 raise _fail(chain[1], "EXEC_QUEUE_CREATE: extension chain")
             qid = _lowest_free(file.queues)
             q = ExecQueue(file, qid, vm, cls, width, debuggable)
+            q.engine_instance = eci[0][1]          # type: ignore[attr-defined]
             file.queues[qid] = q
             if vm.lr and not vm.fault and cls != CLASS_VM_BIND:
                 vm.preempt_queues += 1
@@ -1507,25 +1531,13 @@ class Kernel:
                 self._queue_event(conn, q, False)
             del file.queues[qid]
             q.alive = False
+            self.xe_exec.kill(q)
             if q.vm.lr and not q.vm.fault and q.engine_class != CLASS_VM_BIND:
                 q.vm.preempt_queues -= 1
         return 0
 
     def _exec(self, file: DeviceFile, caller: Caller, k: bytearray) -> int:
-        ext, qid, num_syncs, _syncs, _addr, nbb = struct.unpack_from("<QIIQQH", k, 0)
-        pad = k[34:40]
-        r0, r1 = struct.unpack_from("<QQ", k, 40)
-        if ext or any(pad) or r0 or r1:
-            raise _fail(E.EINVAL, "EXEC: extensions/pad/reserved")
-        with self._lock:
-            q = file.queues.get(qid)
-            if q is None:
-                raise _fail(E.ENOENT, "EXEC: exec_queue_id")
-            if q.engine_class == CLASS_VM_BIND:
-                raise _fail(E.EINVAL, "EXEC: bind queue")
-            if nbb != q.width:
-                raise _fail(E.EINVAL, "EXEC: num_batch_buffer")
-        raise _fail(E.EOPNOTSUPP, "EXEC: the simulator has no GPU execution model")
+        return self.xe_exec.ioctl(file, caller, k)
 
     # -- debug metadata ----------------------------------------------------------------------------
     def _metadata_create(self, file: DeviceFile, caller: Caller, k: bytearray) -> int:
@@ -1710,6 +1722,8 @@ class Kernel:
                 self._vm_teardown(vm)
             for q in file.queues.values():
                 q.alive = False
+                self.xe_exec.kill(q)
+            file.syncobjs = {}
             for md in file.metadata.values():
                 md.alive = False
             for bo in file.bos.values():

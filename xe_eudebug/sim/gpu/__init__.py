@@ -1,0 +1,14 @@
+"""The simulated GPU hardware: engines and their command streamers (EU threads come later).
+
+A pure model: no sockets, no driver state.  The driver side (`sim/xe_exec.py`) hands an engine a
+job (a ring of commands and an `AddressSpace` view of the queue's VM) and gets back a `JobResult`
+(completed, faulted, failed on a bad command, or stopped).  Memory is reached only through the
+`AddressSpace` interface.
+"""
+
+from .engine import (AddressSpace, CommandStreamer, Context, EngineInfo, GpuFault, JobResult,
+                     ENGINE_MMIO_BASE)
+from . import mi
+
+__all__ = ["AddressSpace", "CommandStreamer", "Context", "EngineInfo", "GpuFault", "JobResult",
+           "ENGINE_MMIO_BASE", "mi"]
