@@ -37,6 +37,8 @@ RACE_TRIES = 40
 RACE_DWELL_S = 1.0
 RACE_DWELL_SIGINT_S = 0.1
 RACE_MAX_DWELLS = 30
+#: How long the primary thread retries -EBUSY for its final attach (IGT: without limit).
+RACE_PRIMARY_ATTACH_S = 60.0
 #: scaled: attach/detach cycles per discovery-empty thread (IGT 100).
 EMPTY_CYCLES = 50
 #: scaled: discovery-empty sessions (IGT 16).
@@ -152,7 +154,10 @@ def _race_routine(rc: RaceClient, d: Debugger, flags: int, st: RaceStats) -> Non
         d.detach()
         _reset(d)
     if d.flags & ic.PRIMARY_THREAD:
-        _attach_retry(d, rc.pid)
+        # IGT retries -EBUSY without limit.  Another thread's connection can be held for up to
+        # the kernel's fifo timeout (25 s) by a release of the killed client's files blocked on
+        # its full fifo, so the bound is well above that.
+        _attach_retry(d, rc.pid, RACE_PRIMARY_ATTACH_S)
         d.start_worker()
         rc.client.wait_done()
         if not sigint:
