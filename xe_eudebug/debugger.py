@@ -93,6 +93,10 @@ log = logging.getLogger(__name__)
 POLL_TIMEOUT_MS = 100
 #: Default stop-worker timeout, seconds (IGT uses 1 s almost everywhere).
 STOP_TIMEOUT = 1.0
+#: How long stop_worker waits for a forced (INACTIVE) worker to finish the call it is in; IGT
+#: joins without limit.  Twice the longest call the worker makes: a READ_EVENT (the kernel's
+#: 5 s) behind the simulator's wait of up to 10 s for earlier releases.
+STOP_FORCE_WAIT = 30.0
 
 Trigger = Callable[["Debugger", Event], Any]
 
@@ -501,9 +505,10 @@ class Debugger:
             t.join(timeout)
             if t.is_alive():
                 self.worker_state = WorkerState.INACTIVE
-                t.join(max(10.0, timeout))
+                t.join(max(STOP_FORCE_WAIT, timeout))
                 if t.is_alive():
-                    raise RuntimeError("debugger worker did not stop (a trigger is blocked?)")
+                    raise RuntimeError(f"debugger worker did not stop within {timeout + max(STOP_FORCE_WAIT, timeout):g} s "
+                                       "(a trigger is blocked?)")
         self._worker = None
         self.worker_state = WorkerState.INACTIVE if not self.handled_sigint else self.worker_state
         self.log.sort()
