@@ -479,6 +479,9 @@ class Actions:
 
     # permissions
     def setuid(self, uid: int) -> int:
+        # A DRM file opened before dropping privileges stays usable, as on hardware; a new open
+        # after it would need the node's group (connect_to uses this one).
+        self.kept_fd = open_device()
         os.setgroups([])
         os.setresgid(uid, uid, uid)
         os.setresuid(uid, uid, uid)
@@ -492,6 +495,9 @@ class Actions:
         return ret
 
     def connect_to(self, pid: int) -> int:
+        kept = getattr(self, "kept_fd", -1)
+        if kept >= 0:
+            return self.connect_with(kept, pid)
         fd = open_device()
         try:
             return self.connect_with(fd, pid)

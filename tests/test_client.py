@@ -156,6 +156,19 @@ def test_dead_client_allowed() -> None:
         c.stop()
 
 
+def test_dead_client_allowed_wait_done_marks_it_and_its_log_cannot_be_read() -> None:
+    """IGT: wait_done of a dead client (allowed) sets seqno to DEAD_CLIENT, and the log read
+    that follows asserts (lib L:1595-1596, 392-407): the log must not read as empty."""
+    with Client(-1, lambda c: os._exit(0), timeout=5) as c:
+        c.allow_dead_client = True
+        c.start()
+        c.wait_done()
+        assert c.done and c.seqno == DEAD_CLIENT
+        with pytest.raises(ClientError, match="died before sending its event log"):
+            c.log  # noqa: B018
+        c.stop()
+
+
 @pytest.mark.parametrize("thread", MODES)
 def test_no_leaks_after_close(thread: bool) -> None:
     fds, threads, kids = open_fds(), threading.active_count(), children()
@@ -241,6 +254,7 @@ def drm(fake: FakeBackend) -> Any:  # noqa: F811
     handler = FakeDrm(c)
     f = fake.new_file(handler)
     c.master_fd = f.fd
+    c.pat_index = 0  # the fake answers no device query, so none for the PAT index
     try:
         yield c, handler, f.fd
     finally:

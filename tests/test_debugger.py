@@ -24,6 +24,7 @@ import pytest
 
 from xe_eudebug import ioctl as seam
 from xe_eudebug import uapi
+from xe_eudebug import debugger as debugger_mod
 from xe_eudebug.debugger import Debugger, TriggerError, WorkerState
 from xe_eudebug.events import HEADER, EventFlags, EventType, make
 
@@ -242,6 +243,51 @@ def test_sigterm_interrupts_poll_and_worker_continues(fake: FakeBackend) -> None
         d.stop_worker()
     finally:
         close(d)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_kill_interrupts_the_system_call_the_worker_is_in(fake: FakeBackend, sig: int) -> None:
+    """IGT's pthread_sigqueue (lib L:1433) interrupts the worker's blocking system call, not
+    only its poll: a trigger blocked in read(2) on a silent pipe returns with EINTR."""
+    if not debugger_mod.KILL_SIGNAL:
+        pytest.skip("no real-time signal handler could be installed (module imported off the main thread)")
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.read.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
+    libc.read.restype = ctypes.c_ssize_t
+    r, w = os.pipe()
+    entered = threading.Event()
+    result: list[tuple[int, int]] = []
+
+    def blocking(dbg: Debugger, e: Any) -> None:
+        if e.seqno != 1:
+            return
+        buf = ctypes.create_string_buffer(1)
+        entered.set()
+        ret = libc.read(r, buf, 1)
+        result.append((ret, ctypes.get_errno()))
+
+    d, f = attached(fake)
+    d.add_trigger(EventType.VM, blocking)
+    try:
+        d.start_worker()
+        f.push(vm_event(1))
+        assert entered.wait(5), "the trigger never ran"
+        time.sleep(0.05)  # let it block in read(2)
+        d.kill(sig)
+        interrupted = wait_for(lambda: bool(result), timeout=3.0)
+        if not interrupted:
+            os.write(w, b"x")  # release it, so the worker can stop
+        assert interrupted, "kill() left the worker blocked in its system call"
+        assert result == [(-1, errno.EINTR)]
+        if sig == signal.SIGINT:
+            assert wait_for(lambda: not d.worker_running, timeout=2.0) and d.handled_sigint
+        else:
+            f.push(vm_event(2, vm=2))
+            assert wait_for(lambda: d.event_count == 2) and d.worker_running
+    finally:
+        close(d)
+        os.close(r)
+        os.close(w)
 
 
 def test_sigint_stops_worker_at_once_leaving_state(fake: FakeBackend) -> None:

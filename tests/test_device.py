@@ -105,6 +105,22 @@ def test_unset_device_falls_back_to_the_simulator_once(simulator_session):
     assert len(lines) == 1, out.stderr
 
 
+def test_enable_reads_the_value_back(dev, monkeypatch):
+    """IGT's __xe_eudebug_enable_getset reads the toggle back after writing it (lib L:1838):
+    a write that does not stick is an error, not a silent success."""
+    before = device.eudebug_enabled(dev)
+    try:
+        assert device.enable_eudebug(dev, True) is before
+        assert device.eudebug_enabled(dev) is True
+        real_set = port.set_enabled
+        monkeypatch.setattr(port, "set_enabled", lambda fd, value: real_set(fd, not value))
+        with pytest.raises(AssertionError, match=r"enable_eudebug of simulated device sim:0: wrote 0, reads back 1"):
+            device.enable_eudebug(dev, False)
+    finally:
+        monkeypatch.undo()
+        device.enable_eudebug(dev, before)
+
+
 def test_enable_toggle_defaults_off_returns_previous_and_refuses_disable_while_attached(two_devices):
     fd = device.open_device("sim:0")
     try:

@@ -228,6 +228,16 @@ TEXT_CASES = [
 ]
 
 
+@pytest.mark.parametrize("flags", [EventFlags.NEED_ACK, EventFlags.NEED_ACK | 0x10])
+def test_text_form_refuses_need_ack_without_create(flags):
+    """IGT's flags_to_str asserts on unknown flags that include NEED_ACK (lib L:121)."""
+    e = make(EventType.VM, int(flags), seqno=24)
+    with pytest.raises(AssertionError, match=f"flags {int(flags):#x}: NEED_ACK without CREATE"):
+        str(e)
+    assert "NEED_ACK without CREATE" in repr(e)
+    assert str(make(EventType.VM, EventFlags.DESTROY | EventFlags.NEED_ACK, seqno=25)).startswith("(25)")
+
+
 @pytest.mark.parametrize("event,text", TEXT_CASES, ids=[t for _, t in TEXT_CASES])
 def test_text_form(event, text):
     assert str(event) == text
@@ -272,7 +282,14 @@ def test_decode_garbage_never_crashes():
         if rnd.random() < 0.5:
             raw = raw[:4] + struct.pack("<H", rnd.randint(0, 12)) + raw[6:]
         e = decode(raw)
-        str(e), repr(e), e.base, e.payload, bytes(e)  # noqa: B018 - must not raise
+        repr(e), e.base, e.payload, bytes(e)  # noqa: B018 - must not raise
+        flags = e.flags
+        if flags & EventFlags.NEED_ACK and not flags & (EventFlags.CREATE | EventFlags.DESTROY
+                                                         | EventFlags.STATE_CHANGE):
+            with pytest.raises(AssertionError, match="NEED_ACK without CREATE"):
+                str(e)
+        else:
+            str(e)
 
 
 def test_truncated_event_reads_missing_fields_as_zero():

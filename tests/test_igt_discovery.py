@@ -27,10 +27,18 @@ from xe_eudebug.session import Session
 if not os.environ.get("XE_EUDEBUG_DEVICE", "").startswith("/"):
     pytest.importorskip("xe_eudebug.sim.kernel", reason="the simulator's kernel model is not available")
 
-#: scaled: attach tries per race thread (IGT 100).  A thread stops early once one try read the
-#: whole discovery; when the machine is too slow to drain it within the 1 s worker stop, every
-#: try runs and this bounds the test's time.
+#: scaled: attach tries per race thread (IGT 100).  A thread stops early once one of its own
+#: tries read the whole discovery; a thread whose tries never do runs them all, so this bounds
+#: the test's time.
 RACE_TRIES = 40
+#: IGT's dwell after starting a race worker while the client runs (T:1145-1153): it sleeps
+#: at least once, 1 s (100 ms for race-sigint), and again while nothing was read, at most
+#: RACE_MAX_DWELLS times.
+RACE_DWELL_S = 1.0
+RACE_DWELL_SIGINT_S = 0.1
+RACE_MAX_DWELLS = 30
+#: How long the primary thread retries -EBUSY for its final attach (IGT: without limit).
+RACE_PRIMARY_ATTACH_S = 60.0
 #: scaled: attach/detach cycles per discovery-empty thread (IGT 100).
 EMPTY_CYCLES = 50
 #: scaled: discovery-empty sessions (IGT 16).
@@ -62,12 +70,13 @@ def _reset(d: Debugger) -> None:
 # discovery-race (3.25)
 
 class RaceClient:
-    """One discovery client shared by three debuggers (the first is the primary)."""
+    """One discovery client shared by three debuggers (the first is the primary).  Whether the
+    client is done is the client's own ``done`` (IGT ``s->client->done``: set by the primary's
+    wait_done, or by the test before it sends SIGINT); each thread has its own ``done``."""
 
     def __init__(self, fd: int, flags: int) -> None:
         self.client = Client(fd, ic.discovery_client, flags)
         self.pid = self.client.pid
-        self.done = threading.Event()
         self.debuggers = [Debugger(fd, ic.PRIMARY_THREAD if i == 0 else 0) for i in range(3)]
 
 
@@ -96,35 +105,62 @@ def _check_race_log(d: Debugger, vm_bind: bool) -> None:
     d.assert_(len(set(handles)) == len(handles), f"client handles not distinct: {handles}")
 
 
-def _race_routine(rc: RaceClient, d: Debugger, flags: int) -> None:
+class RaceStats:
+    """What one race thread did, for the checks that the port keeps IGT's semantics."""
+
+    def __init__(self) -> None:
+        self.tries = 0                  # loop iterations (EBUSY ones included)
+        self.attaches_after_done = 0    # attaches made once the client was done
+        self.left_when_done = 0         # tries left when it first saw the client done
+        self.own_full = False           # the loop ended because one of its tries read it all
+        self.dwells: list[float] = []   # seconds from start_worker to the end of the dwell
+
+
+def _race_routine(rc: RaceClient, d: Debugger, flags: int, st: RaceStats) -> None:
+    """IGT discovery_race_thread (T:1110-1218)."""
     rng = random.Random()
     sigint = bool(flags & ic.DISCOVERY_SIGINT)
+    dwell = RACE_DWELL_SIGINT_S if sigint else RACE_DWELL_S
+    done = False  # this thread's own: one of its tries read the whole discovery
     for _ in range(RACE_TRIES):
-        if rc.done.is_set():
+        if done:
             break
+        st.tries += 1
+        client_done = rc.client.done
+        if client_done and not st.left_when_done:
+            st.left_when_done = RACE_TRIES - st.tries + 1
         ret = d.try_attach(rc.pid)
         if ret == -errno.EBUSY:
             time.sleep(0.1)
             continue
         assert ret == 0, f"CONNECT to {rc.pid}: {os.strerror(-ret)}"
+        st.attaches_after_done += client_done
         if rng.random() < 0.5:
             d.start_worker()
-            if not rc.done.is_set():
-                ic.wait_until(lambda: d.event_count > 0 or rc.done.is_set(), 30.0, 0.1 if sigint else 0.05)
-                if not rc.done.is_set():
-                    assert d.event_count > 0, "nothing discovered within 30 s"
+            if not rc.client.done:
+                # At least one dwell, more while nothing arrived (a thread may starve).
+                t0 = time.monotonic()
+                for _wait in range(RACE_MAX_DWELLS):
+                    time.sleep(dwell)
+                    if d.event_count:
+                        break
+                st.dwells.append(time.monotonic() - t0)
+                assert d.event_count > 0, f"nothing discovered within {RACE_MAX_DWELLS} waits of {dwell:g} s"
             d.stop_worker(1.0)
-            if not rc.done.is_set():
+            if not rc.client.done:
                 _check_race_log(d, bool(flags & ic.DISCOVERY_VM_BIND))
-                if d.event_count >= FULL_DISCOVERY:
-                    rc.done.set()
+            if d.event_count >= FULL_DISCOVERY:
+                done = st.own_full = True
         d.detach()
         _reset(d)
     if d.flags & ic.PRIMARY_THREAD:
-        _attach_retry(d, rc.pid)
+        # IGT retries -EBUSY without limit.  Another thread's connection can be held for up to
+        # the kernel's fifo timeout (25 s) by a release of the killed client's files blocked on
+        # its full fifo, so the bound is well above that.
+        _attach_retry(d, rc.pid, RACE_PRIMARY_ATTACH_S)
         d.start_worker()
+        rc.client.wait_done()
         if not sigint:
-            rc.client.wait_done()
             ic.wait_until(lambda: d.event_count == rc.client.seqno - 1, 5.0, 0.05)
         d.stop_worker(1.0)
         d.detach()
@@ -148,31 +184,46 @@ def test_discovery_race(fd: int, clients: int, flags: int) -> None:
             rcs.append(RaceClient(fd, flags))
         errors: list[BaseException] = []
 
-        def run(rc: RaceClient, d: Debugger) -> None:
+        def run(rc: RaceClient, d: Debugger, st: RaceStats) -> None:
             try:
-                _race_routine(rc, d, flags)
+                _race_routine(rc, d, flags, st)
             except BaseException as exc:  # surfaced below
                 errors.append(exc)
-                rc.done.set()
 
         threads = []
+        stats: list[RaceStats] = []
         for rc in rcs:
             for d in rc.debuggers:
                 if d.flags & ic.PRIMARY_THREAD:
                     rc.client.start()
-                t = threading.Thread(target=run, args=(rc, d), daemon=True)
+                stats.append(RaceStats())
+                t = threading.Thread(target=run, args=(rc, d, stats[-1]), daemon=True)
                 t.start()
                 threads.append(t)
         if flags & ic.DISCOVERY_SIGINT:
             time.sleep(2)
-            rcs[0].done.set()
-            rcs[0].client.kill(signal.SIGINT)
+            rcs[0].client.done = True  # first, as IGT: no thread waits for events any more
+            rcs[0].client.kill(signal.SIGINT)  # the threads go on racing attach/detach
         for t in threads:
             t.join(120)
             assert not t.is_alive(), "a race thread did not finish within 120 s"
         if errors:
             raise errors[0]
+        # IGT's semantics, not only its outcome: each thread ends its own loop, either after
+        # one of its tries read everything or after all its tries (T:1122,1125); every dwell
+        # lasted at least IGT's minimum (T:1145-1153); after the SIGINT the threads kept
+        # racing attach/detach (T:1266-1267).
+        for st in stats:
+            assert st.own_full or st.tries == RACE_TRIES, \
+                f"a thread stopped after {st.tries} of {RACE_TRIES} tries without reading the whole discovery"
+        minimum = RACE_DWELL_SIGINT_S if flags & ic.DISCOVERY_SIGINT else RACE_DWELL_S
+        short = [x for st in stats for x in st.dwells if x < minimum]
+        assert not short, f"dwells shorter than {minimum:g} s: {short}"
         if flags & ic.DISCOVERY_SIGINT:
+            # (one thread may meet only -EBUSY from the others for all its remaining tries)
+            if max(st.left_when_done for st in stats) >= 10:
+                assert sum(st.attaches_after_done for st in stats) > 0, \
+                    f"threads with {[st.left_when_done for st in stats]} tries left after the SIGINT never attached again"
             return
         reference = rcs[0].debuggers[0]
         for rc in reversed(rcs[1:]):

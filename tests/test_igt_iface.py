@@ -15,6 +15,7 @@ import random
 import select
 import threading
 import warnings
+from typing import Any, Callable
 
 import pytest
 
@@ -85,10 +86,15 @@ def test_basic_connect(fd: int) -> None:
 # ------------------------------------------------------------------------------------------------
 # connect-user
 
-def _switch_user(user: pwd.struct_passwd, video_gid: int) -> None:
+def _switch_user(uid: int, gid: int, video_gid: int) -> None:
+    """IGT's switch_user (T:604-625): only the video group, then the gid and the uid, each
+    checked after the switch; dumpable again (setuid cleared it), so CONNECT can reach us."""
     os.setgroups([video_gid])
-    os.setgid(user.pw_gid)
-    os.setuid(user.pw_uid)
+    os.setgid(gid)
+    os.setuid(uid)
+    assert os.getgroups() == [video_gid], f"supplementary groups {os.getgroups()}, expected [{video_gid}]"
+    assert os.getgid() == gid, f"getgid() {os.getgid()}, expected {gid}"
+    assert os.getuid() == uid, f"getuid() {os.getuid()}, expected {uid}"
     libc = ctypes.CDLL(None, use_errno=True)
     PR_SET_DUMPABLE = 4
     if libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0) != 0:
@@ -96,9 +102,10 @@ def _switch_user(user: pwd.struct_passwd, video_gid: int) -> None:
 
 
 def _connect_user_case(app_user: pwd.struct_passwd | None, dbg_user: pwd.struct_passwd | None,
-                       video_gid: int, expected: int) -> None:
-    """Fork an app (optionally as ``app_user``) and a debugger (optionally as ``dbg_user``); the
-    debugger's CONNECT result must be ``expected`` (0 = success)."""
+                       video_gid: int, expected: int, open_node: Callable[[], int]) -> None:
+    """Fork an app (optionally as ``app_user``) and a debugger (optionally as ``dbg_user``).
+    The debugger switches user first and then opens the DRM node (T:737,742), so the node must
+    be usable by a member of group video; its CONNECT result must be ``expected`` (0 = success)."""
     pid_r, pid_w = os.pipe()
     rel_r, rel_w = os.pipe()
 
@@ -106,7 +113,7 @@ def _connect_user_case(app_user: pwd.struct_passwd | None, dbg_user: pwd.struct_
         os.close(pid_r)
         os.close(rel_w)
         if app_user is not None:
-            _switch_user(app_user, video_gid)
+            _switch_user(app_user.pw_uid, app_user.pw_gid, video_gid)
         os.write(pid_w, os.getpid().to_bytes(8, "little"))
         ready, _, _ = select.select([rel_r], [], [], 30)
         assert ready, "app: never released"
@@ -116,16 +123,16 @@ def _connect_user_case(app_user: pwd.struct_passwd | None, dbg_user: pwd.struct_
     def debugger() -> None:
         os.close(pid_w)
         os.close(rel_r)
-        # The DRM file is opened before dropping privileges (the device node or simulator socket
-        # may be root-only); CONNECT checks the caller's credentials at the time of the call.
-        dfd = open_device()
         if dbg_user is not None:
-            _switch_user(dbg_user, video_gid)
+            _switch_user(dbg_user.pw_uid, dbg_user.pw_gid, video_gid)
         ready, _, _ = select.select([pid_r], [], [], 30)
         assert ready, "debugger: no pid from the app"
         target = int.from_bytes(os.read(pid_r, 8), "little")
+        try:
+            dfd = open_node()
+        finally:
+            os.write(rel_w, b"x")  # release the app first, whatever happens
         ret = connect(dfd, target)
-        os.write(rel_w, b"x")
         if ret >= 0:
             os.close(ret)
             ret = 0
@@ -140,8 +147,17 @@ def _connect_user_case(app_user: pwd.struct_passwd | None, dbg_user: pwd.struct_
         app_proc.join()
 
 
-def test_connect_user(fd: int) -> None:
-    """IGT connect-user: CONNECT permission model across uids (ptrace-like)."""
+def _video_node(sim_server: Callable[..., Any]) -> tuple[Callable[[], int], Callable[[], None]]:
+    """How a process opens the DRM node after the switch, and how to release it.  Hardware: the
+    render node, which the video group can open.  Simulator: a private instance whose socket
+    belongs to group video (mode 0660 in a 0710 directory, SimConfig.group), as a render node."""
+    if os.environ.get("XE_EUDEBUG_DEVICE", "").startswith("/"):
+        return open_device, lambda: None
+    handle = sim_server(group="video", enable_default=True)
+    return (lambda: handle.open_device(0)), handle.stop
+
+
+def _users() -> tuple[pwd.struct_passwd, int]:
     if os.geteuid() != 0:
         pytest.skip("connect-user switches users: needs root")
     try:
@@ -152,15 +168,43 @@ def test_connect_user(fd: int) -> None:
         video = grp.getgrnam("video").gr_gid
     except KeyError:
         pytest.fail("group 'video' does not exist")
-    _connect_user_case(None, lp, video, -errno.EACCES)   # non-root debugger -> root app
-    _connect_user_case(lp, lp, video, 0)                  # lp -> lp
-    _connect_user_case(lp, None, video, 0)                # root -> lp
+    return lp, video
+
+
+def test_connect_user(fd: int, sim_server: Callable[..., Any]) -> None:
+    """IGT connect-user: CONNECT permission model across uids (ptrace-like), each debugger
+    opening the node only after it dropped privileges."""
+    lp, video = _users()
+    node, release = _video_node(sim_server)
     try:
-        mail = pwd.getpwnam("mail")
-    except KeyError:
-        warnings.warn("user 'mail' does not exist: case mail -> lp skipped")
-        return
-    _connect_user_case(lp, mail, video, -errno.EACCES)    # mail -> lp
+        _connect_user_case(None, lp, video, -errno.EACCES, node)   # non-root debugger -> root app
+        _connect_user_case(lp, lp, video, 0, node)                  # lp -> lp
+        _connect_user_case(lp, None, video, 0, node)                # root -> lp
+        try:
+            mail = pwd.getpwnam("mail")
+        except KeyError:
+            warnings.warn("user 'mail' does not exist: case mail -> lp skipped")
+            return
+        _connect_user_case(lp, mail, video, -errno.EACCES, node)    # mail -> lp
+    finally:
+        release()
+
+
+def test_private_simulator_is_closed_to_other_users(fd: int) -> None:
+    """The counterpart on the simulator: a private instance (socket 0600 in a 0700 directory)
+    refuses a process that dropped to user lp, even over the connection its parent made, as a
+    node that is root's only would (open(2) checks the caller's credentials at the time)."""
+    if os.environ.get("XE_EUDEBUG_DEVICE", "").startswith("/"):
+        pytest.skip("a property of the simulator's private instance")
+    lp, video = _users()
+
+    def child() -> None:
+        _switch_user(lp.pw_uid, lp.pw_gid, video)
+        with pytest.raises(OSError) as info:
+            open_device()
+        assert info.value.errno == errno.EACCES, info.value
+
+    ic.run_forked(child, 30).join()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -300,18 +344,38 @@ def _exec_queue_destroy(fd: int, qid: int) -> None:
     seam.ioctl(fd, uapi.DRM_IOCTL_XE_EXEC_QUEUE_DESTROY, arg)
 
 
+def igt_exec_queue_values() -> list[int]:
+    """The property values IGT's loop tries (T:2758-2761): 0, then ``1 << (i - 1)`` for i = 1..64
+    evaluated as a 32-bit int and stored in the u64 ``value``.  ``1 << 31`` is INT_MIN, which
+    sign-extends to 0xFFFFFFFF80000000; shifts of 32 and more are undefined in C, and x86 (the
+    hardware IGT runs on) masks the count to 5 bits, so i = 33..64 repeat i = 1..32."""
+    out = [0]
+    for i in range(1, 65):
+        v32 = (1 << ((i - 1) % 32)) & 0xFFFFFFFF
+        out.append(v32 | 0xFFFFFFFF00000000 if v32 & 0x80000000 else v32)
+    return out
+
+
+def test_igt_exec_queue_values_include_the_sign_extended_shift() -> None:
+    values = igt_exec_queue_values()
+    assert len(values) == 65 and values[32] == 0xFFFFFFFF80000000 and values[64] == 0xFFFFFFFF80000000
+    assert values[1:32] == [1 << n for n in range(31)] and values[33:64] == values[1:32]
+
+
 def test_basic_exec_queues_enable(fd: int) -> None:
     """IGT basic-exec-queues-enable: the EUDEBUG exec-queue property is accepted only on
     render/compute engines, only with exactly ENABLE, only on LR VMs, and -EPERM while eudebug
-    is disabled.  (Genuine 64-bit single-bit values: a superset of IGT's 32-bit shifts.)"""
+    is disabled.  The values are IGT's (including 0xFFFFFFFF80000000, its ``1 << 31``) followed
+    by the genuine 64-bit single bits 1 << 32 .. 1 << 63 that IGT's int shift never reaches; the
+    kernel refuses every value with a bit other than ENABLE (-EINVAL)."""
     vm_non_lr = ic.vm_create_raw(fd, 0)
     vm_lr = ic.vm_create_raw(fd, ic.LR)
     enable = uapi.DRM_XE_EXEC_QUEUE_EUDEBUG_FLAG_ENABLE
+    values = igt_exec_queue_values() + [1 << n for n in range(32, 64)]
     try:
         for hwe in query_engines(fd):
             debuggable = hwe.engine_class in ic.RENDER_COMPUTE
-            for i in range(65):
-                value = 0 if i == 0 else 1 << (i - 1)
+            for value in values:
                 ret, qid = _exec_queue_create(fd, vm_lr, hwe, value)
                 where = f"engine class {hwe.engine_class}:{hwe.engine_instance} value {value:#x}"
                 if not debuggable or value != enable:

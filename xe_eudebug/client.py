@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterable
 
 from . import ioctl as _seam
 from . import uapi as _uapi
-from .device import query_config, query_engines, reopen
+from .device import device_id, graphics_version, query_engines, reopen
 from .events import EventFlags, EventType, make
 from .log import EventLog
 
@@ -55,6 +55,8 @@ __all__ = [
     "try_retry_ioctl",
     "user_fence_sync",
     "wb_pat_index",
+    "pat_index_wb",
+    "PVC_DEVICE_IDS",
 ]
 
 log = logging.getLogger(__name__)
@@ -117,14 +119,33 @@ def try_retry_ioctl(fd: int, request: int, arg: Any = None) -> int:
         return -(exc.errno or _errno.EIO)
 
 
-def _wb_pat_for_devid(devid: int) -> int:
-    """Write-back PAT index (coherent, IGT ``intel_get_pat_idx_wb``) from the PCI device id."""
-    if (devid & 0xFF00) in (0x6400,) or (devid & 0xFFF0) in (0xE200, 0xE210):
-        return 2  # Xe2 (Lunar Lake, Battlemage)
-    if (devid & 0xFFF0) in (0x7D40, 0x7D50, 0x7D60) or devid in (0x7DD5,):
-        return 3  # Meteor Lake
-    if (devid & 0xFFF0) == 0x0BD0:
-        return 3  # Ponte Vecchio
+#: Ponte Vecchio's PCI device ids (IGT ``INTEL_PVC_IDS`` of lib/pciids.h and
+#: lib/i915_pciids_local.h).  PVC predates the GMD_ID register, so the kernel reports graphics
+#: IP 0.0 for it as for every older platform; IGT's table tells it apart by device id only.
+PVC_DEVICE_IDS = frozenset({0x0B69, 0x0B6E, 0x0BD0, 0x0BD1, 0x0BD2, 0x0BD4, 0x0BD5, 0x0BD6, 0x0BD7,
+                            0x0BD8, 0x0BD9, 0x0BDA, 0x0BDB, 0x0BE0, 0x0BE1, 0x0BE5})
+
+
+def pat_index_wb(ip_major: int, ip_minor: int, devid: int) -> int:
+    """IGT ``intel_get_pat_idx_wb`` (lib/intel_pat.c): the write-back, 1-way-coherent PAT index
+    from the graphics IP version the kernel reports (see :func:`device.graphics_version`).
+
+    Graphics 20 (Lunar Lake, Battlemage) and 30 (Panther Lake): 2.  12.70-12.74 (Meteor Lake,
+    Arrow Lake): 3.  A platform without GMD_ID (reported 0.0, all of graphics 12.60 and older):
+    3 for Ponte Vecchio (12.60), else 0.  Any other version has no PAT settings in IGT, which
+    complains and uses 0; so does this, with a warning."""
+    if ip_major in (20, 30):
+        return 2
+    if ip_major == 12 and 70 <= ip_minor <= 74:
+        return 3
+    if ip_major == 0:
+        return 3 if devid in PVC_DEVICE_IDS else 0
+    if (ip_major, ip_minor) == (12, 60):
+        return 3
+    if (ip_major, ip_minor) < (12, 60):
+        return 0
+    log.warning("no PAT settings for graphics IP %d.%02d (device %#06x): using PAT index 0",
+                ip_major, ip_minor, devid)
     return 0
 
 
@@ -136,12 +157,10 @@ def eudebug_engines(fd: int) -> list[Any]:
 
 
 def wb_pat_index(fd: int) -> int:
-    """The device's write-back, CPU-coherent PAT index, as vm_bind wrappers use it."""
-    try:
-        cfg = query_config(fd)
-    except OSError:
-        return 0
-    return _wb_pat_for_devid(cfg.get("rev_and_device_id", 0) & 0xFFFF)
+    """The device's write-back, CPU-coherent PAT index, as vm_bind wrappers use it: IGT's
+    ``intel_get_pat_idx_wb`` from the graphics version the device reports (:func:`pat_index_wb`)."""
+    major, minor, _rev = graphics_version(fd)
+    return pat_index_wb(major, minor, device_id(fd))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -372,6 +391,8 @@ class Client:
         self.done = False
         self.status: int | None = None
         self.log = EventLog("client")
+        #: Why the log cannot be read (a dead client's wait_done), else "".
+        self.log_lost = ""
         self.pat_index: int | None = None
         #: Callables run in the parent after every empty 1 s slice of a token wait; an
         #: exception they raise ends the wait (the Session surfaces trigger failures this way).
@@ -412,6 +433,19 @@ class Client:
 
     # -- properties ------------------------------------------------------------------------
     ptr = data_alias()
+
+    @property
+    def log(self) -> EventLog:
+        """The client's event log; reading it after :meth:`wait_done` found the client dead
+        raises :class:`ClientError` (IGT's log read asserts then)."""
+        if self.log_lost:
+            raise ClientError(self.log_lost)
+        return self._log
+
+    @log.setter
+    def log(self, value: EventLog) -> None:
+        self._log = value
+        self.log_lost = ""
 
     @property
     def timeout_ms(self) -> int:
@@ -654,12 +688,19 @@ class Client:
         self._send(self._in_w, Token.CLIENT_RUN, self.pid)
 
     def wait_done(self) -> None:
-        """Once: receive CLIENT_FINI (the client's final seqno) and the client log."""
+        """Once: receive CLIENT_FINI (the client's final seqno) and the client log.
+
+        A client that died without FINI is an error unless :attr:`allow_dead_client` is set;
+        then, as in IGT, it is marked (``seqno`` becomes :data:`DEAD_CLIENT`) and reading its
+        :attr:`log` afterwards raises :class:`ClientError`."""
         if self.done:
             return
         self.done = True
         value = self._parent_wait(Token.CLIENT_FINI)
         if value == DEAD_CLIENT:
+            self.seqno = DEAD_CLIENT
+            self.log_lost = (f"client {self.pid or self._child_pid or '?'} died before sending its event log "
+                             f"({self._last_read_error or 'no FINI'}): its log cannot be read")
             return
         self.seqno = value
         size_raw = b""

@@ -12,11 +12,17 @@ Worker loop (IGT's, exactly): poll the debug fd (re-read every iteration) for 10
 readable issue READ_EVENT into a 32 KiB buffer, count, log, dispatch; keep going while ACTIVE, or
 while QUITTING and the last poll returned something (the drain after a stop request).
 
-Signals (IGT ``xe_eudebug_debugger_kill``): Python cannot deliver a signal to one thread with a
-value, so :meth:`Debugger.kill` emulates the contract with a wake-up pipe in the poll set.
-``kill(SIGTERM)`` interrupts the current poll and the loop carries on; ``kill(SIGINT)``
-additionally makes the worker exit at once after that poll with :attr:`handled_sigint` set and
-:attr:`worker_state` left unchanged.  No process-wide signal handler is installed.
+Signals (IGT ``xe_eudebug_debugger_kill``, ``pthread_sigqueue`` to the worker): Python runs
+signal handlers in the main thread only, so SIGINT/SIGTERM themselves are not sent.  Instead
+:meth:`Debugger.kill` records the signal, wakes the worker's poll through a wake-up pipe in the
+poll set, and interrupts whatever system call the worker is blocked in by sending it
+:data:`KILL_SIGNAL`, a real-time signal whose (no-op) handler is installed without SA_RESTART
+when this module is imported in the main thread.  As with IGT's signal, the interrupted call
+fails with EINTR: calls that retry EINTR (the seam's ioctl, like ``igt_ioctl``; Python's own
+wrappers) carry on, others (a trigger's raw ``read``/``pause``) return.  ``kill(SIGTERM)``
+interrupts the current poll and the loop carries on; ``kill(SIGINT)`` additionally makes the
+worker exit at once after that poll with :attr:`handled_sigint` set and :attr:`worker_state`
+left unchanged.  A real SIGINT still raises ``KeyboardInterrupt`` in the main thread.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ from .events import HEADER, MAX_EVENT_SIZE, Event, EventType, decode
 from .log import EventLog
 
 __all__ = [
+    "KILL_SIGNAL",
     "Debugger",
     "WorkerState",
     "TriggerError",
@@ -59,12 +66,37 @@ __all__ = [
     "POLL_TIMEOUT_MS",
 ]
 
+#: The signal :meth:`Debugger.kill` sends to the worker thread to interrupt its system call
+#: (0 when no handler could be installed: then only the poll is woken).
+KILL_SIGNAL = 0
+
+
+def _install_kill_signal() -> int:
+    """Install a no-op handler (CPython installs it without SA_RESTART, so a blocked system
+    call of the receiving thread fails with EINTR) for a free real-time signal; 0 if none."""
+    sig = int(signal.SIGRTMAX) - 2
+    try:
+        if signal.getsignal(sig) not in (signal.SIG_DFL, None):
+            return 0
+        signal.signal(sig, lambda _s, _f: None)
+    except (ValueError, OSError, AttributeError):  # not the main thread, or no RT signals
+        return 0
+    return sig
+
+
+if threading.current_thread() is threading.main_thread():
+    KILL_SIGNAL = _install_kill_signal()
+
 log = logging.getLogger(__name__)
 
 #: Worker poll timeout (IGT: 100 ms).
 POLL_TIMEOUT_MS = 100
 #: Default stop-worker timeout, seconds (IGT uses 1 s almost everywhere).
 STOP_TIMEOUT = 1.0
+#: How long stop_worker waits for a forced (INACTIVE) worker to finish the call it is in; IGT
+#: joins without limit.  Twice the longest call the worker makes: a READ_EVENT (the kernel's
+#: 5 s) behind the simulator's wait of up to 10 s for earlier releases.
+STOP_FORCE_WAIT = 30.0
 
 Trigger = Callable[["Debugger", Event], Any]
 
@@ -222,6 +254,8 @@ class Debugger:
         self._subscribers: list[queue.SimpleQueue[Event]] = []
         self._sub_lock = threading.Lock()
         self._closed = False
+        self._kill_lock = threading.Lock()
+        self._worker_ident = 0  # the running worker's thread ident (signal target), else 0
 
     ptr = data_alias()
 
@@ -398,6 +432,15 @@ class Debugger:
             pass
 
     def _work(self) -> None:
+        with self._kill_lock:
+            self._worker_ident = threading.get_ident()
+        try:
+            self._work_loop()
+        finally:
+            with self._kill_lock:  # no signal is sent to this thread once it is past here
+                self._worker_ident = 0
+
+    def _work_loop(self) -> None:
         buf = ctypes.create_string_buffer(MAX_EVENT_SIZE)
         wake = self._wake_r
         rd = select.POLLIN
@@ -462,23 +505,28 @@ class Debugger:
             t.join(timeout)
             if t.is_alive():
                 self.worker_state = WorkerState.INACTIVE
-                t.join(max(10.0, timeout))
+                t.join(max(STOP_FORCE_WAIT, timeout))
                 if t.is_alive():
-                    raise RuntimeError("debugger worker did not stop (a trigger is blocked?)")
+                    raise RuntimeError(f"debugger worker did not stop within {timeout + max(STOP_FORCE_WAIT, timeout):g} s "
+                                       "(a trigger is blocked?)")
         self._worker = None
         self.worker_state = WorkerState.INACTIVE if not self.handled_sigint else self.worker_state
         self.log.sort()
         self.raise_trigger_failures()
 
     def kill(self, sig: int) -> None:
-        """IGT ``xe_eudebug_debugger_kill``: SIGTERM interrupts the worker's poll (it carries
-        on); SIGINT also makes it exit with :attr:`handled_sigint` set."""
+        """IGT ``xe_eudebug_debugger_kill``: interrupts the worker's blocking system call (see
+        the module text) and its poll; after SIGTERM it carries on, after SIGINT it exits with
+        :attr:`handled_sigint` set."""
         if sig not in (signal.SIGINT, signal.SIGTERM):
             raise ValueError(f"only SIGINT and SIGTERM are delivered to the worker, not {sig}")
         if sig == signal.SIGINT:
             self.received_sigint = True
         self.received_signal = True
         self._poke()
+        with self._kill_lock:
+            if self._worker_ident and KILL_SIGNAL:
+                signal.pthread_kill(self._worker_ident, KILL_SIGNAL)
 
     def _poke(self) -> None:
         """Wake the worker's poll (it then re-reads :attr:`fd`)."""

@@ -46,6 +46,9 @@ __all__ = [
     "query_engines",
     "query_config",
     "min_alignment",
+    "query_gts",
+    "graphics_version",
+    "device_id",
     "list_devices",
 ]
 
@@ -177,17 +180,25 @@ def eudebug_enabled(fd: int) -> bool:
 def enable_eudebug(fd: int, enable: bool) -> bool:
     """Set the device's eudebug enable state; returns the previous state.
 
-    Raises OSError(EBUSY) when disabling while a debugger is attached (the kernel refuses)."""
+    Raises OSError(EBUSY) when disabling while a debugger is attached (the kernel refuses).
+    As IGT's ``__xe_eudebug_enable_getset``, the value is read back after the write and must
+    be the one written (``AssertionError`` otherwise)."""
+    path = ""
     if _is_sim(fd):
-        return _port.set_enabled(fd, bool(enable))
-    path = _sysfs_enable_path(fd)
-    with open(path) as f:
-        old = _parse_bool(f.read(), path)
-    try:
-        with open(path, "w") as f:
-            f.write("1" if enable else "0")
-    except OSError as exc:
-        raise OSError(exc.errno, f"{path}: writing {int(bool(enable))}: {exc.strerror}") from None
+        old = _port.set_enabled(fd, bool(enable))
+    else:
+        path = _sysfs_enable_path(fd)
+        with open(path) as f:
+            old = _parse_bool(f.read(), path)
+        try:
+            with open(path, "w") as f:
+                f.write("1" if enable else "0")
+        except OSError as exc:
+            raise OSError(exc.errno, f"{path}: writing {int(bool(enable))}: {exc.strerror}") from None
+    now = eudebug_enabled(fd)
+    if now != bool(enable):
+        where = path or f"simulated device {device_name(fd)}"
+        raise AssertionError(f"enable_eudebug of {where}: wrote {int(bool(enable))}, reads back {int(now)}")
     return old
 
 
@@ -267,6 +278,33 @@ def query_config(fd: int) -> dict[str, int]:
 def min_alignment(fd: int) -> int:
     """Minimum alignment of buffer objects and VM addresses on the device."""
     return query_config(fd).get("min_alignment", 4096) or 4096
+
+
+def device_id(fd: int) -> int:
+    """The PCI device id (low 16 bits of ``DRM_XE_QUERY_CONFIG_REV_AND_DEVICE_ID``)."""
+    return query_config(fd).get("rev_and_device_id", 0) & 0xFFFF
+
+
+def query_gts(fd: int) -> list[Any]:
+    """The device's GTs as ``drm_xe_gt`` structs (``DRM_XE_DEVICE_QUERY_GT_LIST``)."""
+    data = _query(fd, _xe.DRM_XE_DEVICE_QUERY_GT_LIST)
+    if len(data) < 8:
+        return []
+    count = int.from_bytes(data[0:4], "little")
+    stride = ctypes.sizeof(_xe.drm_xe_gt)
+    return [_xe.drm_xe_gt.from_buffer_copy(data, 8 + i * stride) for i in range(count)
+            if 8 + (i + 1) * stride <= len(data)]
+
+
+def graphics_version(fd: int) -> tuple[int, int, int]:
+    """The graphics IP version (major, minor, revision) of the device's first main GT, as the
+    kernel reports it in the GT list.  The kernel reads it from the GMD_ID register, which
+    exists from Meteor Lake on; older platforms (Ponte Vecchio, DG2, Tiger Lake ...) report
+    (0, 0, 0)."""
+    for gt in query_gts(fd):
+        if gt.type == _xe.DRM_XE_QUERY_GT_TYPE_MAIN:
+            return int(gt.ip_ver_major), int(gt.ip_ver_minor), int(gt.ip_ver_rev)
+    raise OSError(errno.ENODEV, f"DRM_XE_DEVICE_QUERY_GT_LIST on fd {fd}: no main GT")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -200,8 +200,9 @@ def flags_str(flags: int) -> str:
     """IGT's text for header flags: ``create|ack``, ``create``, ``destroy``, ``state-change``,
     otherwise ``flags unknown``.
 
-    IGT asserts that unrecognised flags do not contain NEED_ACK; a text form must never fail,
-    so such flags print ``flags unknown`` too.
+    As IGT's ``flags_to_str`` asserts, flags that are none of CREATE, DESTROY and STATE_CHANGE
+    but carry NEED_ACK are an error: ``AssertionError`` naming the flags (only a CREATE event
+    can ask for an ack, so such an event is corrupt).
     """
     if flags & _CREATE:
         return "create|ack" if flags & _NEED_ACK else "create"
@@ -209,6 +210,8 @@ def flags_str(flags: int) -> str:
         return "destroy"
     if flags & _STATE_CHANGE:
         return "state-change"
+    if flags & _NEED_ACK:
+        raise AssertionError(f"event flags {flags:#x}: NEED_ACK without CREATE")
     return "flags unknown"
 
 
@@ -333,7 +336,11 @@ class Event:
         return s[: EVENT_STRING_MAX_LEN - 1]
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self}>"
+        try:
+            text = str(self)
+        except AssertionError as exc:  # NEED_ACK without CREATE: repr still describes it
+            text = f"({self.seqno}) type {_U16.unpack_from(self._buf, 4)[0]}: {exc}"
+        return f"<{type(self).__name__} {text}>"
 
     def __reduce__(self) -> tuple[Callable[..., Event], tuple[bytes]]:
         return (decode, (self._raw,))

@@ -40,6 +40,10 @@ class SimConfig:
     memory_access:      how the server reaches a blocked caller's memory: "auto" (direct
                         process_vm_readv/writev when permitted, else ask the caller), "caller"
                         (always ask the caller's side of the control connection).
+    group:              name or number of a group whose members may open the devices, as the
+                        group of a render node (``crw-rw---- root video``): the socket becomes
+                        mode 0660 in that group, and `start_server` makes its directory
+                        searchable by the group (0710).  Empty (default): the owner only (0600).
     """
 
     devices: int = 1
@@ -51,6 +55,7 @@ class SimConfig:
     job_timeout_ms: int = 5000
     idle_exit: float = 30.0
     memory_access: str = "auto"
+    group: str = ""
 
     def __post_init__(self) -> None:
         if int(self.devices) < 1:
@@ -64,6 +69,19 @@ class SimConfig:
             raise ValueError("SimConfig.fifo_capacity must be >= 1")
         if self.memory_access not in ("auto", "caller"):
             raise ValueError(f"SimConfig.memory_access must be 'auto' or 'caller', got {self.memory_access!r}")
+
+    def group_id(self) -> int | None:
+        """The gid of :attr:`group`, or None when the devices are the owner's only."""
+        if not self.group:
+            return None
+        if self.group.isdigit():
+            return int(self.group)
+        import grp
+
+        try:
+            return grp.getgrnam(self.group).gr_gid
+        except KeyError:
+            raise ValueError(f"SimConfig.group: no group named {self.group!r}") from None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> "SimConfig":

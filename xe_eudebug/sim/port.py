@@ -882,9 +882,20 @@ def _adopt_fd(flags: int, fds: list[int]) -> int:
     return fd
 
 
+def _check_node_access(path: str, index: int) -> None:
+    """The permission check of open(2) on a device node, with the caller's credentials now:
+    the socket stands for the node (its mode, owner and group, see SimConfig.group), so a
+    process that dropped privileges cannot open a device through a connection it made before."""
+    effective = os.access in os.supports_effective_ids
+    if not os.access(path, os.R_OK | os.W_OK, effective_ids=effective):
+        raise OSError(_errno.EACCES, f"open of simulated device {index} ({path}): permission denied for "
+                      f"uid {os.geteuid()}, groups {sorted(set(os.getgroups()) | {os.getegid()})}")
+
+
 def open_device(index: int = 0, socket_path: str | None = None) -> int:
     """Open simulated device `index`; returns a new fd (close-on-exec, like open(O_CLOEXEC))."""
     link = connect(socket_path)
+    _check_node_access(link.path, index)
     try:
         flags, _a, _c, _p, fds = link.call(OP_OPEN, a=to_u64(index))
     except SimulatorConnectionLost:

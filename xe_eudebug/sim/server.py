@@ -297,6 +297,10 @@ class Server:
         finally:
             os.umask(old)
         os.chmod(path, 0o600)
+        gid = self.config.group_id()
+        if gid is not None:  # the devices' group, as a render node's (see SimConfig.group)
+            os.chown(path, -1, gid)
+            os.chmod(path, 0o660)
         listener.listen(64)
         listener.settimeout(0.2)
         self.listener = listener
@@ -887,13 +891,20 @@ def start_server(config: SimConfig | None = None, socket: str | None = None, *,
     (default: the environment's).  `kernel`: "module:Class" of the kernel model (testing hook).
     """
     directory = None
+    config = config or SimConfig.from_env()
+    gid = config.group_id()
     if socket is None:
-        directory = tempfile.mkdtemp(prefix="xe_eudebug-sim-", dir=_runtime_base())
+        # A group-shared instance cannot live in the per-user runtime directory (0700).
+        base = tempfile.gettempdir() if gid is not None else _runtime_base()
+        directory = tempfile.mkdtemp(prefix="xe_eudebug-sim-", dir=base)
+        if gid is not None:
+            os.chown(directory, -1, gid)
+            os.chmod(directory, 0o710)
         socket = os.path.join(directory, "sock")
     socket = os.path.abspath(socket)
     env = dict(os.environ)
     env.pop(wire.SOCKET_ENV, None)
-    env.update((config or SimConfig.from_env()).to_env())
+    env.update(config.to_env())
     pkg_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     argv = [sys.executable, "-m", "xe_eudebug.sim", "--socket", socket, "--owner-pid", str(os.getpid())]
