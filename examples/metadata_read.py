@@ -34,7 +34,7 @@ Running it
 
     python3 examples/metadata_read.py                          # both subtests, one client
     python3 examples/metadata_read.py --subtest read-metadata -v
-    python3 examples/metadata_read.py --clients 4 --pattern igt
+    python3 examples/metadata_read.py --clients 4 --pattern seed
 
 ``XE_EUDEBUG_DEVICE`` selects the device (a render node, or ``sim``); without it the first Xe
 render node is used, else the bundled simulator.  Exit status 0 means every subtest passed.
@@ -104,6 +104,8 @@ def igt_pattern(i: int) -> int:
 
 
 PATTERNS: dict[str, Callable[[int], int]] = {"seed": seed_pattern, "igt": igt_pattern}
+#: The pattern both subtests use unless told otherwise: current upstream IGT's.
+DEFAULT_PATTERN = "igt"
 
 
 @functools.lru_cache(maxsize=None)
@@ -118,7 +120,7 @@ def pattern_bytes(pattern: str, size: int = MDATA_SIZE) -> bytes:
 # event(s) the kernel should send to the debugger.
 
 
-def metadata_access_client(c: Client, pattern: str = "seed",
+def metadata_access_client(c: Client, pattern: str = DEFAULT_PATTERN,
                            lengths: Sequence[int] = METADATA_LENGTHS) -> None:
     """IGT's ``metadata_access_client``: one VM, one bound BO with five metadata attached."""
     data = pattern_bytes(pattern)
@@ -181,7 +183,7 @@ def check_content(metadata_type: int, data: bytes, pattern: str) -> None:
 # The triggers: called by the debugger's worker thread for every event of their type.
 
 
-def read_metadata_trigger(pattern: str = "seed") -> Callable[[Debugger, object], None]:
+def read_metadata_trigger(pattern: str = DEFAULT_PATTERN) -> Callable[[Debugger, object], None]:
     """read-metadata: on METADATA events, read the object the event names."""
 
     def on_metadata(d: Debugger, e) -> None:
@@ -190,10 +192,10 @@ def read_metadata_trigger(pattern: str = "seed") -> Callable[[Debugger, object],
             # Create and destroy events both carry the type and length of the object.
             check_size(e.metadata_type, e.len, "METADATA event len")
             if created:
-                # Read exactly `len` bytes; what comes back is as long as the size the kernel
-                # reports having copied.
-                data = d.read_metadata(e.client_handle, e.metadata_handle, e.len)
-                check_size(e.metadata_type, len(data), "READ_METADATA size")
+                # Read exactly `len` bytes.  The size the kernel reports having copied must be
+                # the object's length ((type + 1) pages), neither less nor more.
+                size, data = d.read_metadata_sized(e.client_handle, e.metadata_handle, e.len)
+                check_size(e.metadata_type, size, "READ_METADATA size")
                 check_content(e.metadata_type, data, pattern)
         finally:
             if created:
@@ -205,7 +207,7 @@ def read_metadata_trigger(pattern: str = "seed") -> Callable[[Debugger, object],
     return on_metadata
 
 
-def attach_debug_metadata_trigger(pattern: str = "seed") -> Callable[[Debugger, object], None]:
+def attach_debug_metadata_trigger(pattern: str = DEFAULT_PATTERN) -> Callable[[Debugger, object], None]:
     """attach-debug-metadata: on VM_BIND_OP_METADATA events, read the attached object."""
 
     def on_vm_bind_op_metadata(d: Debugger, e) -> None:
@@ -221,8 +223,8 @@ def attach_debug_metadata_trigger(pattern: str = "seed") -> Callable[[Debugger, 
             # Read with a buffer big enough for any of the objects: the kernel copies the
             # object and reports its real size.  The client set cookie = type, so the cookie
             # tells the size to expect.
-            data = d.read_metadata(bind.client_handle, e.metadata_handle, MDATA_SIZE)
-            check_size(e.metadata_cookie, len(data), "READ_METADATA size")
+            size, data = d.read_metadata_sized(bind.client_handle, e.metadata_handle, MDATA_SIZE)
+            check_size(e.metadata_cookie, size, "READ_METADATA size")
             check_content(e.metadata_cookie, data, pattern)
         finally:
             d.signal_stage(e.metadata_cookie)               # release the client's stage `cookie`
@@ -297,7 +299,7 @@ def run_session(s: Session, before_check: Callable[[Session], None] | None = Non
     s.check(match_opposite=True, filter=0)  # compare both logs; every create has its destroy
 
 
-def run_subtest(name: str, *, pattern: str = "seed", clients: int = 1, verbose: bool = False,
+def run_subtest(name: str, *, pattern: str = DEFAULT_PATTERN, clients: int = 1, verbose: bool = False,
                 device: str | int | None = None,
                 work: Callable[[Client], None] | None = None,
                 before_check: Callable[[Session], None] | None = None) -> Result:
@@ -369,8 +371,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--subtest", choices=sorted(SUBTESTS), action="append",
                         help="run only this subtest (repeatable; default: both)")
-    parser.add_argument("--pattern", choices=sorted(PATTERNS), default="seed",
-                        help="data pattern: seed (July 2024, default) or igt (current upstream)")
+    parser.add_argument("--pattern", choices=sorted(PATTERNS), default=DEFAULT_PATTERN,
+                        help="data pattern: igt (current upstream, (i + i/4096) %% 256, default) or seed (July 2024)")
     parser.add_argument("--clients", type=int, default=1, metavar="N",
                         help="run N clients at once, each with its own debugger (default 1)")
     parser.add_argument("-v", "--verbose", action="store_true",

@@ -7,8 +7,8 @@ runs proving that every check the example makes can fail, for the right reason:
   that inverts one byte of what READ_METADATA copies out, started as a private simulator through
   the simulator's ``kernel="module:Class"`` testing hook);
 * a client writing the other data pattern is caught by the content check;
-* a wrong size is caught: a kernel model that reports one byte less than the object holds, and a
-  client that creates one object with the wrong length;
+* a wrong size is caught: kernel models that report one byte less, or one byte more, than the
+  object holds, and a client that creates one object with the wrong length;
 * an event removed from the debugger log is caught by compare (``EventLogMismatch``).
 
 Each negative test runs once with its fault and once without, and passes both ways.
@@ -114,6 +114,19 @@ if _Kernel is not None:
                 rm = _read_metadata_arg(out)
                 if rm.size:
                     rm.size -= 1
+                    out = rm.to_bytes()
+            return result, out
+
+    class MetadataLongSizeKernel(_Kernel):  # type: ignore[misc, valid-type]
+        """The kernel model, except that a successful READ_METADATA reports one byte more than
+        the object's length in ``size`` (copying the object as it should)."""
+
+        def ioctl(self, file: Any, caller: Any, request: int, arg: bytes) -> Any:
+            result, out = super().ioctl(file, caller, request, arg)
+            if request == _READ_METADATA and result == 0:
+                rm = _read_metadata_arg(out)
+                if rm.size:
+                    rm.size += 1
                     out = rm.to_bytes()
             return result, out
 
@@ -259,11 +272,11 @@ def test_altered_byte_is_caught_by_content_check(subtest: str, fault: bool, faul
     result = _faulted_run(subtest, fault, device=device)
     if result is None:
         return
-    expected = mr.seed_pattern(FLIP_OFFSET)
+    expected = mr.igt_pattern(FLIP_OFFSET)  # the default pattern: IGT's
     message = _trigger_check_error(result)
     # Types 0 and 1 are shorter than the offset and pass; type 2 is the first object hit.
     assert message == (f"metadata type 2: byte {FLIP_OFFSET} is {expected ^ 0xFF:#04x}, "
-                       f"expected {expected:#04x} (seed pattern)")
+                       f"expected {expected:#04x} (igt pattern)")
     # Only the content was wrong: the debugger still saw every event.
     client_log, debugger_log = result.logs[0]
     assert len(debugger_log) == len(client_log) == EVENTS_PER_CLIENT
@@ -289,6 +302,61 @@ def test_misreported_size_is_caught(subtest: str, fault: bool, faulty_device: An
     if result is None:
         return
     assert _trigger_check_error(result) == "metadata type 0: READ_METADATA size is 4095 bytes, expected 4096"
+
+
+@needs_sim
+@pytest.mark.parametrize("fault", [False, True], ids=["no-fault", "fault"])
+@pytest.mark.parametrize("subtest", SUBTESTS)
+def test_over_reported_size_is_caught(subtest: str, fault: bool, faulty_device: Any) -> None:
+    """IGT checks the size the kernel reports equals (type + 1) pages, also when the debugger's
+    buffer is exactly that long (read-metadata): a size beyond it must not be cut to fit."""
+    device = faulty_device("MetadataLongSizeKernel") if fault else None
+    result = _faulted_run(subtest, fault, device=device)
+    if result is None:
+        return
+    assert _trigger_check_error(result) == "metadata type 0: READ_METADATA size is 4097 bytes, expected 4096"
+
+
+@needs_sim
+@pytest.mark.parametrize("fault", [False, True], ids=["no-fault", "fault"])
+def test_read_metadata_refuses_an_over_reported_size(fault: bool, faulty_device: Any) -> None:
+    """Debugger.read_metadata raises (EOVERFLOW, naming the ioctl and both sizes) rather than
+    returning a result cut to the buffer when the kernel reports more than the buffer holds."""
+    seen: list[Any] = []
+
+    def on_metadata(d: Any, e: Any) -> None:
+        if e.flags & EventFlags.CREATE:
+            try:
+                seen.append(d.read_metadata(e.client_handle, e.metadata_handle, e.len))
+            except OSError as exc:
+                seen.append(exc)
+            d.signal_stage(e.metadata_type)
+
+    device = faulty_device("MetadataLongSizeKernel") if fault else None
+    from xe_eudebug import Session
+
+    with Session(mr.metadata_access_client, device=device) as s:
+        s.debugger.add_trigger(EventType.METADATA, on_metadata)
+        s.run()
+    assert len(seen) == mr.METADATA_NUM
+    if not fault:
+        assert seen == [mr.pattern_bytes(mr.DEFAULT_PATTERN, n) for n in mr.METADATA_LENGTHS]
+        return
+    assert all(isinstance(x, OSError) for x in seen), seen
+    assert str(seen[0]) == ("[Errno 75] DRM_XE_EUDEBUG_IOCTL_READ_METADATA: the kernel reported size 4097 "
+                            "for a 4096-byte buffer")
+
+
+@pytest.mark.parametrize("fault", [False, True], ids=["no-fault", "fault"])
+def test_default_pattern_is_igts(fault: bool) -> None:
+    """Both subtests check IGT's current pattern (i + i/4096) % 256 unless told otherwise: a
+    client writing the seed's pattern fails the default check where the two differ."""
+    writer = "seed" if fault else "igt"
+    for subtest in SUBTESTS:
+        result = _faulted_run(subtest, fault, work=functools.partial(mr.metadata_access_client, pattern=writer))
+        if result is None:
+            continue
+        assert _trigger_check_error(result) == "metadata type 1: byte 4096 is 0x00, expected 0x01 (igt pattern)"
 
 
 @pytest.mark.parametrize("fault", [False, True], ids=["no-fault", "fault"])
@@ -367,7 +435,7 @@ def test_failing_script_exits_1_with_mismatch_and_both_logs(faulty_server: Any) 
     out = proc.stdout
     assert VERDICT.findall(out) == [("attach-debug-metadata", "FAIL", "1", "23", "23")]
     assert "logs of 1 session(s) not compared: the run failed first" in out
-    assert "metadata type 2: byte 8193 is 0xfd, expected 0x02 (seed pattern)" in out
+    assert "metadata type 2: byte 8193 is 0xfc, expected 0x03 (igt pattern)" in out
     # both logs, in IGT's text form
     assert out.index("event log 'client'") < out.index("event log 'debugger'")
     assert len(re.findall(r"^\(\d+\) +vm_bind_op_metadata\(10\):create:", out, re.M)) == 10

@@ -354,8 +354,20 @@ class Debugger:
         ack_ufence(self.fd, event)
 
     def read_metadata(self, client_handle: int, metadata_handle: int, size: int) -> bytes:
-        """READ_METADATA: the metadata's payload (``size`` must be at least its length).
-        Raises ``OSError`` naming DRM_XE_EUDEBUG_IOCTL_READ_METADATA."""
+        """READ_METADATA: the metadata's payload, as many bytes as the size the kernel reports
+        (``size`` must be at least its length; 0 reads nothing).  Raises ``OSError`` naming
+        DRM_XE_EUDEBUG_IOCTL_READ_METADATA, also when the kernel reports more than ``size``
+        bytes (EOVERFLOW: a kernel bug, never hidden by a shorter result)."""
+        reported, data = self.read_metadata_sized(client_handle, metadata_handle, size)
+        if size and reported > size:
+            raise OSError(errno.EOVERFLOW, f"DRM_XE_EUDEBUG_IOCTL_READ_METADATA: the kernel reported size "
+                                           f"{reported} for a {size}-byte buffer")
+        return data
+
+    def read_metadata_sized(self, client_handle: int, metadata_handle: int, size: int) -> tuple[int, bytes]:
+        """READ_METADATA as IGT checks it: ``(size the kernel reported, the bytes of the buffer
+        up to that size)``; a reported size beyond ``size`` is returned as it is, with the
+        ``size`` bytes of the buffer.  Raises ``OSError`` naming DRM_XE_EUDEBUG_IOCTL_READ_METADATA."""
         buf = ctypes.create_string_buffer(max(1, size))
         arg = _uapi.drm_xe_eudebug_read_metadata()
         arg.client_handle = client_handle
@@ -364,7 +376,8 @@ class Debugger:
         arg.ptr = ctypes.addressof(buf) if size else 0
         arg.size = size
         retry_ioctl(self.fd, _uapi.DRM_XE_EUDEBUG_IOCTL_READ_METADATA, arg)
-        return buf.raw[: min(int(arg.size), size)]
+        reported = int(arg.size)
+        return reported, buf.raw[: min(reported, size)]
 
     def vm_open(self, client_handle: int, vm_handle: int, timeout_ns: int = 0, flags: int = 0) -> VmFile:
         """VM_OPEN: a :class:`VmFile` giving access to the client's VM (raises ``OSError``
