@@ -180,6 +180,44 @@ def test_stop_drains_queued_events_then_sorts(fake: FakeBackend) -> None:
         close(d)
 
 
+def test_stop_drains_everything_queued_even_when_draining_takes_longer_than_the_timeout(fake: FakeBackend) -> None:
+    """A worker that drains slowly (here: triggers of 0.3 s, as a starved worker on a loaded
+    machine) still reads every queued event before it stops: the timeout bounds one trigger call,
+    not the drain, so nothing the kernel queued is left unread."""
+    d, f = attached(fake)
+    d.add_trigger(EventType.VM, lambda dbg, e: time.sleep(0.3))
+    try:
+        d.start_worker()
+        f.push(*[vm_event(s, vm=s) for s in range(1, 9)])   # 8 × 0.3 s = 2.4 s of triggers
+        d.stop_worker(timeout=1.0)
+        assert f.reads == 8 and d.event_count == 8
+        assert d.log.seqnos() == list(range(1, 9))
+    finally:
+        close(d)
+
+
+def test_stop_forces_a_worker_whose_trigger_blocks(fake: FakeBackend) -> None:
+    """A trigger blocked beyond the timeout makes stop_worker give up on the drain (IGT's forced
+    stop): the worker quits after that trigger and the rest stays unread."""
+    release = threading.Event()
+    d, f = attached(fake)
+    d.add_trigger(EventType.VM, lambda dbg, e: release.wait(10) if e.seqno == 1 else None)
+    try:
+        d.start_worker()
+        f.push(*[vm_event(s, vm=s) for s in range(1, 5)])
+        assert wait_for(lambda: d.event_count == 1)
+        timer = threading.Timer(1.5, release.set)
+        timer.start()
+        t0 = time.monotonic()
+        d.stop_worker(timeout=0.5)
+        timer.join()
+        assert time.monotonic() - t0 < 5
+        assert d.event_count == 1 and f.reads == 1
+    finally:
+        release.set()
+        close(d)
+
+
 def test_remove_trigger_inside_dispatch_is_a_live_walk() -> None:
     d = Debugger(-1)
     seen: list[str] = []

@@ -65,6 +65,8 @@ log = logging.getLogger(__name__)
 POLL_TIMEOUT_MS = 100
 #: Default stop-worker timeout, seconds (IGT uses 1 s almost everywhere).
 STOP_TIMEOUT = 1.0
+#: Upper bound, seconds, of a stopping worker's drain (see stop_worker).
+STOP_DRAIN_LIMIT = 60.0
 
 Trigger = Callable[["Debugger", Event], Any]
 
@@ -211,6 +213,7 @@ class Debugger:
         self.event_count = 0
         self.worker_state = WorkerState.INACTIVE
         self.received_sigint = False
+        self._trigger_since: float | None = None  # when the running trigger call started
         self.handled_sigint = False
         self.received_signal = False
         self.client: Client | None = None
@@ -297,11 +300,14 @@ class Debugger:
             t, fn = entry
             if t == etype:
                 try:
+                    self._trigger_since = time.monotonic()
                     fn(self, event)
                 except BaseException as exc:  # noqa: BLE001 -- surfaced in the main thread
                     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
                     log.error("trigger %r failed on event %s:\n%s", fn, event, text)
                     self.trigger_failures.append(TriggerFailure(fn, event, exc, text))
+                finally:
+                    self._trigger_since = None
             # advance past entry (it may have removed itself or earlier entries)
             if i < len(self._triggers) and self._triggers[i] is entry:
                 i += 1
@@ -465,14 +471,27 @@ class Debugger:
                     q.put(event)
 
     def stop_worker(self, timeout: float = STOP_TIMEOUT) -> None:
-        """Request quit, let the worker drain, force it after ``timeout`` seconds, join, sort the
-        log; then raise :class:`TriggerError` if triggers failed."""
+        """Request quit, let the worker drain what is queued, force it once a trigger call has
+        run ``timeout`` seconds (or after STOP_DRAIN_LIMIT), join, sort the log; then raise
+        :class:`TriggerError` if triggers failed."""
         if self.worker_state == WorkerState.INACTIVE and not self.worker_running:
             raise RuntimeError("debugger worker is not running")
         self.worker_state = WorkerState.QUITTING
         t = self._worker
         if t is not None:
-            t.join(timeout)
+            # The quitting worker reads until a poll finds nothing queued.  `timeout` bounds the
+            # time one trigger call may take (IGT: a blocked trigger), not the drain: on a loaded
+            # machine, or with hundreds of debuggers in one process, a worker gets so little CPU
+            # that IGT's 1 s (plenty in C) would leave events the kernel queued unread.  The
+            # drain itself is bounded by STOP_DRAIN_LIMIT.
+            start = time.monotonic()
+            while True:
+                t.join(timeout)
+                if not t.is_alive():
+                    break
+                since, now = self._trigger_since, time.monotonic()
+                if (since is not None and now - since >= timeout) or now - start > STOP_DRAIN_LIMIT:
+                    break
             if t.is_alive():
                 self.worker_state = WorkerState.INACTIVE
                 t.join(max(10.0, timeout))
