@@ -89,3 +89,34 @@ def test_close_blocked_on_a_full_fifo_is_ordered_before_the_process_next_call(si
             if dbg >= 0:
                 os.close(dbg)
             os.close(fd)
+
+
+def test_seam_close_returns_after_the_release_as_close_does(sim_server: Callable[..., Any]) -> None:
+    """`ioctl.close` of a simulated DRM file blocks while its release does (OPEN DESTROY waiting
+    for room in a full fifo) and returns once the event is queued, so whatever the closer does
+    next (here: tell another thread) cannot overtake the event."""
+    srv = sim_server(fifo_capacity=2, fifo_timeout=20.0, fifo_retry=0.05, enable_default=True)
+    fd = srv.open_device(0)
+    dbg = _connect_self(fd)                              # OPEN CREATE of fd (seqno 1)
+    closer: threading.Thread | None = None
+    try:
+        extra = srv.open_device(0)                       # OPEN CREATE (seqno 2): the fifo is full
+        closed = threading.Event()
+
+        def close_extra() -> None:
+            seam.close(extra)
+            closed.set()
+
+        closer = threading.Thread(target=close_extra, daemon=True)
+        closer.start()
+        assert not closed.wait(0.5), "close returned while its OPEN DESTROY could not be queued"
+        assert _read_event(dbg) == (OPEN, CREATE, 1)     # room for the OPEN DESTROY
+        assert closed.wait(10), "close did not return once its release could finish"
+        poll = seam.poll([(dbg, 1)], 0)                  # POLLIN now: both events are queued
+        assert poll and poll[0][1] & 1, poll
+        assert [_read_event(dbg) for _ in range(2)] == [(OPEN, CREATE, 2), (OPEN, DESTROY, 3)]
+    finally:
+        if closer is not None:
+            closer.join(25)
+        os.close(dbg)
+        os.close(fd)
