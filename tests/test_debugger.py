@@ -196,9 +196,12 @@ def test_stop_drains_everything_queued_even_when_draining_takes_longer_than_the_
         close(d)
 
 
-def test_stop_forces_a_worker_whose_trigger_blocks(fake: FakeBackend) -> None:
-    """A trigger blocked beyond the timeout makes stop_worker give up on the drain (IGT's forced
-    stop): the worker quits after that trigger and the rest stays unread."""
+def test_stop_forces_a_worker_whose_trigger_blocks(fake: FakeBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trigger blocked beyond STOP_TRIGGER_LIMIT (0.5 s here) makes stop_worker give up on the
+    drain (IGT's forced stop): the worker quits after that trigger and the rest stays unread."""
+    import xe_eudebug.debugger as debugger_module
+
+    monkeypatch.setattr(debugger_module, "STOP_TRIGGER_LIMIT", 0.5)
     release = threading.Event()
     d, f = attached(fake)
     d.add_trigger(EventType.VM, lambda dbg, e: release.wait(10) if e.seqno == 1 else None)

@@ -67,6 +67,9 @@ POLL_TIMEOUT_MS = 100
 STOP_TIMEOUT = 1.0
 #: Upper bound, seconds, of a stopping worker's drain (see stop_worker).
 STOP_DRAIN_LIMIT = 60.0
+#: A trigger call running this many seconds (or the stop timeout, if longer) counts as blocked
+#: when the worker is stopped (see stop_worker).
+STOP_TRIGGER_LIMIT = 10.0
 
 Trigger = Callable[["Debugger", Event], Any]
 
@@ -472,25 +475,26 @@ class Debugger:
 
     def stop_worker(self, timeout: float = STOP_TIMEOUT) -> None:
         """Request quit, let the worker drain what is queued, force it once a trigger call has
-        run ``timeout`` seconds (or after STOP_DRAIN_LIMIT), join, sort the log; then raise
-        :class:`TriggerError` if triggers failed."""
+        run ``max(timeout, STOP_TRIGGER_LIMIT)`` seconds (or after STOP_DRAIN_LIMIT), join,
+        sort the log; then raise :class:`TriggerError` if triggers failed."""
         if self.worker_state == WorkerState.INACTIVE and not self.worker_running:
             raise RuntimeError("debugger worker is not running")
         self.worker_state = WorkerState.QUITTING
         t = self._worker
         if t is not None:
-            # The quitting worker reads until a poll finds nothing queued.  `timeout` bounds the
-            # time one trigger call may take (IGT: a blocked trigger), not the drain: on a loaded
-            # machine, or with hundreds of debuggers in one process, a worker gets so little CPU
-            # that IGT's 1 s (plenty in C) would leave events the kernel queued unread.  The
-            # drain itself is bounded by STOP_DRAIN_LIMIT.
+            # The quitting worker reads until a poll finds nothing queued.  IGT forces it after
+            # `timeout` (1 s, plenty in C); here, on a loaded machine or with hundreds of
+            # debuggers in one process, a worker can get so little CPU that a forced stop would
+            # leave events the kernel queued unread.  So it is forced only when a trigger call
+            # seems blocked (running max(timeout, STOP_TRIGGER_LIMIT)) or after STOP_DRAIN_LIMIT.
             start = time.monotonic()
+            blocked = max(timeout, STOP_TRIGGER_LIMIT)
             while True:
                 t.join(timeout)
                 if not t.is_alive():
                     break
                 since, now = self._trigger_since, time.monotonic()
-                if (since is not None and now - since >= timeout) or now - start > STOP_DRAIN_LIMIT:
+                if (since is not None and now - since >= blocked) or now - start > STOP_DRAIN_LIMIT:
                     break
             if t.is_alive():
                 self.worker_state = WorkerState.INACTIVE
