@@ -196,6 +196,44 @@ def test_stop_drains_everything_queued_even_when_draining_takes_longer_than_the_
         close(d)
 
 
+def test_quit_request_during_a_poll_gets_one_more_poll(fake: FakeBackend) -> None:
+    """stop_worker while the worker's poll is finding nothing: an event queued before the quit
+    request (after the poll looked) is still read, since "nothing queued" must come from a poll
+    that began after the request (a starved worker lost the client's last events this way)."""
+    d, f = attached(fake)
+    in_poll, go = threading.Event(), threading.Event()
+    stall = [True]
+    plain = FakeBackend.poll_mask
+
+    def poll_mask(self: FakeBackend, fd: int) -> int:
+        mask = plain(self, fd)
+        if stall[0] and fd == f.fd:
+            stall[0] = False
+            in_poll.set()
+            go.wait(10)
+            time.sleep(0.15)          # past the worker's 100 ms poll: this answer is its last
+        return mask
+
+    fake.poll_mask = poll_mask.__get__(fake)  # type: ignore[method-assign]
+    stopper: threading.Thread | None = None
+    try:
+        d.start_worker()
+        assert in_poll.wait(10)
+        f.push(vm_event(1))                       # queued after the poll looked
+        stopper = threading.Thread(target=d.stop_worker, kwargs={"timeout": 5.0}, daemon=True)
+        stopper.start()
+        assert wait_for(lambda: d.worker_state == WorkerState.QUITTING)
+        go.set()
+        stopper.join(10)
+        assert not stopper.is_alive()
+        assert d.event_count == 1 and f.reads == 1
+    finally:
+        go.set()
+        if stopper is not None:
+            stopper.join(10)
+        close(d)
+
+
 def test_stop_forces_a_worker_whose_trigger_blocks(fake: FakeBackend, monkeypatch: pytest.MonkeyPatch) -> None:
     """A trigger blocked beyond STOP_TRIGGER_LIMIT (0.5 s here) makes stop_worker give up on the
     drain (IGT's forced stop): the worker quits after that trigger and the rest stays unread."""

@@ -426,6 +426,10 @@ class Debugger:
         try:
             while True:
                 fd = self.fd
+                # A quit request that comes while this poll runs needs one more poll: "nothing
+                # queued" must come from a poll that began after it, or events queued before the
+                # request (the client's last ones) would be left unread.
+                asked_to_quit = self.worker_state != WorkerState.ACTIVE
                 fds = [(wake, rd)] + ([(fd, rd)] if fd >= 0 else [])
                 try:
                     ready = dict(_seam.poll(fds, POLL_TIMEOUT_MS))
@@ -451,6 +455,8 @@ class Debugger:
                 if r > 0 and fd >= 0 and ready.get(fd, 0) & rd:
                     self._read_one(fd, buf)
                 state = self.worker_state
+                if state == WorkerState.QUITTING and r == 0 and not asked_to_quit:
+                    continue
                 if not (state == WorkerState.ACTIVE or (state == WorkerState.QUITTING and r != 0)):
                     break
             self.worker_state = WorkerState.INACTIVE

@@ -292,9 +292,10 @@ def close(fd: int) -> None:
     """close(2) of a DRM, debugger or VM fd.  The kernel runs a file's release (OPEN DESTROY
     and the rest) before close returns; a backend whose release runs elsewhere (the simulator)
     returns only once the release of a last reference is done, so nothing the caller does next
-    (a later call, a message to another process, exit) can overtake its events."""
+    (a later call, a message to another process, exit) can overtake its events.  A backend
+    provides this as ``close_fd(fd)``; without it the fd is closed with os.close."""
     backend = _backend_for(fd)
-    closer = getattr(backend, "close", None) if backend is not None else None
+    closer = getattr(backend, "close_fd", None) if backend is not None else None
     if closer is None:
         os.close(fd)
     else:

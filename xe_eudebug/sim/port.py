@@ -1079,7 +1079,7 @@ class SimBackend:
         _close_fds(fds)
         return to_s64(a)
 
-    def close(self, fd: int) -> None:
+    def close_fd(self, fd: int) -> None:
         """close(2), then one call that the server serves only after the releases of this
         process's closes (the seam's `close`)."""
         link = self._link(fd)
