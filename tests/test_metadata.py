@@ -17,6 +17,7 @@ Each negative test runs once with its fault and once without, and passes both wa
 from __future__ import annotations
 
 import ctypes
+import errno
 import functools
 import importlib.util
 import os
@@ -129,6 +130,19 @@ if _Kernel is not None:
                     rm.size += 1
                     out = rm.to_bytes()
             return result, out
+
+
+    class DetachingKernel(_Kernel):  # type: ignore[misc, valid-type]
+        """The kernel model, except that a connection is detached with ETIMEDOUT (as after an
+        event fifo stayed full for 25 s) instead of queueing its 16th event."""
+
+        def _queue(self, conn: Any, event: bytes) -> bool:
+            sent = getattr(conn, "_test_sent", 0) + 1
+            conn._test_sent = sent
+            if sent == 16:
+                self._detach(conn, -errno.ETIMEDOUT)
+                return False
+            return super()._queue(conn, event)
 
 
 @pytest.fixture(scope="module")
@@ -439,3 +453,54 @@ def test_failing_script_exits_1_with_mismatch_and_both_logs(faulty_server: Any) 
     # both logs, in IGT's text form
     assert out.index("event log 'client'") < out.index("event log 'debugger'")
     assert len(re.findall(r"^\(\d+\) +vm_bind_op_metadata\(10\):create:", out, re.M)) == 10
+
+
+@needs_sim
+def test_kernel_detach_is_named_in_the_verdict(faulty_device: Any) -> None:
+    """A debugger the kernel detached (poll HUP|ERR, here after its 15th event) makes the
+    verdict FAIL and say so, not only report missing events."""
+    result = mr.run_subtest("read-metadata", device=faulty_device("DetachingKernel"))
+    assert not result.passed and result.detached == 1
+    line = result.line()
+    assert line.startswith("read-metadata: FAIL (1 client, ")
+    assert line.endswith("; 1 debugger(s) detached by the kernel (poll HUP|ERR: an event fifo stayed "
+                         "full for 25 s, or another kernel error))"), line
+    assert len(result.logs[0][1]) == 15
+
+
+@needs_sim
+def test_failure_output_is_bounded(faulty_server: Any) -> None:
+    """Eight failing sessions: the script prints the first five failures, a count of the rest
+    and the logs of two sessions, not everything (1000 clients printed 54,000 lines)."""
+    from xe_eudebug.sim.config import SOCKET_ENV
+
+    server = faulty_server("MetadataByteFlipKernel")
+    env = dict(os.environ, XE_EUDEBUG_DEVICE="sim")
+    env[SOCKET_ENV] = server.socket
+    proc = _run_script("--subtest", "read-metadata", "--clients", "8", env=env)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert VERDICT.findall(out) == [("read-metadata", "FAIL", "8", "184", "184")]
+    assert out.count("TriggerError") == 5
+    assert "... and 3 more failed session(s) (-v prints every log)" in out
+    assert out.count("event log 'client'") == 2 and out.count("event log 'debugger'") == 2
+    assert len(out.splitlines()) < 150
+
+
+def test_counts_beyond_the_machine_are_refused_early() -> None:
+    """More clients than the open-file limit allows: one line naming the limit, exit 2, before
+    anything runs."""
+    import resource
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+
+    run_env = dict(os.environ)
+    run_env.pop("PYTHONPATH", None)
+    proc = subprocess.run([sys.executable, EXAMPLE, "--clients", "300"], cwd=ROOT, env=run_env,
+                          capture_output=True, text=True, timeout=60, preexec_fn=low_limit)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stdout == ""
+    assert proc.stderr.splitlines() == [
+        "metadata_read.py: --clients 300 needs about 3064 open files in one process; the limit is 256 "
+        "(RLIMIT_NOFILE, ulimit -n): at most 19 clients"], proc.stderr

@@ -433,7 +433,8 @@ class Debugger:
                 fds = [(wake, rd)] + ([(fd, rd)] if fd >= 0 else [])
                 try:
                     ready = dict(_seam.poll(fds, POLL_TIMEOUT_MS))
-                    r = sum(1 for f, _m in ready.items() if f != wake)
+                    # HUP without IN (a detached connection, drained) has nothing more to read
+                    r = sum(1 for f, m in ready.items() if f != wake and m & (rd | select.POLLNVAL))
                 except OSError as exc:
                     if exc.errno != errno.EBADF and fd == self.fd:
                         log.info("poll failed with errno %d", exc.errno or 0)
