@@ -431,3 +431,45 @@ def test_attach_wakes_worker_so_an_immediate_stop_still_drains(fake: FakeBackend
         assert d.log.seqnos() == [1, 2]
     finally:
         close(d)
+
+
+def test_a_closed_debugger_never_attaches_again(fake: FakeBackend) -> None:
+    """A thread still racing attach/detach after its test closed the debugger (a failed test's
+    leftover) must not leave a connection behind: it would keep the target debugged and the
+    eudebug toggle busy for the tests after it."""
+    conn = fake.new_file()
+    connected = threading.Event()
+    proceed = threading.Event()
+
+    def on_connect(request: int, addr: int) -> int:
+        connected.set()
+        proceed.wait(10)                         # the debugger is closed during this CONNECT
+        return os.dup(conn.fd)
+
+    master = fake.new_file(lambda request, addr: on_connect(request, addr)
+                           if request == uapi.DRM_IOCTL_XE_EUDEBUG_CONNECT else 0)
+    d = Debugger(master.fd)
+    outcome: list[BaseException | int] = []
+
+    def attach() -> None:
+        try:
+            outcome.append(d.try_attach(os.getpid()))
+        except BaseException as exc:  # noqa: BLE001 - examined below
+            outcome.append(exc)
+
+    t = threading.Thread(target=attach, daemon=True)
+    t.start()
+    try:
+        assert connected.wait(10)
+        close(d)
+        proceed.set()
+        t.join(10)
+        assert len(outcome) == 1 and isinstance(outcome[0], RuntimeError), outcome
+        assert d.fd == -1 and d.target_pid == 0
+        with pytest.raises(RuntimeError, match="closed"):
+            d.try_attach(os.getpid())
+        with pytest.raises(RuntimeError, match="closed"):
+            d.start_worker()
+    finally:
+        proceed.set()
+        t.join(10)

@@ -242,12 +242,17 @@ class Debugger:
         :attr:`client`, the peer of :meth:`signal_stage` / :meth:`wait_stage`."""
         if self.fd != -1:
             raise RuntimeError(f"debugger already attached to {self.target_pid}")
+        if self._closed:
+            raise RuntimeError("debugger is closed")
         pid = target.pid if isinstance(target, Client) else int(target)
         if not pid:
             raise ValueError("attach needs a running target (pid 0)")
         ret = connect(self.master_fd, pid, flags)
         if ret < 0:
             return ret
+        if self._closed:  # closed by another thread meanwhile: the connection must not outlive it
+            os.close(ret)
+            raise RuntimeError("debugger closed while it connected")
         self.fd = ret
         self.target_pid = pid
         register_private_fds(self, self._wake_r, self._wake_w, ret)
@@ -404,6 +409,8 @@ class Debugger:
         """Mark ACTIVE and start the reader thread."""
         if self._worker is not None and self._worker.is_alive():
             raise RuntimeError("debugger worker already running")
+        if self._closed:
+            raise RuntimeError("debugger is closed")
         self.worker_state = WorkerState.ACTIVE
         self._worker = threading.Thread(target=self._work, name="xe_eudebug-debugger", daemon=True)
         self._worker.start()
