@@ -105,31 +105,30 @@ if _Kernel is not None:
                     caller.write(rm.ptr + FLIP_OFFSET, bytes([byte ^ 0xFF]))
             return result, out
 
-    class MetadataShortSizeKernel(_Kernel):  # type: ignore[misc, valid-type]
-        """The kernel model, except that a successful READ_METADATA reports one byte less than
-        the object's length in ``size``."""
+    class _MisreportedSizeKernel(_Kernel):  # type: ignore[misc, valid-type]
+        """The kernel model, except that a successful READ_METADATA reports the object's length
+        plus DELTA in ``size`` (copying the object as it should)."""
+
+        DELTA = 0
 
         def ioctl(self, file: Any, caller: Any, request: int, arg: bytes) -> Any:
             result, out = super().ioctl(file, caller, request, arg)
             if request == _READ_METADATA and result == 0:
                 rm = _read_metadata_arg(out)
                 if rm.size:
-                    rm.size -= 1
+                    rm.size += self.DELTA
                     out = rm.to_bytes()
             return result, out
 
-    class MetadataLongSizeKernel(_Kernel):  # type: ignore[misc, valid-type]
-        """The kernel model, except that a successful READ_METADATA reports one byte more than
-        the object's length in ``size`` (copying the object as it should)."""
+    class MetadataShortSizeKernel(_MisreportedSizeKernel):
+        """READ_METADATA reports one byte less than the object's length."""
 
-        def ioctl(self, file: Any, caller: Any, request: int, arg: bytes) -> Any:
-            result, out = super().ioctl(file, caller, request, arg)
-            if request == _READ_METADATA and result == 0:
-                rm = _read_metadata_arg(out)
-                if rm.size:
-                    rm.size += 1
-                    out = rm.to_bytes()
-            return result, out
+        DELTA = -1
+
+    class MetadataLongSizeKernel(_MisreportedSizeKernel):
+        """READ_METADATA reports one byte more than the object's length."""
+
+        DELTA = 1
 
 
     class DetachingKernel(_Kernel):  # type: ignore[misc, valid-type]
@@ -310,25 +309,16 @@ def test_other_pattern_is_caught_by_content_check(fault: bool) -> None:
 @needs_sim
 @pytest.mark.parametrize("fault", [False, True], ids=["no-fault", "fault"])
 @pytest.mark.parametrize("subtest", SUBTESTS)
-def test_misreported_size_is_caught(subtest: str, fault: bool, faulty_device: Any) -> None:
-    device = faulty_device("MetadataShortSizeKernel") if fault else None
-    result = _faulted_run(subtest, fault, device=device)
-    if result is None:
-        return
-    assert _trigger_check_error(result) == "metadata type 0: READ_METADATA size is 4095 bytes, expected 4096"
-
-
-@needs_sim
-@pytest.mark.parametrize("fault", [False, True], ids=["no-fault", "fault"])
-@pytest.mark.parametrize("subtest", SUBTESTS)
-def test_over_reported_size_is_caught(subtest: str, fault: bool, faulty_device: Any) -> None:
+@pytest.mark.parametrize("kernel,reported", [("MetadataShortSizeKernel", 4095), ("MetadataLongSizeKernel", 4097)],
+                         ids=["under", "over"])
+def test_misreported_size_is_caught(subtest: str, fault: bool, kernel: str, reported: int, faulty_device: Any) -> None:
     """IGT checks the size the kernel reports equals (type + 1) pages, also when the debugger's
     buffer is exactly that long (read-metadata): a size beyond it must not be cut to fit."""
-    device = faulty_device("MetadataLongSizeKernel") if fault else None
+    device = faulty_device(kernel) if fault else None
     result = _faulted_run(subtest, fault, device=device)
     if result is None:
         return
-    assert _trigger_check_error(result) == "metadata type 0: READ_METADATA size is 4097 bytes, expected 4096"
+    assert _trigger_check_error(result) == f"metadata type 0: READ_METADATA size is {reported} bytes, expected 4096"
 
 
 @needs_sim
