@@ -356,6 +356,8 @@ class Server:
                         break
         finally:
             self.close()
+            if self.owner_pid and not _alive(self.owner_pid):
+                _remove_private_dir(os.path.dirname(self.socket_path))
 
     def stop(self) -> None:
         self.stopping.set()
@@ -897,6 +899,22 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
     except (OSError, IndexError):
         return True
+
+
+def _remove_private_dir(directory: str) -> None:
+    """Remove the private directory start_server made for an instance whose owner is gone (no
+    one else would): only a `xe_eudebug-sim-*` directory holding nothing but its server.log."""
+    try:
+        if not os.path.basename(directory).startswith("xe_eudebug-sim-"):
+            return
+        names = os.listdir(directory)
+        if set(names) - {"server.log"}:
+            return
+        for name in names:
+            os.unlink(os.path.join(directory, name))
+        os.rmdir(directory)
+    except OSError as exc:
+        log.debug("cannot remove %s: %s", directory, exc)
 
 
 def _runtime_base() -> str:
