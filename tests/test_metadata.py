@@ -494,3 +494,20 @@ def test_counts_beyond_the_machine_are_refused_early() -> None:
     assert proc.stderr.splitlines() == [
         "metadata_read.py: --clients 300 needs about 3064 open files in one process; the limit is 256 "
         "(RLIMIT_NOFILE, ulimit -n): at most 19 clients"], proc.stderr
+
+
+def test_counts_beyond_the_cores_are_refused_early() -> None:
+    """All sessions run at once, so the CPU bounds them too: on one core, 300 clients are refused
+    with one line naming the limit."""
+    def one_core() -> None:
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+
+    run_env = dict(os.environ)
+    run_env.pop("PYTHONPATH", None)
+    proc = subprocess.run([sys.executable, EXAMPLE, "--clients", "300"], cwd=ROOT, env=run_env,
+                          capture_output=True, text=True, timeout=60, preexec_fn=one_core)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stdout == ""
+    assert proc.stderr.splitlines() == [
+        "metadata_read.py: --clients 300 is more than 1 core(s) run at once within the clients' 60 s "
+        "waits: at most 200 clients (200 per core)"], proc.stderr
