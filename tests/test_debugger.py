@@ -196,6 +196,19 @@ def test_stop_drains_everything_queued_even_when_draining_takes_longer_than_the_
         close(d)
 
 
+def test_stop_without_drain_is_igts_forced_stop(fake: FakeBackend) -> None:
+    """drain=False: forced after the timeout whatever is still queued (IGT's stop_worker)."""
+    d, f = attached(fake)
+    d.add_trigger(EventType.VM, lambda dbg, e: time.sleep(0.3))
+    try:
+        d.start_worker()
+        f.push(*[vm_event(s, vm=s) for s in range(1, 9)])   # 8 × 0.3 s = 2.4 s of triggers
+        d.stop_worker(timeout=0.5, drain=False)
+        assert 1 <= d.event_count < 8 and f.reads == d.event_count
+    finally:
+        close(d)
+
+
 def test_quit_request_during_a_poll_gets_one_more_poll(fake: FakeBackend) -> None:
     """stop_worker while the worker's poll is finding nothing: an event queued before the quit
     request (after the poll looked) is still read, since "nothing queued" must come from a poll

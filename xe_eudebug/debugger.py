@@ -487,10 +487,12 @@ class Debugger:
                 for q in self._subscribers:
                     q.put(event)
 
-    def stop_worker(self, timeout: float = STOP_TIMEOUT) -> None:
+    def stop_worker(self, timeout: float = STOP_TIMEOUT, *, drain: bool = True) -> None:
         """Request quit, let the worker drain what is queued, force it once a trigger call has
         run ``max(timeout, STOP_TRIGGER_LIMIT)`` seconds (or after STOP_DRAIN_LIMIT), join,
-        sort the log; then raise :class:`TriggerError` if triggers failed."""
+        sort the log; then raise :class:`TriggerError` if triggers failed.  ``drain=False`` is
+        IGT's stop: forced after ``timeout`` whatever is still queued (for a worker stopped
+        while events keep coming, as in the discovery races)."""
         if self.worker_state == WorkerState.INACTIVE and not self.worker_running:
             raise RuntimeError("debugger worker is not running")
         self.worker_state = WorkerState.QUITTING
@@ -505,7 +507,7 @@ class Debugger:
             blocked = max(timeout, STOP_TRIGGER_LIMIT)
             while True:
                 t.join(timeout)
-                if not t.is_alive():
+                if not t.is_alive() or not drain:
                     break
                 since, now = self._trigger_since, time.monotonic()
                 if (since is not None and now - since >= blocked) or now - start > STOP_DRAIN_LIMIT:
