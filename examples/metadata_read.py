@@ -34,7 +34,7 @@ Running it
 
     python3 examples/metadata_read.py                          # both subtests, one client
     python3 examples/metadata_read.py --subtest read-metadata -v
-    python3 examples/metadata_read.py --clients 4 --pattern igt
+    python3 examples/metadata_read.py --clients 4 --pattern seed
 
 ``XE_EUDEBUG_DEVICE`` selects the device (a render node, or ``sim``); without it the first Xe
 render node is used, else the bundled simulator.  Exit status 0 means every subtest passed.
@@ -47,6 +47,7 @@ import argparse
 import dataclasses
 import functools
 import os
+import select
 import sys
 import threading
 import time
@@ -60,6 +61,7 @@ if os.path.isfile(os.path.join(_REPO, "xe_eudebug", "__init__.py")) and _REPO no
     sys.path.insert(0, _REPO)
 
 from xe_eudebug import Client, Debugger, EventFlags, EventLog, EventType, Session  # noqa: E402
+from xe_eudebug import ioctl as _seam  # noqa: E402
 from xe_eudebug.client import attach_debug_chain  # noqa: E402
 from xe_eudebug.device import min_alignment  # noqa: E402
 from xe_eudebug.uapi import (  # noqa: E402
@@ -78,6 +80,9 @@ METADATA_NUM = WORK_IN_PROGRESS_DRM_XE_DEBUG_METADATA_NUM
 MDATA_SIZE = METADATA_NUM * PAGE_SIZE
 #: GPU virtual address of the bind.
 BO_ADDR = 0x1A0000
+#: Failures and session logs printed when a subtest fails (without -v).
+MAX_ERRORS_SHOWN = 5
+MAX_LOGS_SHOWN = 2
 
 
 def metadata_length(metadata_type: int) -> int:
@@ -104,6 +109,8 @@ def igt_pattern(i: int) -> int:
 
 
 PATTERNS: dict[str, Callable[[int], int]] = {"seed": seed_pattern, "igt": igt_pattern}
+#: The pattern both subtests use unless told otherwise: current upstream IGT's.
+DEFAULT_PATTERN = "igt"
 
 
 @functools.lru_cache(maxsize=None)
@@ -118,7 +125,7 @@ def pattern_bytes(pattern: str, size: int = MDATA_SIZE) -> bytes:
 # event(s) the kernel should send to the debugger.
 
 
-def metadata_access_client(c: Client, pattern: str = "seed",
+def metadata_access_client(c: Client, pattern: str = DEFAULT_PATTERN,
                            lengths: Sequence[int] = METADATA_LENGTHS) -> None:
     """IGT's ``metadata_access_client``: one VM, one bound BO with five metadata attached."""
     data = pattern_bytes(pattern)
@@ -181,7 +188,7 @@ def check_content(metadata_type: int, data: bytes, pattern: str) -> None:
 # The triggers: called by the debugger's worker thread for every event of their type.
 
 
-def read_metadata_trigger(pattern: str = "seed") -> Callable[[Debugger, object], None]:
+def read_metadata_trigger(pattern: str = DEFAULT_PATTERN) -> Callable[[Debugger, object], None]:
     """read-metadata: on METADATA events, read the object the event names."""
 
     def on_metadata(d: Debugger, e) -> None:
@@ -190,10 +197,10 @@ def read_metadata_trigger(pattern: str = "seed") -> Callable[[Debugger, object],
             # Create and destroy events both carry the type and length of the object.
             check_size(e.metadata_type, e.len, "METADATA event len")
             if created:
-                # Read exactly `len` bytes; what comes back is as long as the size the kernel
-                # reports having copied.
-                data = d.read_metadata(e.client_handle, e.metadata_handle, e.len)
-                check_size(e.metadata_type, len(data), "READ_METADATA size")
+                # Read exactly `len` bytes.  The size the kernel reports having copied must be
+                # the object's length ((type + 1) pages), neither less nor more.
+                size, data = d.read_metadata_sized(e.client_handle, e.metadata_handle, e.len)
+                check_size(e.metadata_type, size, "READ_METADATA size")
                 check_content(e.metadata_type, data, pattern)
         finally:
             if created:
@@ -205,7 +212,7 @@ def read_metadata_trigger(pattern: str = "seed") -> Callable[[Debugger, object],
     return on_metadata
 
 
-def attach_debug_metadata_trigger(pattern: str = "seed") -> Callable[[Debugger, object], None]:
+def attach_debug_metadata_trigger(pattern: str = DEFAULT_PATTERN) -> Callable[[Debugger, object], None]:
     """attach-debug-metadata: on VM_BIND_OP_METADATA events, read the attached object."""
 
     def on_vm_bind_op_metadata(d: Debugger, e) -> None:
@@ -221,8 +228,8 @@ def attach_debug_metadata_trigger(pattern: str = "seed") -> Callable[[Debugger, 
             # Read with a buffer big enough for any of the objects: the kernel copies the
             # object and reports its real size.  The client set cookie = type, so the cookie
             # tells the size to expect.
-            data = d.read_metadata(bind.client_handle, e.metadata_handle, MDATA_SIZE)
-            check_size(e.metadata_cookie, len(data), "READ_METADATA size")
+            size, data = d.read_metadata_sized(bind.client_handle, e.metadata_handle, MDATA_SIZE)
+            check_size(e.metadata_cookie, size, "READ_METADATA size")
             check_content(e.metadata_cookie, data, pattern)
         finally:
             d.signal_stage(e.metadata_cookie)               # release the client's stage `cookie`
@@ -257,15 +264,24 @@ class Result:
     logs: list[tuple[EventLog, EventLog]] = dataclasses.field(default_factory=list)
     #: Sessions whose logs reached the compare (a failed run or trigger ends a session before).
     compared: int = 0
+    #: Debuggers the kernel detached (poll reports HUP|ERR: an event fifo stayed full for 25 s,
+    #: or another error in the kernel); their connection lost every event not yet queued.
+    detached: int = 0
 
     @property
     def passed(self) -> bool:
-        return not self.errors
+        return not self.errors and not self.detached
 
     @property
     def error(self) -> str:
         """The failures as text."""
         return "\n".join(f"{type(e).__name__}: {e}" for e in self.errors)
+
+    def error_summary(self, limit: int = MAX_ERRORS_SHOWN) -> str:
+        """The first ``limit`` failures as text, then how many more there were."""
+        shown = "\n".join(f"{type(e).__name__}: {e}" for e in self.errors[:limit])
+        more = len(self.errors) - limit
+        return shown + (f"\n... and {more} more failed session(s) (-v prints every log)" if more > 0 else "")
 
     def line(self) -> str:
         """The one-line verdict the script prints."""
@@ -276,17 +292,25 @@ class Result:
         else:
             counts = (f"{self.client_events} client events, {self.debugger_events} debugger events; "
                       f"logs of {self.clients - self.compared} session(s) not compared: the run failed first")
+        if self.detached:
+            counts += (f"; {self.detached} debugger(s) detached by the kernel (poll HUP|ERR: an event fifo "
+                       f"stayed full for 25 s, or another kernel error)")
         return f"{self.subtest}: {verdict} ({n}, {counts})"
 
-    def format_logs(self) -> str:
-        """Both event logs of every session in IGT's text form."""
-        return "\n".join(f"{client_log.format()}\n{debugger_log.format()}"
-                         for client_log, debugger_log in self.logs)
+    def format_logs(self, limit: int | None = None) -> str:
+        """Both event logs of every session (of the first ``limit`` sessions whose logs differ,
+        when given) in IGT's text form."""
+        logs = self.logs
+        if limit is not None:
+            logs = [(c, d) for c, d in logs if len(c) != len(d)][:limit] or logs[:limit]
+        return "\n".join(f"{client_log.format()}\n{debugger_log.format()}" for client_log, debugger_log in logs)
 
 
-#: Upper bound for running and checking all sessions of a subtest.  The framework's own waits time out sooner
+#: Upper bound for running and checking all sessions of a subtest, plus SESSION_TIMEOUT_PER_CLIENT
+#: for each client (the work grows with their number).  The framework's own waits time out sooner
 #: (60 s per client token); this only keeps a wedged run from hanging the script.
 SESSION_TIMEOUT = 180.0
+SESSION_TIMEOUT_PER_CLIENT = 0.5
 
 
 def run_session(s: Session, before_check: Callable[[Session], None] | None = None) -> None:
@@ -297,7 +321,7 @@ def run_session(s: Session, before_check: Callable[[Session], None] | None = Non
     s.check(match_opposite=True, filter=0)  # compare both logs; every create has its destroy
 
 
-def run_subtest(name: str, *, pattern: str = "seed", clients: int = 1, verbose: bool = False,
+def run_subtest(name: str, *, pattern: str = DEFAULT_PATTERN, clients: int = 1, verbose: bool = False,
                 device: str | int | None = None,
                 work: Callable[[Client], None] | None = None,
                 before_check: Callable[[Session], None] | None = None) -> Result:
@@ -326,6 +350,10 @@ def run_subtest(name: str, *, pattern: str = "seed", clients: int = 1, verbose: 
         except BaseException as exc:  # noqa: BLE001 - reported in the Result
             with lock:
                 result.errors.append(exc)
+        finally:
+            if kernel_detached(s.debugger):
+                with lock:
+                    result.detached += 1
 
     sessions: list[Session] = []
     try:
@@ -339,11 +367,12 @@ def run_subtest(name: str, *, pattern: str = "seed", clients: int = 1, verbose: 
                    for i, s in enumerate(sessions)]
         for t in threads:
             t.start()
-        deadline = time.monotonic() + SESSION_TIMEOUT
+        limit = SESSION_TIMEOUT + SESSION_TIMEOUT_PER_CLIENT * clients
+        deadline = time.monotonic() + limit
         for t in threads:
             t.join(max(0.0, deadline - time.monotonic()))
             if t.is_alive():
-                result.errors.append(TimeoutError(f"{t.name} did not finish within {SESSION_TIMEOUT:.0f} s"))
+                result.errors.append(TimeoutError(f"{t.name} did not finish within {limit:.0f} s"))
     except Exception as exc:  # e.g. no device, eudebug not available
         result.errors.append(exc)
     finally:
@@ -361,6 +390,99 @@ def run_subtest(name: str, *, pattern: str = "seed", clients: int = 1, verbose: 
     return result
 
 
+def kernel_detached(d: Debugger) -> bool:
+    """Whether the kernel detached the debugger's connection with an error (a fifo that stayed
+    full for 25 s, ...): its debug fd then polls HUP|ERR (a detach by close polls HUP only)."""
+    if d.fd < 0:
+        return False
+    try:
+        ready = _seam.poll([(d.fd, select.POLLIN)], 0)
+    except OSError:
+        return False
+    return any(mask & select.POLLHUP and mask & select.POLLERR for _fd, mask in ready)
+
+
+# ------------------------------------------------------------------------------------------------
+# What the machine can run
+
+#: Measured per client on the simulator (300 clients, Linux, Python 3.11): file descriptors in
+#: this process and in the simulator, threads in both, and memory (the forked client's private
+#: pages plus its share of this process and of the simulator), rounded up.
+FDS_PER_CLIENT = 10
+SIM_FDS_PER_CLIENT = 9
+TASKS_PER_CLIENT = 7          # the client process, 2 threads here, about 4 in the simulator
+MEMORY_PER_CLIENT = 6 << 20   # bytes
+#: What this process and the simulator hold besides the clients.
+FDS_BASE = 64
+#: Clients one core runs at once within the framework's 60 s waits: all sessions run side by side
+#: (IGT runs them one after another), so the CPU bounds them too.  Measured on the simulator: 300
+#: clients on 2 cores shared with other jobs (load average 15) pass in about 50 s per subtest;
+#: 1000 there miss their 60 s waits.
+CLIENTS_PER_CORE = 200
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _mem_available() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def capacity_problem(clients: int) -> str | None:
+    """One line naming the first limit ``clients`` clients at once would exceed (file
+    descriptors, processes and threads, CPU cores, memory), or None when the machine can run
+    them."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        # Use what may be had: the soft limit rises to the hard one without privileges (and a
+        # simulator this script starts inherits it).
+        raised = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+        except (ValueError, OSError):
+            pass
+    fds = FDS_BASE + max(FDS_PER_CLIENT, SIM_FDS_PER_CLIENT) * clients
+    if soft != resource.RLIM_INFINITY and fds > soft:
+        return (f"--clients {clients} needs about {fds} open files in one process; the limit is {soft} "
+                f"(RLIMIT_NOFILE, ulimit -n): at most {(soft - FDS_BASE) // max(FDS_PER_CLIENT, SIM_FDS_PER_CLIENT)} clients")
+    tasks = TASKS_PER_CLIENT * clients
+    nproc, _ = resource.getrlimit(resource.RLIMIT_NPROC)
+    for name, limit in (("RLIMIT_NPROC, ulimit -u", None if nproc == resource.RLIM_INFINITY else nproc),
+                        ("kernel.pid_max", _read_int("/proc/sys/kernel/pid_max")),
+                        ("kernel.threads-max", _read_int("/proc/sys/kernel/threads-max"))):
+        if limit is not None and tasks > limit:
+            return (f"--clients {clients} needs about {tasks} processes and threads; the limit is {limit} "
+                    f"({name}): at most {limit // TASKS_PER_CLIENT} clients")
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    if clients > CLIENTS_PER_CORE * cores:
+        return (f"--clients {clients} is more than {cores} core(s) run at once within the clients' 60 s "
+                f"waits: at most {CLIENTS_PER_CORE * cores} clients ({CLIENTS_PER_CORE} per core)")
+    available = _mem_available()
+    memory = MEMORY_PER_CLIENT * clients
+    if available is not None and memory > available:
+        return (f"--clients {clients} needs about {memory >> 20} MiB of memory; {available >> 20} MiB is "
+                f"available (MemAvailable): at most {available // MEMORY_PER_CLIENT} clients")
+    return None
+
+
 # ------------------------------------------------------------------------------------------------
 # Command line
 
@@ -369,8 +491,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--subtest", choices=sorted(SUBTESTS), action="append",
                         help="run only this subtest (repeatable; default: both)")
-    parser.add_argument("--pattern", choices=sorted(PATTERNS), default="seed",
-                        help="data pattern: seed (July 2024, default) or igt (current upstream)")
+    parser.add_argument("--pattern", choices=sorted(PATTERNS), default=DEFAULT_PATTERN,
+                        help="data pattern: igt (current upstream, (i + i/4096) %% 256, default) or seed (July 2024)")
     parser.add_argument("--clients", type=int, default=1, metavar="N",
                         help="run N clients at once, each with its own debugger (default 1)")
     parser.add_argument("-v", "--verbose", action="store_true",
@@ -378,6 +500,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.clients < 1:
         parser.error("--clients must be at least 1")
+    problem = capacity_problem(args.clients)
+    if problem is not None:
+        print(f"metadata_read.py: {problem}", file=sys.stderr)
+        return 2
 
     ok = True
     for name in args.subtest or list(SUBTESTS):
@@ -385,9 +511,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(result.line(), flush=True)
         if not result.passed:
             ok = False
-            print(result.error)
+            # Bounded: the first failures and the logs of the first sessions that differ.
+            print(result.error if args.verbose else result.error_summary())
             if not args.verbose:
-                print(result.format_logs())
+                print(result.format_logs(MAX_LOGS_SHOWN))
     return 0 if ok else 1
 
 

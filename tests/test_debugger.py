@@ -181,6 +181,98 @@ def test_stop_drains_queued_events_then_sorts(fake: FakeBackend) -> None:
         close(d)
 
 
+def test_stop_drains_everything_queued_even_when_draining_takes_longer_than_the_timeout(fake: FakeBackend) -> None:
+    """A worker that drains slowly (here: triggers of 0.3 s, as a starved worker on a loaded
+    machine) still reads every queued event before it stops: the timeout bounds one trigger call,
+    not the drain, so nothing the kernel queued is left unread."""
+    d, f = attached(fake)
+    d.add_trigger(EventType.VM, lambda dbg, e: time.sleep(0.3))
+    try:
+        d.start_worker()
+        f.push(*[vm_event(s, vm=s) for s in range(1, 9)])   # 8 × 0.3 s = 2.4 s of triggers
+        d.stop_worker(timeout=1.0)
+        assert f.reads == 8 and d.event_count == 8
+        assert d.log.seqnos() == list(range(1, 9))
+    finally:
+        close(d)
+
+
+def test_stop_without_drain_is_igts_forced_stop(fake: FakeBackend) -> None:
+    """drain=False: forced after the timeout whatever is still queued (IGT's stop_worker)."""
+    d, f = attached(fake)
+    d.add_trigger(EventType.VM, lambda dbg, e: time.sleep(0.3))
+    try:
+        d.start_worker()
+        f.push(*[vm_event(s, vm=s) for s in range(1, 9)])   # 8 × 0.3 s = 2.4 s of triggers
+        d.stop_worker(timeout=0.5, drain=False)
+        assert 1 <= d.event_count < 8 and f.reads == d.event_count
+    finally:
+        close(d)
+
+
+def test_quit_request_during_a_poll_gets_one_more_poll(fake: FakeBackend) -> None:
+    """stop_worker while the worker's poll is finding nothing: an event queued before the quit
+    request (after the poll looked) is still read, since "nothing queued" must come from a poll
+    that began after the request (a starved worker lost the client's last events this way)."""
+    d, f = attached(fake)
+    in_poll, go = threading.Event(), threading.Event()
+    stall = [True]
+    plain = FakeBackend.poll_mask
+
+    def poll_mask(self: FakeBackend, fd: int) -> int:
+        mask = plain(self, fd)
+        if stall[0] and fd == f.fd:
+            stall[0] = False
+            in_poll.set()
+            go.wait(10)
+            time.sleep(0.15)          # past the worker's 100 ms poll: this answer is its last
+        return mask
+
+    fake.poll_mask = poll_mask.__get__(fake)  # type: ignore[method-assign]
+    stopper: threading.Thread | None = None
+    try:
+        d.start_worker()
+        assert in_poll.wait(10)
+        f.push(vm_event(1))                       # queued after the poll looked
+        stopper = threading.Thread(target=d.stop_worker, kwargs={"timeout": 5.0}, daemon=True)
+        stopper.start()
+        assert wait_for(lambda: d.worker_state == WorkerState.QUITTING)
+        go.set()
+        stopper.join(10)
+        assert not stopper.is_alive()
+        assert d.event_count == 1 and f.reads == 1
+    finally:
+        go.set()
+        if stopper is not None:
+            stopper.join(10)
+        close(d)
+
+
+def test_stop_forces_a_worker_whose_trigger_blocks(fake: FakeBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trigger blocked beyond STOP_TRIGGER_LIMIT (0.5 s here) makes stop_worker give up on the
+    drain (IGT's forced stop): the worker quits after that trigger and the rest stays unread."""
+    import xe_eudebug.debugger as debugger_module
+
+    monkeypatch.setattr(debugger_module, "STOP_TRIGGER_LIMIT", 0.5)
+    release = threading.Event()
+    d, f = attached(fake)
+    d.add_trigger(EventType.VM, lambda dbg, e: release.wait(10) if e.seqno == 1 else None)
+    try:
+        d.start_worker()
+        f.push(*[vm_event(s, vm=s) for s in range(1, 5)])
+        assert wait_for(lambda: d.event_count == 1)
+        timer = threading.Timer(1.5, release.set)
+        timer.start()
+        t0 = time.monotonic()
+        d.stop_worker(timeout=0.5)
+        timer.join()
+        assert time.monotonic() - t0 < 5
+        assert d.event_count == 1 and f.reads == 1
+    finally:
+        release.set()
+        close(d)
+
+
 def test_remove_trigger_inside_dispatch_is_a_live_walk() -> None:
     d = Debugger(-1)
     seen: list[str] = []
@@ -398,3 +490,45 @@ def test_attach_wakes_worker_so_an_immediate_stop_still_drains(fake: FakeBackend
         assert d.log.seqnos() == [1, 2]
     finally:
         close(d)
+
+
+def test_a_closed_debugger_never_attaches_again(fake: FakeBackend) -> None:
+    """A thread still racing attach/detach after its test closed the debugger (a failed test's
+    leftover) must not leave a connection behind: it would keep the target debugged and the
+    eudebug toggle busy for the tests after it."""
+    conn = fake.new_file()
+    connected = threading.Event()
+    proceed = threading.Event()
+
+    def on_connect(request: int, addr: int) -> int:
+        connected.set()
+        proceed.wait(10)                         # the debugger is closed during this CONNECT
+        return os.dup(conn.fd)
+
+    master = fake.new_file(lambda request, addr: on_connect(request, addr)
+                           if request == uapi.DRM_IOCTL_XE_EUDEBUG_CONNECT else 0)
+    d = Debugger(master.fd)
+    outcome: list[BaseException | int] = []
+
+    def attach() -> None:
+        try:
+            outcome.append(d.try_attach(os.getpid()))
+        except BaseException as exc:  # noqa: BLE001 - examined below
+            outcome.append(exc)
+
+    t = threading.Thread(target=attach, daemon=True)
+    t.start()
+    try:
+        assert connected.wait(10)
+        close(d)
+        proceed.set()
+        t.join(10)
+        assert len(outcome) == 1 and isinstance(outcome[0], RuntimeError), outcome
+        assert d.fd == -1 and d.target_pid == 0
+        with pytest.raises(RuntimeError, match="closed"):
+            d.try_attach(os.getpid())
+        with pytest.raises(RuntimeError, match="closed"):
+            d.start_worker()
+    finally:
+        proceed.set()
+        t.join(10)

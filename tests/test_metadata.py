@@ -7,8 +7,8 @@ runs proving that every check the example makes can fail, for the right reason:
   that inverts one byte of what READ_METADATA copies out, started as a private simulator through
   the simulator's ``kernel="module:Class"`` testing hook);
 * a client writing the other data pattern is caught by the content check;
-* a wrong size is caught: a kernel model that reports one byte less than the object holds, and a
-  client that creates one object with the wrong length;
+* a wrong size is caught: kernel models that report one byte less, or one byte more, than the
+  object holds, and a client that creates one object with the wrong length;
 * an event removed from the debugger log is caught by compare (``EventLogMismatch``).
 
 Each negative test runs once with its fault and once without, and passes both ways.
@@ -17,6 +17,7 @@ Each negative test runs once with its fault and once without, and passes both wa
 from __future__ import annotations
 
 import ctypes
+import errno
 import functools
 import importlib.util
 import os
@@ -104,18 +105,43 @@ if _Kernel is not None:
                     caller.write(rm.ptr + FLIP_OFFSET, bytes([byte ^ 0xFF]))
             return result, out
 
-    class MetadataShortSizeKernel(_Kernel):  # type: ignore[misc, valid-type]
-        """The kernel model, except that a successful READ_METADATA reports one byte less than
-        the object's length in ``size``."""
+    class _MisreportedSizeKernel(_Kernel):  # type: ignore[misc, valid-type]
+        """The kernel model, except that a successful READ_METADATA reports the object's length
+        plus DELTA in ``size`` (copying the object as it should)."""
+
+        DELTA = 0
 
         def ioctl(self, file: Any, caller: Any, request: int, arg: bytes) -> Any:
             result, out = super().ioctl(file, caller, request, arg)
             if request == _READ_METADATA and result == 0:
                 rm = _read_metadata_arg(out)
                 if rm.size:
-                    rm.size -= 1
+                    rm.size += self.DELTA
                     out = rm.to_bytes()
             return result, out
+
+    class MetadataShortSizeKernel(_MisreportedSizeKernel):
+        """READ_METADATA reports one byte less than the object's length."""
+
+        DELTA = -1
+
+    class MetadataLongSizeKernel(_MisreportedSizeKernel):
+        """READ_METADATA reports one byte more than the object's length."""
+
+        DELTA = 1
+
+
+    class DetachingKernel(_Kernel):  # type: ignore[misc, valid-type]
+        """The kernel model, except that a connection is detached with ETIMEDOUT (as after an
+        event fifo stayed full for 25 s) instead of queueing its 16th event."""
+
+        def _queue(self, conn: Any, event: bytes) -> bool:
+            sent = getattr(conn, "_test_sent", 0) + 1
+            conn._test_sent = sent
+            if sent == 16:
+                self._detach(conn, -errno.ETIMEDOUT)
+                return False
+            return super()._queue(conn, event)
 
 
 @pytest.fixture(scope="module")
@@ -259,11 +285,11 @@ def test_altered_byte_is_caught_by_content_check(subtest: str, fault: bool, faul
     result = _faulted_run(subtest, fault, device=device)
     if result is None:
         return
-    expected = mr.seed_pattern(FLIP_OFFSET)
+    expected = mr.igt_pattern(FLIP_OFFSET)  # the default pattern: IGT's
     message = _trigger_check_error(result)
     # Types 0 and 1 are shorter than the offset and pass; type 2 is the first object hit.
     assert message == (f"metadata type 2: byte {FLIP_OFFSET} is {expected ^ 0xFF:#04x}, "
-                       f"expected {expected:#04x} (seed pattern)")
+                       f"expected {expected:#04x} (igt pattern)")
     # Only the content was wrong: the debugger still saw every event.
     client_log, debugger_log = result.logs[0]
     assert len(debugger_log) == len(client_log) == EVENTS_PER_CLIENT
@@ -283,12 +309,58 @@ def test_other_pattern_is_caught_by_content_check(fault: bool) -> None:
 @needs_sim
 @pytest.mark.parametrize("fault", [False, True], ids=["no-fault", "fault"])
 @pytest.mark.parametrize("subtest", SUBTESTS)
-def test_misreported_size_is_caught(subtest: str, fault: bool, faulty_device: Any) -> None:
-    device = faulty_device("MetadataShortSizeKernel") if fault else None
+@pytest.mark.parametrize("kernel,reported", [("MetadataShortSizeKernel", 4095), ("MetadataLongSizeKernel", 4097)],
+                         ids=["under", "over"])
+def test_misreported_size_is_caught(subtest: str, fault: bool, kernel: str, reported: int, faulty_device: Any) -> None:
+    """IGT checks the size the kernel reports equals (type + 1) pages, also when the debugger's
+    buffer is exactly that long (read-metadata): a size beyond it must not be cut to fit."""
+    device = faulty_device(kernel) if fault else None
     result = _faulted_run(subtest, fault, device=device)
     if result is None:
         return
-    assert _trigger_check_error(result) == "metadata type 0: READ_METADATA size is 4095 bytes, expected 4096"
+    assert _trigger_check_error(result) == f"metadata type 0: READ_METADATA size is {reported} bytes, expected 4096"
+
+
+@needs_sim
+@pytest.mark.parametrize("fault", [False, True], ids=["no-fault", "fault"])
+def test_read_metadata_refuses_an_over_reported_size(fault: bool, faulty_device: Any) -> None:
+    """Debugger.read_metadata raises (EOVERFLOW, naming the ioctl and both sizes) rather than
+    returning a result cut to the buffer when the kernel reports more than the buffer holds."""
+    seen: list[Any] = []
+
+    def on_metadata(d: Any, e: Any) -> None:
+        if e.flags & EventFlags.CREATE:
+            try:
+                seen.append(d.read_metadata(e.client_handle, e.metadata_handle, e.len))
+            except OSError as exc:
+                seen.append(exc)
+            d.signal_stage(e.metadata_type)
+
+    device = faulty_device("MetadataLongSizeKernel") if fault else None
+    from xe_eudebug import Session
+
+    with Session(mr.metadata_access_client, device=device) as s:
+        s.debugger.add_trigger(EventType.METADATA, on_metadata)
+        s.run()
+    assert len(seen) == mr.METADATA_NUM
+    if not fault:
+        assert seen == [mr.pattern_bytes(mr.DEFAULT_PATTERN, n) for n in mr.METADATA_LENGTHS]
+        return
+    assert all(isinstance(x, OSError) for x in seen), seen
+    assert str(seen[0]) == ("[Errno 75] DRM_XE_EUDEBUG_IOCTL_READ_METADATA: the kernel reported size 4097 "
+                            "for a 4096-byte buffer")
+
+
+@pytest.mark.parametrize("fault", [False, True], ids=["no-fault", "fault"])
+def test_default_pattern_is_igts(fault: bool) -> None:
+    """Both subtests check IGT's current pattern (i + i/4096) % 256 unless told otherwise: a
+    client writing the seed's pattern fails the default check where the two differ."""
+    writer = "seed" if fault else "igt"
+    for subtest in SUBTESTS:
+        result = _faulted_run(subtest, fault, work=functools.partial(mr.metadata_access_client, pattern=writer))
+        if result is None:
+            continue
+        assert _trigger_check_error(result) == "metadata type 1: byte 4096 is 0x00, expected 0x01 (igt pattern)"
 
 
 @pytest.mark.parametrize("fault", [False, True], ids=["no-fault", "fault"])
@@ -367,7 +439,75 @@ def test_failing_script_exits_1_with_mismatch_and_both_logs(faulty_server: Any) 
     out = proc.stdout
     assert VERDICT.findall(out) == [("attach-debug-metadata", "FAIL", "1", "23", "23")]
     assert "logs of 1 session(s) not compared: the run failed first" in out
-    assert "metadata type 2: byte 8193 is 0xfd, expected 0x02 (seed pattern)" in out
+    assert "metadata type 2: byte 8193 is 0xfc, expected 0x03 (igt pattern)" in out
     # both logs, in IGT's text form
     assert out.index("event log 'client'") < out.index("event log 'debugger'")
     assert len(re.findall(r"^\(\d+\) +vm_bind_op_metadata\(10\):create:", out, re.M)) == 10
+
+
+@needs_sim
+def test_kernel_detach_is_named_in_the_verdict(faulty_device: Any) -> None:
+    """A debugger the kernel detached (poll HUP|ERR, here after its 15th event) makes the
+    verdict FAIL and say so, not only report missing events."""
+    result = mr.run_subtest("read-metadata", device=faulty_device("DetachingKernel"))
+    assert not result.passed and result.detached == 1
+    line = result.line()
+    assert line.startswith("read-metadata: FAIL (1 client, ")
+    assert line.endswith("; 1 debugger(s) detached by the kernel (poll HUP|ERR: an event fifo stayed "
+                         "full for 25 s, or another kernel error))"), line
+    assert len(result.logs[0][1]) == 15
+
+
+@needs_sim
+def test_failure_output_is_bounded(faulty_server: Any) -> None:
+    """Eight failing sessions: the script prints the first five failures, a count of the rest
+    and the logs of two sessions, not everything (1000 clients printed 54,000 lines)."""
+    from xe_eudebug.sim.config import SOCKET_ENV
+
+    server = faulty_server("MetadataByteFlipKernel")
+    env = dict(os.environ, XE_EUDEBUG_DEVICE="sim")
+    env[SOCKET_ENV] = server.socket
+    proc = _run_script("--subtest", "read-metadata", "--clients", "8", env=env)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert VERDICT.findall(out) == [("read-metadata", "FAIL", "8", "184", "184")]
+    assert out.count("TriggerError") == 5
+    assert "... and 3 more failed session(s) (-v prints every log)" in out
+    assert out.count("event log 'client'") == 2 and out.count("event log 'debugger'") == 2
+    assert len(out.splitlines()) < 150
+
+
+def test_counts_beyond_the_machine_are_refused_early() -> None:
+    """More clients than the open-file limit allows: one line naming the limit, exit 2, before
+    anything runs."""
+    import resource
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+
+    run_env = dict(os.environ)
+    run_env.pop("PYTHONPATH", None)
+    proc = subprocess.run([sys.executable, EXAMPLE, "--clients", "300"], cwd=ROOT, env=run_env,
+                          capture_output=True, text=True, timeout=60, preexec_fn=low_limit)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stdout == ""
+    assert proc.stderr.splitlines() == [
+        "metadata_read.py: --clients 300 needs about 3064 open files in one process; the limit is 256 "
+        "(RLIMIT_NOFILE, ulimit -n): at most 19 clients"], proc.stderr
+
+
+def test_counts_beyond_the_cores_are_refused_early() -> None:
+    """All sessions run at once, so the CPU bounds them too: on one core, 300 clients are refused
+    with one line naming the limit."""
+    def one_core() -> None:
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+
+    run_env = dict(os.environ)
+    run_env.pop("PYTHONPATH", None)
+    proc = subprocess.run([sys.executable, EXAMPLE, "--clients", "300"], cwd=ROOT, env=run_env,
+                          capture_output=True, text=True, timeout=60, preexec_fn=one_core)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stdout == ""
+    assert proc.stderr.splitlines() == [
+        "metadata_read.py: --clients 300 is more than 1 core(s) run at once within the clients' 60 s "
+        "waits: at most 200 clients (200 per core)"], proc.stderr

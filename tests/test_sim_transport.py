@@ -767,3 +767,29 @@ def test_private_instance_exits_when_its_owner_is_killed():
     else:
         os.kill(server_pid, 9)
         raise AssertionError("the orphaned simulator is still running 10 s after its owner was killed")
+
+
+def test_orphaned_private_instance_removes_its_directory(tmp_path):
+    """A private instance whose owner was killed exits and removes the private directory made
+    for it (nobody else knows it), so killed test runs leave nothing in the temp dir."""
+    import subprocess
+    import sys
+
+    code = (
+        "import time\n"
+        "from xe_eudebug.sim import SimConfig, start_server\n"
+        "h = start_server(SimConfig(idle_exit=0))\n"
+        "print(h.pid, h.directory, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    env.pop("XDG_RUNTIME_DIR", None)
+    owner = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, env=env, text=True)
+    try:
+        pid_text, directory = owner.stdout.readline().split()
+        assert os.path.basename(directory).startswith("xe_eudebug-sim-") and os.path.isdir(directory)
+    finally:
+        owner.kill()
+        owner.wait(10)
+    wait_for(lambda: not os.path.exists(directory), timeout=15, what="removal of the orphan's directory")
+    assert not any(p.name.startswith("xe_eudebug-sim-") for p in tmp_path.iterdir())

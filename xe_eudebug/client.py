@@ -871,7 +871,7 @@ class Client:
     def close_driver(self, fd: int) -> None:
         """Log OPEN DESTROY, then close the fd."""
         self.record(EventType.OPEN, EventFlags.DESTROY, client_handle=fd)
-        os.close(fd)
+        _seam.close(fd)  # returns after the release, as close(2) does
 
     def vm_create(self, fd: int, flags: int = 0, ext: Any = None) -> int:
         """VM_CREATE (must succeed), then log VM CREATE; returns the VM id."""

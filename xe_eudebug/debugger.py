@@ -93,6 +93,11 @@ log = logging.getLogger(__name__)
 POLL_TIMEOUT_MS = 100
 #: Default stop-worker timeout, seconds (IGT uses 1 s almost everywhere).
 STOP_TIMEOUT = 1.0
+#: Upper bound, seconds, of a stopping worker's drain (see stop_worker).
+STOP_DRAIN_LIMIT = 60.0
+#: A trigger call running this many seconds (or the stop timeout, if longer) counts as blocked
+#: when the worker is stopped (see stop_worker).
+STOP_TRIGGER_LIMIT = 10.0
 #: How long stop_worker waits for a forced (INACTIVE) worker to finish the call it is in; IGT
 #: joins without limit.  Twice the longest call the worker makes: a READ_EVENT (the kernel's
 #: 5 s) behind the simulator's wait of up to 10 s for earlier releases.
@@ -243,6 +248,7 @@ class Debugger:
         self.event_count = 0
         self.worker_state = WorkerState.INACTIVE
         self.received_sigint = False
+        self._trigger_since: float | None = None  # when the running trigger call started
         self.handled_sigint = False
         self.received_signal = False
         self.client: Client | None = None
@@ -270,12 +276,17 @@ class Debugger:
         :attr:`client`, the peer of :meth:`signal_stage` / :meth:`wait_stage`."""
         if self.fd != -1:
             raise RuntimeError(f"debugger already attached to {self.target_pid}")
+        if self._closed:
+            raise RuntimeError("debugger is closed")
         pid = target.pid if isinstance(target, Client) else int(target)
         if not pid:
             raise ValueError("attach needs a running target (pid 0)")
         ret = connect(self.master_fd, pid, flags)
         if ret < 0:
             return ret
+        if self._closed:  # closed by another thread meanwhile: the connection must not outlive it
+            os.close(ret)
+            raise RuntimeError("debugger closed while it connected")
         self.fd = ret
         self.target_pid = pid
         register_private_fds(self, self._wake_r, self._wake_w, ret)
@@ -331,11 +342,14 @@ class Debugger:
             t, fn = entry
             if t == etype:
                 try:
+                    self._trigger_since = time.monotonic()
                     fn(self, event)
                 except BaseException as exc:  # noqa: BLE001 -- surfaced in the main thread
                     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
                     log.error("trigger %r failed on event %s:\n%s", fn, event, text)
                     self.trigger_failures.append(TriggerFailure(fn, event, exc, text))
+                finally:
+                    self._trigger_since = None
             # advance past entry (it may have removed itself or earlier entries)
             if i < len(self._triggers) and self._triggers[i] is entry:
                 i += 1
@@ -388,8 +402,20 @@ class Debugger:
         ack_ufence(self.fd, event)
 
     def read_metadata(self, client_handle: int, metadata_handle: int, size: int) -> bytes:
-        """READ_METADATA: the metadata's payload (``size`` must be at least its length).
-        Raises ``OSError`` naming DRM_XE_EUDEBUG_IOCTL_READ_METADATA."""
+        """READ_METADATA: the metadata's payload, as many bytes as the size the kernel reports
+        (``size`` must be at least its length; 0 reads nothing).  Raises ``OSError`` naming
+        DRM_XE_EUDEBUG_IOCTL_READ_METADATA, also when the kernel reports more than ``size``
+        bytes (EOVERFLOW: a kernel bug, never hidden by a shorter result)."""
+        reported, data = self.read_metadata_sized(client_handle, metadata_handle, size)
+        if size and reported > size:
+            raise OSError(errno.EOVERFLOW, f"DRM_XE_EUDEBUG_IOCTL_READ_METADATA: the kernel reported size "
+                                           f"{reported} for a {size}-byte buffer")
+        return data
+
+    def read_metadata_sized(self, client_handle: int, metadata_handle: int, size: int) -> tuple[int, bytes]:
+        """READ_METADATA as IGT checks it: ``(size the kernel reported, the bytes of the buffer
+        up to that size)``; a reported size beyond ``size`` is returned as it is, with the
+        ``size`` bytes of the buffer.  Raises ``OSError`` naming DRM_XE_EUDEBUG_IOCTL_READ_METADATA."""
         buf = ctypes.create_string_buffer(max(1, size))
         arg = _uapi.drm_xe_eudebug_read_metadata()
         arg.client_handle = client_handle
@@ -398,7 +424,8 @@ class Debugger:
         arg.ptr = ctypes.addressof(buf) if size else 0
         arg.size = size
         retry_ioctl(self.fd, _uapi.DRM_XE_EUDEBUG_IOCTL_READ_METADATA, arg)
-        return buf.raw[: min(int(arg.size), size)]
+        reported = int(arg.size)
+        return reported, buf.raw[: min(reported, size)]
 
     def vm_open(self, client_handle: int, vm_handle: int, timeout_ns: int = 0, flags: int = 0) -> VmFile:
         """VM_OPEN: a :class:`VmFile` giving access to the client's VM (raises ``OSError``
@@ -416,6 +443,8 @@ class Debugger:
         """Mark ACTIVE and start the reader thread."""
         if self._worker is not None and self._worker.is_alive():
             raise RuntimeError("debugger worker already running")
+        if self._closed:
+            raise RuntimeError("debugger is closed")
         self.worker_state = WorkerState.ACTIVE
         self._worker = threading.Thread(target=self._work, name="xe_eudebug-debugger", daemon=True)
         self._worker.start()
@@ -447,10 +476,15 @@ class Debugger:
         try:
             while True:
                 fd = self.fd
+                # A quit request that comes while this poll runs needs one more poll: "nothing
+                # queued" must come from a poll that began after it, or events queued before the
+                # request (the client's last ones) would be left unread.
+                asked_to_quit = self.worker_state != WorkerState.ACTIVE
                 fds = [(wake, rd)] + ([(fd, rd)] if fd >= 0 else [])
                 try:
                     ready = dict(_seam.poll(fds, POLL_TIMEOUT_MS))
-                    r = sum(1 for f, _m in ready.items() if f != wake)
+                    # HUP without IN (a detached connection, drained) has nothing more to read
+                    r = sum(1 for f, m in ready.items() if f != wake and m & (rd | select.POLLNVAL))
                 except OSError as exc:
                     if exc.errno != errno.EBADF and fd == self.fd:
                         log.info("poll failed with errno %d", exc.errno or 0)
@@ -472,6 +506,8 @@ class Debugger:
                 if r > 0 and fd >= 0 and ready.get(fd, 0) & rd:
                     self._read_one(fd, buf)
                 state = self.worker_state
+                if state == WorkerState.QUITTING and r == 0 and not asked_to_quit:
+                    continue
                 if not (state == WorkerState.ACTIVE or (state == WorkerState.QUITTING and r != 0)):
                     break
             self.worker_state = WorkerState.INACTIVE
@@ -494,15 +530,31 @@ class Debugger:
                 for q in self._subscribers:
                     q.put(event)
 
-    def stop_worker(self, timeout: float = STOP_TIMEOUT) -> None:
-        """Request quit, let the worker drain, force it after ``timeout`` seconds, join, sort the
-        log; then raise :class:`TriggerError` if triggers failed."""
+    def stop_worker(self, timeout: float = STOP_TIMEOUT, *, drain: bool = True) -> None:
+        """Request quit, let the worker drain what is queued, force it once a trigger call has
+        run ``max(timeout, STOP_TRIGGER_LIMIT)`` seconds (or after STOP_DRAIN_LIMIT), join,
+        sort the log; then raise :class:`TriggerError` if triggers failed.  ``drain=False`` is
+        IGT's stop: forced after ``timeout`` whatever is still queued (for a worker stopped
+        while events keep coming, as in the discovery races)."""
         if self.worker_state == WorkerState.INACTIVE and not self.worker_running:
             raise RuntimeError("debugger worker is not running")
         self.worker_state = WorkerState.QUITTING
         t = self._worker
         if t is not None:
-            t.join(timeout)
+            # The quitting worker reads until a poll finds nothing queued.  IGT forces it after
+            # `timeout` (1 s, plenty in C); here, on a loaded machine or with hundreds of
+            # debuggers in one process, a worker can get so little CPU that a forced stop would
+            # leave events the kernel queued unread.  So it is forced only when a trigger call
+            # seems blocked (running max(timeout, STOP_TRIGGER_LIMIT)) or after STOP_DRAIN_LIMIT.
+            start = time.monotonic()
+            blocked = max(timeout, STOP_TRIGGER_LIMIT)
+            while True:
+                t.join(timeout)
+                if not t.is_alive() or not drain:
+                    break
+                since, now = self._trigger_since, time.monotonic()
+                if (since is not None and now - since >= blocked) or now - start > STOP_DRAIN_LIMIT:
+                    break
             if t.is_alive():
                 self.worker_state = WorkerState.INACTIVE
                 t.join(max(STOP_FORCE_WAIT, timeout))

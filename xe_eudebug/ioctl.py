@@ -26,7 +26,7 @@ __all__ = [
     "_IOC_NONE", "_IOC_WRITE", "_IOC_READ",
     "DRM_IOCTL_BASE", "DRM_COMMAND_BASE", "DRM_IO", "DRM_IOR", "DRM_IOW", "DRM_IOWR",
     "Backend", "register_backend", "unregister_backend", "register_request_name", "request_name",
-    "address_of", "ioctl", "try_ioctl", "read", "pread", "pwrite", "lseek", "fsync", "mmap", "poll",
+    "address_of", "ioctl", "try_ioctl", "read", "pread", "pwrite", "lseek", "fsync", "mmap", "poll", "close",
 ]
 
 # --- _IOC encoding (asm-generic/ioctl.h) ------------------------------------------------------
@@ -286,6 +286,20 @@ def lseek(fd: int, offset: int, whence: int = os.SEEK_SET) -> int:
 
 def fsync(fd: int) -> None:
     _call(fd, "fsync", lambda b: b.fsync(fd), lambda: os.fsync(fd))
+
+
+def close(fd: int) -> None:
+    """close(2) of a DRM, debugger or VM fd.  The kernel runs a file's release (OPEN DESTROY
+    and the rest) before close returns; a backend whose release runs elsewhere (the simulator)
+    returns only once the release of a last reference is done, so nothing the caller does next
+    (a later call, a message to another process, exit) can overtake its events.  A backend
+    provides this as ``close_fd(fd)``; without it the fd is closed with os.close."""
+    backend = _backend_for(fd)
+    closer = getattr(backend, "close_fd", None) if backend is not None else None
+    if closer is None:
+        os.close(fd)
+    else:
+        closer(fd)
 
 
 def mmap(fd: int, length: int, offset: int) -> Any:

@@ -539,6 +539,9 @@ class Kernel:
         # Threads blocked in _queue on a full fifo (the server does not make later calls wait
         # for a release blocked there: in the kernel that close(2) has not returned yet).
         self.fifo_waiters: set[int] = set()
+        # Threads waiting for a discovery to end before they enter the device (the same kind of
+        # wait for a release: a debugger's READ_EVENT may be what lets that discovery finish).
+        self.gate_waiters: set[int] = set()
         self._gate_cv = threading.Condition(self._lock)
         self._fence_cv = threading.Condition(self._lock)
         self._fence_gen = 0
@@ -722,8 +725,14 @@ class Kernel:
 
     # -- discovery gate --------------------------------------------------------------------------
     def _gate_read(self, dev: Device) -> None:
-        while dev.writer or dev.writers_waiting:
-            self._gate_cv.wait()
+        if dev.writer or dev.writers_waiting:
+            me = threading.get_ident()
+            self.gate_waiters.add(me)
+            try:
+                while dev.writer or dev.writers_waiting:
+                    self._gate_cv.wait()
+            finally:
+                self.gate_waiters.discard(me)
         dev.readers += 1
 
     def _gate_read_done(self, dev: Device) -> None:

@@ -1090,6 +1090,14 @@ class SimBackend:
         _close_fds(fds)
         return to_s64(a)
 
+    def close_fd(self, fd: int) -> None:
+        """close(2), then one call that the server serves only after the releases of this
+        process's closes (the seam's `close`)."""
+        link = self._link(fd)
+        os.close(fd)
+        _f, _a, _c, _p, fds = link.call(OP_INFO)
+        _close_fds(fds)
+
     def fsync(self, fd: int) -> None:
         _f, _a, _c, _p, fds = self._link(fd).call(OP_FSYNC, fd)
         _close_fds(fds)

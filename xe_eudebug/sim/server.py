@@ -54,6 +54,8 @@ RELEASE_ORDER_WAIT = 0.05  # seconds a slow release holds up the next one (see _
 RELEASE_SYNC_WAIT = 10.0   # seconds a call waits for releases of files closed before it (a release
 #                            waiting for a discovery to finish can take that long under load)
 RELEASE_BLOCKED_CHECK = 0.005  # seconds between checks whether such a release blocks on a full fifo
+OWN_RELEASE_WAIT = 60.0    # seconds a process's call waits for the release of a file it opened, even
+#                            one blocked in the kernel (close(2) would still be blocked in it)
 MEMORY_ANSWER_TIMEOUT = 30.0  # seconds a caller may take to answer a memory request
 _MAX_RW = wire._MAX_RW  # largest read served in one call (short counts beyond, like the VFS)
 # Diagnostics: a directory in XE_EUDEBUG_SIM_PROFILE gets one cProfile dump per control
@@ -219,7 +221,7 @@ class _Entry:
     """A simulated file: the server's end of the socketpair and the kernel's File."""
 
     __slots__ = ("sock", "fd", "key", "file", "device", "kind", "lock", "queued", "hup", "released", "slow",
-                 "thread")
+                 "thread", "owner", "own_slow")
 
     def __init__(self, sock: socket.socket, key: int, file: Any, device: int, kind: int) -> None:
         self.sock = sock
@@ -234,6 +236,8 @@ class _Entry:
         self.released = False
         self.slow = False     # its release kept a call waiting RELEASE_SYNC_WAIT already
         self.thread = 0       # ident of the thread running its release
+        self.owner = int(getattr(file, "owner", 0) or 0)  # the opener (device files)
+        self.own_slow = False  # its release kept a call of its owner waiting OWN_RELEASE_WAIT
 
 
 class Server:
@@ -356,6 +360,8 @@ class Server:
                         break
         finally:
             self.close()
+            if self.owner_pid and not _alive(self.owner_pid):
+                _remove_private_dir(os.path.dirname(self.socket_path))
 
     def stop(self) -> None:
         self.stopping.set()
@@ -448,7 +454,7 @@ class Server:
         if self.detached or epoll_ready(self._epfd):
             self._check_closed(self.epoll.poll(0))
         if self.releases_pending:
-            self._wait_releases()
+            self._wait_releases(conn.pid, fds[0] if len(fds) == 1 and kind >= OP_IOCTL else -1)
         if kind == OP_CLONE or kind == OP_INFO or kind == OP_OPEN:
             if fds or payload:
                 raise ProtocolError(f"request {kind} carries unexpected data")
@@ -656,27 +662,48 @@ class Server:
                 if pending == 0:  # the client's end (and the byte queued in it) is gone
                     self._schedule_release(entry)
 
-    def _wait_releases(self) -> None:
+    def _wait_releases(self, pid: int, fd: int) -> None:
         """Wait (boundedly) for the releases scheduled so far: with the end-of-files collected at
         the start of each call (`_dispatch`), every close that happened before a call is visible
-        to it, as close(2) runs the release before it returns."""
-        deadline = time.monotonic() + RELEASE_SYNC_WAIT
-        # A release blocked on a full event fifo (its OPEN DESTROY event) is a close(2) that has
-        # not returned in the kernel: nothing is ordered after it, and the call waiting may be
-        # the READ_EVENT that makes room.  It is not waited for (checked every
-        # RELEASE_BLOCKED_CHECK), nor is a release that already kept a call waiting
-        # RELEASE_SYNC_WAIT (blocked elsewhere).
-        blocked: set[int] = getattr(self.kernel, "fifo_waiters", set())
+        to it, as close(2) runs the release before it returns.  `pid` made the call, on simulated
+        fd `fd` (-1: an open)."""
+        # A release blocked in the kernel (its OPEN DESTROY waits for room in a full fifo, or it
+        # waits for a discovery to end) is a close(2) that has not returned in the kernel: the
+        # closing process is blocked in it, other processes are not.  So the opener's own later
+        # calls wait for it (OWN_RELEASE_WAIT at most), except its calls on debugger and VM fds: a
+        # thread-mode debugger's READ_EVENT may be what makes room.  Other callers do not wait
+        # for a release blocked on a fifo, and calls on debugger and VM fds not for one waiting
+        # for a discovery either (checked every RELEASE_BLOCKED_CHECK).  Any other release is
+        # waited for up to RELEASE_SYNC_WAIT, once (then it is marked slow).
+        entry = self.by_key.get(file_key(fd)) if fd >= 0 else None
+        drains = entry is not None and entry.kind != KIND_DEVICE
+        fifo: set[int] = getattr(self.kernel, "fifo_waiters", set())
+        gate: set[int] = getattr(self.kernel, "gate_waiters", set())
+
+        def limit(e: _Entry) -> float:  # seconds this call may wait for e
+            if not drains and e.owner == pid:
+                return 0.0 if e.own_slow else OWN_RELEASE_WAIT
+            if e.slow or e.thread in fifo or (drains and e.thread in gate):
+                return 0.0
+            return RELEASE_SYNC_WAIT
+
+        start = time.monotonic()
         with self.release_cv:
-            waiting = [e for e in self.releases_pending if not e.slow and e.thread not in blocked]
-            while waiting:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    for e in waiting:
-                        e.slow = True
+            waiting = list(self.releases_pending)  # the closes before this call, not later ones
+            while True:
+                elapsed = time.monotonic() - start
+                waiting = [e for e in waiting if e in self.releases_pending and elapsed < limit(e)]
+                if not waiting:
                     break
-                self.release_cv.wait(min(left, RELEASE_BLOCKED_CHECK))
-                waiting = [e for e in waiting if e in self.releases_pending and e.thread not in blocked]
+                self.release_cv.wait(RELEASE_BLOCKED_CHECK)
+            elapsed = time.monotonic() - start
+            for e in self.releases_pending:
+                if elapsed >= OWN_RELEASE_WAIT and not drains and e.owner == pid:
+                    if not e.own_slow:
+                        log.warning("release of a file of pid %d still blocked after %.0f s", pid, elapsed)
+                    e.own_slow = True
+                elif elapsed >= RELEASE_SYNC_WAIT and limit(e) == RELEASE_SYNC_WAIT:
+                    e.slow = True
 
     def _schedule_release(self, entry: _Entry) -> None:
         # The file becomes "released" and "release pending" in one step, before it leaves the
@@ -876,6 +903,22 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
     except (OSError, IndexError):
         return True
+
+
+def _remove_private_dir(directory: str) -> None:
+    """Remove the private directory start_server made for an instance whose owner is gone (no
+    one else would): only a `xe_eudebug-sim-*` directory holding nothing but its server.log."""
+    try:
+        if not os.path.basename(directory).startswith("xe_eudebug-sim-"):
+            return
+        names = os.listdir(directory)
+        if set(names) - {"server.log"}:
+            return
+        for name in names:
+            os.unlink(os.path.join(directory, name))
+        os.rmdir(directory)
+    except OSError as exc:
+        log.debug("cannot remove %s: %s", directory, exc)
 
 
 def _runtime_base() -> str:
