@@ -31,6 +31,7 @@ from collections import deque
 from typing import Any
 
 from . import port as wire
+from . import procmem
 from .config import SimConfig, default_socket_dir, default_socket_path
 from .port import (F_CLOEXEC, F_FD, KIND_DEBUGGER, KIND_DEVICE, KIND_OTHER, KIND_VM, M_DATA, M_DONE,
                    OP_CLONE, OP_FILE_INFO, OP_FSYNC, OP_GET_ENABLED, OP_INFO, OP_IOCTL, OP_LSEEK, OP_MMAP,
@@ -75,12 +76,14 @@ def load_kernel_class(spec: str) -> type:
 
 
 class _Conn:
-    """One control connection; identity (pid) is that of the process that opened the path
-    connection, shared by its clones."""
+    """One control connection.  `pid`/`uid`/`gid` (SO_PEERCRED of the path connection, shared by
+    its clones) only name it in logs: a call's identity is `creds`, the SCM_CREDENTIALS the
+    kernel attached to the call's message (SO_PASSCRED), whoever holds the connection."""
 
-    __slots__ = ("sock", "buf", "pid", "uid", "gid", "direct", "dead", "held")
+    __slots__ = ("sock", "buf", "pid", "uid", "gid", "direct", "dead", "held", "creds")
 
     def __init__(self, sock: socket.socket, pid: int, uid: int, gid: int, direct: bool) -> None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         self.sock = sock
         self.buf = bytearray(65536 + wire.HEADER_SIZE)
         self.pid = pid
@@ -89,6 +92,7 @@ class _Conn:
         self.direct = direct
         self.dead = False
         self.held: list[int] = []  # fds received with the call being served
+        self.creds: list[int] = [0, 0, 0]  # [pid, uid, gid] of the sender of the call being served
 
 
 class Caller:
@@ -99,9 +103,9 @@ class Caller:
     def __init__(self, conn: _Conn, error_class: type, arg_addr: int = 0, nonblock: bool = False) -> None:
         self._conn = conn
         self._error = error_class
-        self.pid = conn.pid
-        self.uid = conn.uid
-        self.gid = conn.gid
+        # the process that sent this call, as the kernel vouches for it (never the process that
+        # opened the connection: a connection handed to another process acts as that process)
+        self.pid, self.uid, self.gid = conn.creds
         self.arg_addr = arg_addr
         self.nonblock = nonblock
         self.on_return: bytes | None = None  # bytes the caller writes at arg_addr as the call returns
@@ -119,7 +123,7 @@ class Caller:
         conn = self._conn
         if conn.direct:
             try:
-                return vm_read(conn.pid, addr, size)
+                return vm_read(self.pid, addr, size)
             except OSError as exc:
                 if exc.errno == _errno.EFAULT:
                     raise self._fault() from None
@@ -136,7 +140,7 @@ class Caller:
         conn = self._conn
         if conn.direct:
             try:
-                vm_write(conn.pid, addr, data)
+                vm_write(self.pid, addr, data)
                 return
             except OSError as exc:
                 if exc.errno == _errno.EFAULT:
@@ -168,11 +172,15 @@ class Caller:
             waiter.register(conn.sock.fileno(), select.POLLIN)
             if not waiter.poll(MEMORY_ANSWER_TIMEOUT * 1000):
                 raise ProtocolError(f"no answer to a memory request within {MEMORY_ANSWER_TIMEOUT:.0f} s")
-            msg = recv_msg(conn.sock, conn.buf)
+            creds = [0, 0, 0]
+            msg = recv_msg(conn.sock, conn.buf, creds=creds)
             if msg is None:
                 raise ProtocolError("end of file during a memory request")
             got, _flags, err, _b, _c, reply, fds = msg
             wire._close_fds(fds)
+            if creds[0] != self.pid:
+                # only the process blocked in the call may hand over its memory
+                raise ProtocolError(f"memory answer from pid {creds[0]} for a call of pid {self.pid}")
             if got != answer or (not err and answer == M_DATA and len(reply) != size):
                 raise ProtocolError("bad answer to a memory request")
         except (OSError, ProtocolError) as exc:
@@ -279,13 +287,25 @@ class Server:
         directory = os.path.dirname(path)
         if not os.path.isdir(directory):
             os.makedirs(directory, mode=0o700, exist_ok=True)
-        if os.path.exists(path) or os.path.islink(path):
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            st = None
+        if st is not None:
+            # Only a stale socket of ours (our uid, nobody listening) is ever removed; a busy
+            # server (full backlog: EAGAIN) is a live one.
+            if not stat.S_ISSOCK(st.st_mode):
+                raise OSError(_errno.EEXIST, f"{path} exists and is not a socket; not removing it")
+            if st.st_uid != os.geteuid():
+                raise OSError(_errno.EADDRINUSE, f"{path} is a socket of uid {st.st_uid}; not removing it")
             probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             probe.settimeout(1.0)
             try:
                 probe.connect(path)
-            except OSError:
+            except ConnectionRefusedError:
                 os.unlink(path)  # stale socket of a dead server
+            except OSError as exc:
+                raise OSError(_errno.EADDRINUSE, f"{path} is in use ({exc.strerror or exc}); not removing it") from None
             else:
                 raise OSError(_errno.EADDRINUSE, f"an xe_eudebug simulator is already running on {path}")
             finally:
@@ -297,7 +317,7 @@ class Server:
         finally:
             os.umask(old)
         os.chmod(path, 0o600)
-        listener.listen(64)
+        listener.listen(socket.SOMAXCONN)  # connect bursts queue rather than fail
         listener.settimeout(0.2)
         self.listener = listener
         self._listener_ino = os.stat(path).st_ino
@@ -400,11 +420,13 @@ class Server:
     def _serve_conn_loop(self, conn: _Conn) -> None:
         try:
             while not conn.dead:
-                msg = recv_msg(conn.sock, conn.buf)
+                msg = recv_msg(conn.sock, conn.buf, creds=conn.creds)
                 if msg is None:
                     break
                 kind, flags, a, b, c, payload, fds = msg
                 conn.held = fds
+                if conn.creds[0] <= 0 and kind != OP_CLONE and kind != OP_INFO:
+                    raise ProtocolError(f"request {kind} without sender credentials")
                 try:
                     self._dispatch(conn, kind, a, b, c, payload, fds)
                 finally:
@@ -590,6 +612,9 @@ class Server:
             elif kind == OP_GET_ENABLED:
                 result = int(bool(kernel.get_enabled(entry.device)))
             elif kind == OP_SET_ENABLED:
+                # enable_eudebug is a root-owned 0644 sysfs file: opening it to write is EACCES
+                if not procmem.may_write_root_file(caller.pid):
+                    raise _make_error(self.error_class, _errno.EACCES)
                 result = int(bool(kernel.set_enabled(entry.device, bool(a))))
             else:
                 raise ProtocolError(f"unknown request kind {kind}")
