@@ -374,3 +374,70 @@ def test_connect_waits_out_a_full_backlog_within_its_deadline(tmp_path):
             except BlockingIOError:
                 break
         listener.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# 7, 8. bounded allocation; large copies in caller mode
+
+def _hwm_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_a_huge_copy_over_a_small_buffer_faults_without_allocating_it(sim_server):
+    from tests.kbhelpers import U, seam
+
+    srv = sim_server()
+    dev = srv.open_device()
+    try:
+        small = mmap.mmap(-1, 1 << 20)
+        addr = ctypes.addressof(ctypes.c_char.from_buffer(small))
+        before = _hwm_mib(srv.pid)
+        arg = U.drm_xe_debug_metadata_create(type=0, user_addr=addr, len=(512 << 20))
+        assert seam.try_ioctl(dev, U.DRM_IOCTL_XE_DEBUG_METADATA_CREATE, arg) == -errno.EFAULT
+        assert _hwm_mib(srv.pid) - before < 64, "the server allocated the announced length"
+    finally:
+        os.close(dev)
+
+
+def test_a_header_announcing_a_huge_payload_allocates_nothing_before_it_arrives(sim_server):
+    srv = sim_server(kernel=FAKE_KERNEL)
+    before = _hwm_mib(srv.pid)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(srv.socket)
+    try:
+        s.sendall(port.HEADER.pack(256 << 20, port.OP_INFO, 0, 0, 0, 0) + bytes(4096))
+        time.sleep(0.5)                                     # the server has read what there is
+        assert _hwm_mib(srv.pid) - before < 64
+    finally:
+        s.close()
+
+
+def test_caller_mode_copies_large_ranges_in_bounded_pieces(sim_server):
+    from tests.test_sim_transport import FAKE_PEEK
+
+    srv = sim_server(kernel=FAKE_KERNEL, memory_access="caller")
+    dev = srv.open_device()
+    size = 3 << 20
+    data = mmap.mmap(-1, size)
+    data[:] = b"\x01" * size
+    base = ctypes.addressof(ctypes.c_char.from_buffer(data))
+    sock, buf = port.connect(srv.socket).thread_conn()
+    asked = []
+    try:
+        port.send_msg(sock, port.OP_IOCTL, 0, FAKE_PEEK, 0, 0, struct.pack("<QQ", base, size), dev)
+        while True:
+            kind, _f, a, b, _c, _p, fds = port.recv_msg(sock, buf)
+            port._close_fds(fds)
+            if kind == port.R_REPLY:
+                break
+            assert kind == port.R_MEMREAD
+            asked.append(b)
+            port.send_msg(sock, port.M_DATA, 0, 0, 0, 0, data[a - base:a - base + b])
+        assert (a, b) == (size, 0)                          # every byte read, no error
+        assert sum(asked) == size and max(asked) <= 1 << 20
+    finally:
+        os.close(dev)

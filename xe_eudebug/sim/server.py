@@ -55,6 +55,7 @@ RELEASE_ORDER_WAIT = 0.05  # seconds a slow release holds up the next one (see _
 RELEASE_SYNC_WAIT = 10.0   # seconds a call waits for releases of files closed before it (a release
 #                            waiting for a discovery to finish can take that long under load)
 RELEASE_BLOCKED_CHECK = 0.005  # seconds between checks whether such a release blocks on a full fifo
+MEMORY_CHUNK = 1 << 20  # bytes of caller memory copied (or asked for) at a time
 MEMORY_ANSWER_TIMEOUT = 30.0  # seconds a caller may take to answer a memory request
 _MAX_RW = wire._MAX_RW  # largest read served in one call (short counts beyond, like the VFS)
 # Diagnostics: a directory in XE_EUDEBUG_SIM_PROFILE gets one cProfile dump per control
@@ -120,6 +121,16 @@ class Caller:
             raise self._fault()
         if size == 0:
             return b""
+        if size <= MEMORY_CHUNK:
+            return self._read(addr, size)
+        # Copied piece by piece: memory grows only with what was really read, a bad range
+        # faults at its first bad piece, and no answer of the caller's side exceeds the cap.
+        out = bytearray()
+        for off in range(0, size, MEMORY_CHUNK):
+            out += self._read(addr + off, min(MEMORY_CHUNK, size - off))
+        return bytes(out)
+
+    def _read(self, addr: int, size: int) -> bytes:
         conn = self._conn
         if conn.direct:
             try:
@@ -137,6 +148,14 @@ class Caller:
             raise self._fault()
         if size == 0:
             return
+        if size > MEMORY_CHUNK:
+            view = memoryview(data)
+            for off in range(0, size, MEMORY_CHUNK):
+                self._write(addr + off, view[off:off + MEMORY_CHUNK])
+            return
+        self._write(addr, data)
+
+    def _write(self, addr: int, data: bytes | memoryview) -> None:
         conn = self._conn
         if conn.direct:
             try:
