@@ -441,3 +441,87 @@ def test_caller_mode_copies_large_ranges_in_bounded_pieces(sim_server):
         assert sum(asked) == size and max(asked) <= 1 << 20
     finally:
         os.close(dev)
+
+
+# ------------------------------------------------------------------------------------------------
+# 11, 12. a caller killed in a sleeping call
+
+def _blocked_child(body) -> int:
+    """Fork a child that runs body() (a call that sleeps) and reports through a pipe just before."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        try:
+            body(lambda: os.write(w, b"x"))
+        finally:
+            os._exit(0)
+    os.close(w)
+    assert os.read(r, 1) == b"x"
+    os.close(r)
+    time.sleep(0.3)                                  # now asleep in the call
+    return pid
+
+
+def _wait_until(predicate, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+def test_a_debugger_killed_in_read_event_is_detached_at_once(sim_server):
+    from tests.kbhelpers import connect, read_event_raw
+
+    srv = sim_server(enable_default=True, read_event_timeout=120)
+    target, stop = _sleeper()
+    dev = srv.open_device()
+    try:
+        def debugger(ready) -> None:
+            dfd, _ = connect(dev, target)
+            assert dfd >= 0
+            ready()
+            read_event_raw(dfd)                       # sleeps: no event will come
+
+        child = _blocked_child(debugger)
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+
+        def attachable() -> bool:
+            dfd, _ = connect(dev, target)
+            if dfd >= 0:
+                os.close(dfd)
+            return dfd >= 0
+
+        assert _wait_until(attachable), "the killed debugger stayed attached (EBUSY)"
+    finally:
+        os.close(dev)
+        os.close(stop)
+        os.waitpid(target, 0)
+
+
+def test_a_caller_killed_in_an_endless_wait_user_fence_frees_its_server_thread(sim_server):
+    from tests.kbhelpers import U, seam
+
+    srv = sim_server()
+    dev = srv.open_device()
+    threads = lambda: len(os.listdir(f"/proc/{srv.pid}/task"))  # noqa: E731
+    try:
+        baseline = threads()
+
+        def waiter(ready) -> None:
+            cell = ctypes.c_uint64(0)
+            arg = U.drm_xe_wait_user_fence(addr=ctypes.addressof(cell), op=U.DRM_XE_UFENCE_WAIT_OP_EQ,
+                                           value=1, mask=0xFFFFFFFFFFFFFFFF, timeout=-1)
+            ready()
+            seam.try_ioctl(dev, U.DRM_IOCTL_XE_WAIT_USER_FENCE, arg)
+
+        child = _blocked_child(waiter)
+        assert threads() > baseline                  # its connection's thread, asleep in the call
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+        assert _wait_until(lambda: threads() <= baseline), "the server thread of the killed caller lives on"
+    finally:
+        os.close(dev)

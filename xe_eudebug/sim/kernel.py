@@ -473,6 +473,15 @@ def _proc_status(pid: int) -> dict[str, str] | None:
     return out
 
 
+CALLER_CHECK = 0.2  # seconds between checks, in a sleeping call, whether its caller is gone
+
+
+def _caller_gone(caller: Caller) -> bool:
+    """Whether the process blocked in a call has died (callers that cannot tell: never)."""
+    gone = getattr(caller, "gone", None)
+    return bool(gone is not None and gone())
+
+
 def _dumpable(pid: int, status: dict[str, str]) -> bool:
     """Whether process `pid` is dumpable: proc shows the files (not the directory) of a process
     that is not as owned by root, whatever its effective ids (task_dump_owner)."""
@@ -1428,7 +1437,10 @@ class Kernel:
             if deadline is not None and now >= deadline:
                 err = E.ETIME
                 break
-            wait = 1.0 if deadline is None else min(1.0, (deadline - now) / 1e9)
+            wait = CALLER_CHECK if deadline is None else min(CALLER_CHECK, (deadline - now) / 1e9)
+            if _caller_gone(caller):               # killed while it sleeps: the call ends now
+                err = E.EINTR
+                break
             with self._lock:
                 if self._fence_gen == gen and not self._pending_fence_writes.get(me):
                     self._fence_cv.wait(wait)
@@ -1762,7 +1774,9 @@ class Kernel:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         break
-                    conn.cv.wait(left)
+                    conn.cv.wait(min(left, CALLER_CHECK))
+                    if _caller_gone(caller):       # killed while it sleeps: the call ends now
+                        raise _fail(E.EINTR, "READ_EVENT: caller killed")
             if conn.fifo:
                 head = conn.fifo[0]
                 need = len(head)

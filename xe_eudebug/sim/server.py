@@ -55,6 +55,7 @@ RELEASE_ORDER_WAIT = 0.05  # seconds a slow release holds up the next one (see _
 RELEASE_SYNC_WAIT = 10.0   # seconds a call waits for releases of files closed before it (a release
 #                            waiting for a discovery to finish can take that long under load)
 RELEASE_BLOCKED_CHECK = 0.005  # seconds between checks whether such a release blocks on a full fifo
+_GONE_EVENTS = select.POLLHUP | select.POLLERR | getattr(select, "POLLRDHUP", 0x2000)
 MEMORY_CHUNK = 1 << 20  # bytes of caller memory copied (or asked for) at a time
 MEMORY_ANSWER_TIMEOUT = 30.0  # seconds a caller may take to answer a memory request
 _MAX_RW = wire._MAX_RW  # largest read served in one call (short counts beyond, like the VFS)
@@ -113,6 +114,17 @@ class Caller:
 
     def _fault(self) -> Exception:
         return _make_error(self._error, _errno.EFAULT)
+
+    def gone(self) -> bool:
+        """The process blocked in this call is gone (its end of the connection closed): the
+        kernel's fatal-signal check for a sleeping call."""
+        conn = self._conn
+        if conn.dead:
+            return True
+        waiter = select.poll()
+        waiter.register(conn.sock.fileno(), _GONE_EVENTS)
+        events = waiter.poll(0)
+        return bool(events and events[0][1] & _GONE_EVENTS)
 
     def read(self, addr: int, size: int) -> bytes:
         addr = int(addr)
