@@ -525,3 +525,55 @@ def test_a_caller_killed_in_an_endless_wait_user_fence_frees_its_server_thread(s
         assert _wait_until(lambda: threads() <= baseline), "the server thread of the killed caller lives on"
     finally:
         os.close(dev)
+
+
+# ------------------------------------------------------------------------------------------------
+# 10. fd exhaustion in the server
+
+@needs_root
+def test_a_full_server_fd_table_fails_connect_with_emfile_and_leaves_nothing_behind(sim_server):
+    import resource
+
+    from tests.kbhelpers import connect
+
+    srv = sim_server(enable_default=True)
+    target, stop = _sleeper()
+    dev = srv.open_device()
+    saved = resource.prlimit(srv.pid, resource.RLIMIT_NOFILE)
+    try:
+        for room in (0, 1, 2, 3):                   # the call's fd, the new file's socketpair
+            used = len(os.listdir(f"/proc/{srv.pid}/fd"))
+            resource.prlimit(srv.pid, resource.RLIMIT_NOFILE, (used + room, saved[1]))
+            ret, _ = connect(dev, target)
+            resource.prlimit(srv.pid, resource.RLIMIT_NOFILE, saved)
+            if ret >= 0:
+                os.close(ret)                       # enough room: attached, and detached again
+            else:
+                assert ret == -errno.EMFILE, f"room for {room} fds: {errno.errorcode.get(-ret, ret)}"
+
+            def attachable() -> bool:
+                again, _ = connect(dev, target)
+                if again >= 0:
+                    os.close(again)
+                return again >= 0
+
+            # no ghost attachment: a CONNECT works (at once after a failure, after the release
+            # of the closed fd after a success), and debugging can be switched off after it
+            assert attachable() if ret < 0 else _wait_until(attachable, 5.0), f"room for {room} fds"
+            assert _wait_until(lambda: _disable_enable(dev), 5.0)
+    finally:
+        resource.prlimit(srv.pid, resource.RLIMIT_NOFILE, saved)
+        os.close(dev)
+        os.close(stop)
+        os.waitpid(target, 0)
+
+
+def _disable_enable(dev: int) -> bool:
+    try:
+        port.set_enabled(dev, False)
+    except OSError as exc:
+        if exc.errno == errno.EBUSY:
+            return False
+        raise
+    port.set_enabled(dev, True)
+    return True

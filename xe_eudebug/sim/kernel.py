@@ -464,7 +464,9 @@ def _proc_status(pid: int) -> dict[str, str] | None:
     try:
         with open(f"/proc/{pid}/status", "rb") as f:
             text = f.read().decode("ascii", "replace")
-    except OSError:
+    except OSError as exc:
+        if exc.errno in (E.EMFILE, E.ENFILE, E.ENOMEM):
+            raise _fail(exc.errno, "reading process credentials") from None
         return None
     out = {}
     for line in text.splitlines():
@@ -599,7 +601,7 @@ class Kernel:
             raise _fail(E.ENODEV, "open")
         dev = self.devices[index]
         with self._reading(dev):
-            file = DeviceFile(dev, int(caller.pid))
+            file = DeviceFile(dev, int(caller.pid))   # first: it may fail (no pidfd: EMFILE)
             dev.files.append(file)
             conn = self._conn_for(file)
             if conn is not None:
@@ -1290,6 +1292,7 @@ class Kernel:
         if num_binds == 0:
             return self._fence_now(fence)          # "nothing to do": fences signalled, success
         # execute the ops
+        binder = procmem.task_of(int(caller.pid)) if any(o[5] == OP_MAP_USERPTR for o in ops) else None
         did_something = False
         op_events: list[tuple[int, int, int, list[tuple[int, int]]]] = []  # (flags, addr, range, attach)
         for (obj, _pat, obj_offset, rng, addr, op, flags, _region, _c), bo, attach in zip(ops, bos, attach_lists):
@@ -1297,7 +1300,7 @@ class Kernel:
                 self._unmap_range(vm, addr, addr + rng)
                 kind = "null" if flags & BIND_FLAG_NULL else ("userptr" if op == OP_MAP_USERPTR else "bo")
                 # a userptr maps the binder's memory, whoever opened the DRM file
-                task = procmem.task_of(int(caller.pid)) if kind == "userptr" else None
+                task = binder if kind == "userptr" else None
                 self._insert_vma(vm, Vma(addr, addr + rng, kind, bo, obj_offset, list(attach), task))
                 if bo is not None:
                     bo.refs += 1

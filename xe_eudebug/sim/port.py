@@ -248,6 +248,11 @@ class ProtocolError(Exception):
     """A peer sent bytes that are not a valid message."""
 
 
+class FdsDropped(ProtocolError):
+    """A whole message arrived but the file descriptors sent with it could not be received (the
+    receiver's fd table is full): the message is consumed, the connection stays usable."""
+
+
 def send_msg(sock: socket.socket, kind: int, flags: int = 0, a: int = 0, b: int = 0, c: int = 0,
              payload: bytes | bytearray | memoryview = b"", fd: int = -1) -> None:
     """Send one message (one sendmsg call in the common case)."""
@@ -326,23 +331,30 @@ def recv_msg(sock: socket.socket, buf: bytearray, flags: int = _MSG_CMSG_CLOEXEC
     """
     nbytes, ancdata, msg_flags, _ = sock.recvmsg_into([buf], _FDS_ANC if creds is None else _CREDS_ANC, flags)
     fds = _fds_of(ancdata) if ancdata else []
+    dropped = False
     if creds is not None:
         creds[:] = _creds_of(ancdata)
     if msg_flags & _MSG_CTRUNC:
         _close_fds(fds)
-        raise ProtocolError("control data truncated")
+        fds = []
+        dropped = True  # read the message all the same, then say so (FdsDropped)
     if nbytes == 0:
         _close_fds(fds)
         return None
     if nbytes >= HEADER_SIZE:
         length, kind, mflags, a, b, c = _unpack_header(buf)
         if nbytes == HEADER_SIZE + length:  # the common case: the whole message at once
+            if dropped:
+                raise FdsDropped("file descriptors of a message dropped (fd table full)")
             return kind, mflags, a, b, c, bytes(buf[HEADER_SIZE:nbytes]) if length else b"", fds
     try:
-        return _recv_rest(sock, buf, nbytes, fds, creds)
+        msg = _recv_rest(sock, buf, nbytes, fds, creds)
     except BaseException:
         _close_fds(fds)
         raise
+    if dropped:
+        raise FdsDropped("file descriptors of a message dropped (fd table full)")
+    return msg
 
 
 def _recv_into(sock: socket.socket, view: memoryview, creds: list[int] | None) -> int:
@@ -700,6 +712,9 @@ class _Link:
                 self.drop_thread_conn()
                 raise SimulatorConnectionLost(os.strerror(exc.errno or 0)) from None
             raise
+        except FdsDropped:
+            # the reply's new fd did not fit in this process's fd table, as open(2) would say
+            raise OSError(_errno.EMFILE, os.strerror(_errno.EMFILE)) from None
         except ProtocolError as exc:
             self.drop_thread_conn()
             raise OSError(_errno.EPROTO, f"xe_eudebug simulator protocol error: {exc}") from None

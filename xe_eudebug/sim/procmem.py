@@ -94,7 +94,9 @@ class Task:
         self.pid = pid
         try:
             self.fd = os.pidfd_open(pid)
-        except OSError:
+        except OSError as exc:
+            if exc.errno not in (_errno.ESRCH, _errno.EINVAL):
+                raise  # EMFILE, ENFILE, ENOMEM: the caller's call fails with it
             self.fd = -1  # no such process: a Task that is never alive
 
     def alive(self) -> bool:
@@ -140,7 +142,8 @@ _SWEEP_AT = 256
 
 def task_of(pid: int) -> Task:
     """The Task of live process `pid` (the same object for every call of that process); a
-    fresh, never-alive Task if there is no such process."""
+    fresh, never-alive Task if there is no such process.  OSError(EMFILE...) if no pidfd can be
+    opened."""
     global _SWEEP_AT
     pid = int(pid)
     with _tasks_lock:

@@ -451,7 +451,12 @@ class Server:
     def _serve_conn_loop(self, conn: _Conn) -> None:
         try:
             while not conn.dead:
-                msg = recv_msg(conn.sock, conn.buf, creds=conn.creds)
+                try:
+                    msg = recv_msg(conn.sock, conn.buf, creds=conn.creds)
+                except wire.FdsDropped:
+                    # the fd of the call could not be received: the server's fd table is full
+                    self._reply(conn, err=_errno.EMFILE)
+                    continue
                 if msg is None:
                     break
                 kind, flags, a, b, c, payload, fds = msg
@@ -502,7 +507,11 @@ class Server:
             if fds or payload:
                 raise ProtocolError(f"request {kind} carries unexpected data")
             if kind == OP_CLONE:
-                mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+                try:
+                    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+                except OSError as exc:
+                    self._reply(conn, err=exc.errno or _errno.EMFILE)
+                    return
                 self._spawn_conn(_Conn(mine, conn.pid, conn.uid, conn.gid, conn.direct))
                 try:
                     self._reply(conn, fd=theirs.fileno())
@@ -546,7 +555,13 @@ class Server:
             self._finish_dirty(None)
             self._reply(conn, err=self._errno_of(exc, "open"))
             return
-        entry, client = self._new_entry(file, index, KIND_DEVICE)
+        try:
+            entry, client = self._new_entry(file, index, KIND_DEVICE)
+        except OSError as exc:
+            self._undo_file(file)
+            self._finish_dirty(None)
+            self._reply(conn, err=exc.errno or _errno.EMFILE)
+            return
         self._finish_dirty(None)
         try:
             self._reply(conn, fd=client.fileno(), flags=F_CLOEXEC)
@@ -605,7 +620,12 @@ class Server:
             else:
                 kind, cloexec = KIND_OTHER, True
             cloexec = bool(getattr(result, "cloexec", cloexec))
-            new = self._new_entry(result, entry.device, kind)
+            try:
+                new = self._new_entry(result, entry.device, kind)
+            except OSError as exc:
+                # no fd for the new file (EMFILE): the call fails and leaves nothing behind
+                self._undo_file(result)
+                err = exc.errno or _errno.EMFILE
             flags = 0 if not cloexec else F_CLOEXEC
         drain = self._finish_dirty(entry)
         if new is None:
@@ -659,6 +679,13 @@ class Server:
         self._reply(conn, result, 0, drain, data, fd_out)
 
     # -- files --------------------------------------------------------------------------------
+    def _undo_file(self, file: Any) -> None:
+        """Release a file the kernel created for a call that then failed."""
+        try:
+            self.kernel.release(file)
+        except Exception:
+            log.exception("kernel model failed in release")
+
     def _new_entry(self, file: Any, device: int, kind: int) -> tuple[_Entry, socket.socket]:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         key = file_key(theirs.fileno())
