@@ -577,3 +577,37 @@ def _disable_enable(dev: int) -> bool:
         raise
     port.set_enabled(dev, True)
     return True
+
+
+# ------------------------------------------------------------------------------------------------
+# 14, 15. prompt release in an idle server; the documented release wait
+
+def test_an_idle_server_closes_the_memory_of_freed_buffer_objects(sim_server):
+    from tests.kbhelpers import U, seam
+
+    srv = sim_server()
+    fds = lambda: len(os.listdir(f"/proc/{srv.pid}/fd"))  # noqa: E731
+    dev = srv.open_device()
+    baseline = fds()
+    handles = []
+    for _ in range(8):
+        arg = U.drm_xe_gem_create(size=1 << 16, placement=1, cpu_caching=U.DRM_XE_GEM_CPU_CACHING_WB)
+        assert seam.try_ioctl(dev, U.DRM_IOCTL_XE_GEM_CREATE, arg) == 0
+        handles.append(int(arg.handle))
+    assert fds() >= baseline + 8
+    for h in handles:
+        assert seam.try_ioctl(dev, U.DRM_IOCTL_GEM_CLOSE, U.drm_gem_close(handle=h)) == 0
+    try:
+        # no further call: the server frees them on its own
+        assert _wait_until(lambda: fds() <= baseline, 10.0), f"{fds() - baseline} memfds still open"
+    finally:
+        os.close(dev)
+
+
+def test_the_documented_release_wait_is_the_one_in_the_code():
+    from xe_eudebug.sim.server import RELEASE_SYNC_WAIT
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "docs", "simulator.md")) as f:
+        text = " ".join(f.read().split())
+    assert f"waits (up to {RELEASE_SYNC_WAIT:g} s" in text

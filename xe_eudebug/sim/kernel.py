@@ -991,6 +991,13 @@ class Kernel:
             except OSError:
                 pass
 
+    def housekeeping(self) -> None:
+        """Periodic work of an idle model (the server calls it a few times a second): close the
+        memfds of freed BOs once no mmap can still be sending them."""
+        if self._dead_fds:
+            with self._lock:
+                self._reap_fds()
+
     def close(self) -> None:
         """Free every memfd the model holds (server shutdown)."""
         with self._lock:

@@ -386,6 +386,12 @@ class Server:
                     self._start_conn(sock)
                     idle_since = None
                     continue
+                housekeeping = getattr(self.kernel, "housekeeping", None)
+                if housekeeping is not None:
+                    try:
+                        housekeeping()
+                    except Exception:
+                        log.exception("kernel model failed in housekeeping")
                 idle_exit = self.config.idle_exit
                 if self.owner_pid and not _alive(self.owner_pid):
                     # the process that started this private instance is gone (killed without
