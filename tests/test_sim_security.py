@@ -303,12 +303,8 @@ def test_socket_option_never_removes_a_file_that_is_not_a_stale_socket(tmp_path)
     assert _run_server(str(stale)).returncode == 0
 
 
-def test_a_busy_live_server_is_not_taken_over(tmp_path):
-    path = str(tmp_path / "busy")
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
-    listener.listen(0)                            # never accepts: its backlog fills
-    ino = os.stat(path).st_ino
+def _fill_backlog(path: str) -> list[socket.socket]:
+    """Connections queued on a listener that does not accept, until its backlog is full."""
     queued = []
     while True:
         c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -319,6 +315,16 @@ def test_a_busy_live_server_is_not_taken_over(tmp_path):
             c.close()
             break
         queued.append(c)
+    return queued
+
+
+def test_a_busy_live_server_is_not_taken_over(tmp_path):
+    path = str(tmp_path / "busy")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(0)                            # never accepts: its backlog fills
+    ino = os.stat(path).st_ino
+    queued = _fill_backlog(path)
     try:
         done = _run_server(path)
         assert done.returncode != 0
@@ -337,16 +343,7 @@ def test_connect_waits_out_a_full_backlog_within_its_deadline(tmp_path):
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen(0)
-    queued = []
-    while True:
-        c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        c.setblocking(False)
-        try:
-            c.connect(path)
-        except BlockingIOError:
-            c.close()
-            break
-        queued.append(c)
+    queued = _fill_backlog(path)
     result: list = []
 
     def client() -> None:
