@@ -608,3 +608,20 @@ def test_the_documented_release_wait_is_the_one_in_the_code():
     with open(os.path.join(root, "docs", "simulator.md")) as f:
         text = " ".join(f.read().split())
     assert f"waits (up to {RELEASE_SYNC_WAIT:g} s" in text
+
+
+def test_an_exited_but_unreaped_process_keeps_its_task():
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(w)
+        os.read(r, 1)
+        os._exit(0)
+    os.close(r)
+    task = procmem.task_of(pid)
+    os.close(w)                                    # it exits; not reaped yet: a zombie
+    assert _wait_until(lambda: not task.alive(), 5.0)
+    assert procmem.task_of(pid) is task            # same process: its pid cannot be reused yet
+    os.waitpid(pid, 0)
+    gone = procmem.task_of(pid)
+    assert gone is not task and gone.fd < 0 and not gone.alive()

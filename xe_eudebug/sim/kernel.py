@@ -1638,8 +1638,8 @@ class Kernel:
             if not self._may_access(int(caller.pid), target, target_status or {}):
                 raise _fail(E.EACCES, "EUDEBUG_CONNECT: no ptrace access")
             ttask = procmem.task_of(target)
-            if not ttask.alive():
-                raise _fail(E.ENOENT, "EUDEBUG_CONNECT: no such process")
+            if ttask.fd < 0:                      # gone since its status was read (a zombie is
+                raise _fail(E.ENOENT, "EUDEBUG_CONNECT: no such process")  # still there)
             if any(c.target_task is ttask for c in dev.conns):
                 raise _fail(E.EBUSY, "EUDEBUG_CONNECT: target already debugged")
             conn = Connection(self, dev, target)

@@ -141,8 +141,8 @@ _SWEEP_AT = 256
 
 
 def task_of(pid: int) -> Task:
-    """The Task of live process `pid` (the same object for every call of that process); a
-    fresh, never-alive Task if there is no such process.  OSError(EMFILE...) if no pidfd can be
+    """The Task of process `pid` (the same object for every call of that process, until it is
+    reaped); a fresh Task with no pidfd (fd -1), never alive, if there is no such process.  OSError(EMFILE...) if no pidfd can be
     opened."""
     global _SWEEP_AT
     pid = int(pid)
@@ -150,7 +150,13 @@ def task_of(pid: int) -> Task:
         task = _tasks.get(pid)
         if task is not None and task.alive():
             return task
-        task = Task(pid)
+        new = Task(pid)
+        if task is not None and task.fd >= 0 and new.fd >= 0 and not new.alive():
+            # An exited process not yet reaped (a zombie) keeps its pid, so this is the same
+            # process: keep its Task (a pid is only reused once reaped).
+            new.__del__()
+            return task
+        task = new
         _tasks[pid] = task
         if len(_tasks) >= _SWEEP_AT:
             # forget exited processes (what still holds their Task keeps it, dead)

@@ -342,6 +342,8 @@ class Server:
             finally:
                 probe.close()
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        # inherited by accepted connections: credentials on messages sent before accept() too
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         old = os.umask(0o177)
         try:
             listener.bind(path)
