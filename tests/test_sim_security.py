@@ -499,29 +499,46 @@ def test_a_debugger_killed_in_read_event_is_detached_at_once(sim_server):
         os.waitpid(target, 0)
 
 
-def test_a_caller_killed_in_an_endless_wait_user_fence_frees_its_server_thread(sim_server):
+def test_a_caller_interrupted_in_an_endless_wait_user_fence_frees_its_server_thread(sim_server):
+    """SIGINT in a WAIT_USER_FENCE with an infinite timeout: the caller's side abandons the call
+    (KeyboardInterrupt drops the thread's connection) while the process lives on, its memory still
+    readable; the server's thread must not keep waiting for it."""
     from tests.kbhelpers import U, seam
 
     srv = sim_server()
     dev = srv.open_device()
     threads = lambda: len(os.listdir(f"/proc/{srv.pid}/task"))  # noqa: E731
+    stop_r, stop_w = os.pipe()
     try:
         baseline = threads()
 
         def waiter(ready) -> None:
+            os.close(stop_w)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
             cell = ctypes.c_uint64(0)
             arg = U.drm_xe_wait_user_fence(addr=ctypes.addressof(cell), op=U.DRM_XE_UFENCE_WAIT_OP_EQ,
                                            value=1, mask=0xFFFFFFFFFFFFFFFF, timeout=-1)
             ready()
-            seam.try_ioctl(dev, U.DRM_IOCTL_XE_WAIT_USER_FENCE, arg)
+            try:
+                seam.try_ioctl(dev, U.DRM_IOCTL_XE_WAIT_USER_FENCE, arg)
+            except KeyboardInterrupt:
+                os.read(stop_r, 1)                   # alive, until the test is done
 
         child = _blocked_child(waiter)
-        assert threads() > baseline                  # its connection's thread, asleep in the call
-        os.kill(child, signal.SIGKILL)
-        os.waitpid(child, 0)
-        assert _wait_until(lambda: threads() <= baseline), "the server thread of the killed caller lives on"
+        try:
+            blocked = threads()
+            assert blocked > baseline                # its connections' threads, one asleep in the call
+            os.kill(child, signal.SIGINT)
+            assert _wait_until(lambda: threads() < blocked), "the server thread of the abandoned call lives on"
+        finally:
+            os.close(stop_w)
+            stop_w = -1
+            os.waitpid(child, 0)
     finally:
         os.close(dev)
+        os.close(stop_r)
+        if stop_w >= 0:
+            os.close(stop_w)
 
 
 # ------------------------------------------------------------------------------------------------
