@@ -628,15 +628,9 @@ def test_the_documented_release_wait_is_the_one_in_the_code():
 
 
 def test_an_exited_but_unreaped_process_keeps_its_task():
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(w)
-        os.read(r, 1)
-        os._exit(0)
-    os.close(r)
+    pid, stop = _sleeper()
     task = procmem.task_of(pid)
-    os.close(w)                                    # it exits; not reaped yet: a zombie
+    os.close(stop)                                 # it exits; not reaped yet: a zombie
     assert _wait_until(lambda: not task.alive(), 5.0)
     assert procmem.task_of(pid) is task            # same process: its pid cannot be reused yet
     os.waitpid(pid, 0)
