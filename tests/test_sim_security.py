@@ -181,13 +181,18 @@ def test_userptr_bound_through_another_process_file_maps_the_binder_memory():
     page = mmap.mmap(-1, 4096, mmap.MAP_PRIVATE)
     page[:16] = b"opener's bytes.."
     r, w = os.pipe()
+    ready_r, ready_w = os.pipe()
     binder = os.fork()
     if binder == 0:
         page[:16] = b"binder's bytes.."
         os.close(w)
+        os.write(ready_w, b"x")
         os.read(r, 1)
         os._exit(0)
     os.close(r)
+    os.close(ready_w)
+    assert os.read(ready_r, 1) == b"x"              # its bytes are in place
+    os.close(ready_r)
     try:
         f = env.open()                              # opened by this process
         d = env.debugger(f)
@@ -526,8 +531,10 @@ def test_a_caller_interrupted_in_an_endless_wait_user_fence_frees_its_server_thr
 
         child = _blocked_child(waiter)
         try:
+            # its connections' threads (the process's and the calling thread's), one asleep in the call
+            assert _wait_until(lambda: threads() >= baseline + 2)
+            time.sleep(0.3)
             blocked = threads()
-            assert blocked > baseline                # its connections' threads, one asleep in the call
             os.kill(child, signal.SIGINT)
             assert _wait_until(lambda: threads() < blocked), "the server thread of the abandoned call lives on"
         finally:
