@@ -1,0 +1,245 @@
+"""``xe-eudebug monitor``: attach to a running process and print its eudebug events live.
+
+    xe-eudebug monitor --pid N [--json] [--metadata] [--ack] [--save FILE] [--device DEV] [--enable]
+
+Connects (``DRM_IOCTL_XE_EUDEBUG_CONNECT``) to process ``N`` on the selected device
+(``--device``, else ``XE_EUDEBUG_DEVICE``, else the first Xe render node, else the simulator),
+then prints one line per event in IGT's text form -- the discovery of what the process already
+holds first, then everything it does -- or one JSON object per line with ``--json``.
+
+* ``--metadata`` reads the payload of every debug metadata object created
+  (``DRM_XE_EUDEBUG_IOCTL_READ_METADATA``) and prints its first bytes (all of it in JSON).
+* ``--ack`` acknowledges VM_BIND_UFENCE events (``DRM_XE_EUDEBUG_IOCTL_ACK_EVENT``).  Without
+  it the kernel holds the process's user fences for as long as the monitor is attached, which is
+  what a debugger does; the process's ``DRM_IOCTL_XE_WAIT_USER_FENCE`` then times out.
+* ``--save FILE`` writes the received events as an event log (``xe-eudebug log print FILE``).
+
+Ctrl-C (SIGINT) or SIGTERM detaches (closes the debug fd) and prints one line.  The monitor also
+ends when the process has exited and no event came for a second.  Exit codes: 0 after a clean
+detach, 1 when the connection fails or is lost, 2 for a usage error (including a device
+selection that names no Xe device).
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import os
+import select
+import signal
+import sys
+import time
+from typing import Any, TextIO
+
+__all__ = ["add_parser", "run", "event_json"]
+
+#: Poll slice: how quickly Ctrl-C and the target's exit are noticed.
+POLL_MS = 100
+#: After the target exited, stop once no event arrived for this long (its files' releases).
+LINGER_S = 1.0
+#: How long a READ_METADATA keeps retrying EBUSY (the connection's discovery still running).
+DISCOVERY_WAIT_S = 10.0
+#: Payload bytes shown in the text form with --metadata.
+TEXT_PAYLOAD_BYTES = 32
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """Register ``monitor`` on the ``xe-eudebug`` sub-command parser."""
+    p = sub.add_parser("monitor", help="attach to a process and print its eudebug events live",
+                       description="Attach to a running process (DRM_IOCTL_XE_EUDEBUG_CONNECT) and "
+                                   "print its eudebug events as they arrive. Ctrl-C detaches.")
+    p.add_argument("--pid", type=int, required=True, help="the process to attach to")
+    p.add_argument("--json", action="store_true", help="one JSON object per event instead of IGT's text")
+    p.add_argument("--metadata", action="store_true", help="read and print debug metadata payloads")
+    p.add_argument("--ack", action="store_true", help="acknowledge user fences (VM_BIND_UFENCE events)")
+    p.add_argument("--save", metavar="FILE", help="write the received events as an event log file")
+    p.add_argument("--device", help="device to connect through (default: XE_EUDEBUG_DEVICE or the first Xe device)")
+    p.add_argument("--enable", action="store_true",
+                   help="enable eudebug on the device first (sysfs enable_eudebug; root on hardware)")
+    p.set_defaults(func=run)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).hex()
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    return int(value) if isinstance(value, int) else value
+
+
+def event_json(event: Any, **extra: Any) -> str:
+    """One event as a JSON object: ``type`` (the uapi name), ``flags`` (IGT's text), ``seqno``,
+    ``len``, then its payload fields by their C names, then ``extra``."""
+    from .events import flags_str
+
+    etype = event.type
+    obj: dict[str, Any] = {
+        "type": getattr(etype, "name", str(int(etype))),
+        "flags": flags_str(int(event.flags)),
+        "seqno": int(event.seqno),
+        "len": int(event.base.len),
+    }
+    for name, value in event.payload._asdict().items():
+        obj[name] = _jsonable(value)
+    obj.update(extra)
+    return json.dumps(obj)
+
+
+def _target_gone(pid: int) -> bool:
+    """The target has exited (no such process, or a zombie waiting to be reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return True
+    return stat[stat.rfind(b")") + 2:][:1] in (b"Z", b"X")
+
+
+def _connect_error(err: int, pid: int, where: str) -> str:
+    name = errno.errorcode.get(err, str(err))
+    reason = {
+        errno.ENODEV: f"eudebug is disabled on {where}; run with --enable (or write 1 to the device's "
+                      f"sysfs enable_eudebug)",
+        errno.ESRCH: f"no process with pid {pid}",
+        errno.EBUSY: f"pid {pid} already has a debugger attached on {where} (one per process); "
+                     f"stop that debugger first",
+        errno.EACCES: f"not allowed to debug pid {pid} (the ptrace access check failed)",
+        errno.EPERM: f"not allowed to debug pid {pid} (the ptrace access check failed)",
+        errno.EINVAL: f"pid {pid} is not a process that can be debugged",
+    }.get(err, os.strerror(err))
+    return f"xe-eudebug monitor: DRM_IOCTL_XE_EUDEBUG_CONNECT to pid {pid} failed with {name}: {reason}"
+
+
+class _Monitor:
+    def __init__(self, args: argparse.Namespace, dbg: Any, out: TextIO) -> None:
+        self.args = args
+        self.dbg = dbg
+        self.out = out
+        self.count = 0
+
+    def _read_metadata(self, event: Any) -> bytes | str:
+        deadline = time.monotonic() + DISCOVERY_WAIT_S
+        while True:
+            try:
+                return self.dbg.read_metadata(event.client_handle, event.metadata_handle, event.len)
+            except OSError as exc:
+                if exc.errno == errno.EBUSY and time.monotonic() < deadline:
+                    time.sleep(0.01)  # discovery is still running
+                    continue
+                return f"READ_METADATA failed: {errno.errorcode.get(exc.errno or 0, exc.errno)}"
+
+    def handle(self, event: Any) -> None:
+        from .events import EventFlags, EventType
+
+        self.count += 1
+        extra: dict[str, Any] = {}
+        payload: bytes | str | None = None
+        if self.args.metadata and event.type == EventType.METADATA and event.flags & EventFlags.CREATE:
+            payload = self._read_metadata(event)
+        acked: str | None = None
+        if self.args.ack and event.type == EventType.VM_BIND_UFENCE and event.flags & EventFlags.NEED_ACK:
+            try:
+                self.dbg.ack_ufence(event)
+                acked = "acked"
+            except OSError as exc:
+                acked = f"ACK_EVENT failed: {errno.errorcode.get(exc.errno or 0, exc.errno)}"
+        if self.args.json:
+            if isinstance(payload, bytes):
+                extra["payload"] = payload.hex()
+            elif payload is not None:
+                extra["payload_error"] = payload
+            if acked is not None:
+                extra["ack"] = acked
+            print(event_json(event, **extra), file=self.out, flush=True)
+            return
+        print(str(event), file=self.out)
+        if isinstance(payload, bytes):
+            head = payload[:TEXT_PAYLOAD_BYTES].hex(" ")
+            more = " ..." if len(payload) > TEXT_PAYLOAD_BYTES else ""
+            print(f"    payload ({len(payload)} bytes): {head}{more}", file=self.out)
+        elif payload is not None:
+            print(f"    payload: {payload}", file=self.out)
+        if acked is not None:
+            print(f"    {acked} seqno {event.seqno}", file=self.out)
+        self.out.flush()
+
+
+def run(args: argparse.Namespace) -> int:
+    from . import ioctl as seam
+    from .debugger import Debugger
+    from .device import device_name, enable_eudebug, open_device
+
+    try:
+        fd = open_device(args.device)
+    except (OSError, ValueError) as exc:
+        print(f"xe-eudebug monitor: {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}",
+              file=sys.stderr)
+        return EXIT_USAGE
+    stop = {"signal": 0}
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stop["signal"] = signum
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    dbg = None
+    try:
+        where = device_name(fd)
+        if args.enable:
+            try:
+                enable_eudebug(fd, True)
+            except OSError as exc:
+                print(f"xe-eudebug monitor: enabling eudebug on {where}: {exc}", file=sys.stderr)
+                return EXIT_FAIL
+        dbg = Debugger(fd)
+        ret = dbg.try_attach(args.pid)
+        if ret < 0:
+            print(_connect_error(-ret, args.pid, where), file=sys.stderr)
+            return EXIT_FAIL
+        print(f"xe-eudebug monitor: attached to pid {args.pid} on {where}; Ctrl-C detaches",
+              file=sys.stderr, flush=True)
+        mon = _Monitor(args, dbg, sys.stdout)
+        buf = None
+        quiet_since: float | None = None
+        why = ""
+        while not stop["signal"]:
+            ready = dict(seam.poll([(dbg.fd, select.POLLIN)], POLL_MS))
+            mask = ready.get(dbg.fd, 0)
+            if mask & select.POLLIN:
+                try:
+                    event = dbg.read_event(buf)
+                except OSError as exc:
+                    if exc.errno in (errno.EAGAIN, errno.ENOENT):
+                        continue
+                    why = f"READ_EVENT failed with {errno.errorcode.get(exc.errno or 0, exc.errno)}"
+                    break
+                dbg.log.append(event)
+                mon.handle(event)
+                quiet_since = None
+                continue
+            if mask & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                why = "the kernel ended the connection"
+                break
+            if _target_gone(args.pid):
+                now = time.monotonic()
+                quiet_since = quiet_since or now
+                if now - quiet_since >= LINGER_S:
+                    why = f"pid {args.pid} exited"
+                    break
+        if args.save:
+            dbg.log.save(args.save)
+        if stop["signal"]:
+            why = f"{signal.Signals(stop['signal']).name}"
+        lost = why.startswith(("READ_EVENT", "the kernel"))
+        saved = f"; log saved to {args.save}" if args.save else ""
+        print(f"xe-eudebug monitor: detached from pid {args.pid} ({why}) after {mon.count} events{saved}",
+              file=sys.stderr, flush=True)
+        return EXIT_FAIL if lost else EXIT_OK
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        if dbg is not None:
+            dbg.close()
+        os.close(fd)
