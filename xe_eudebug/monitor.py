@@ -72,7 +72,7 @@ def _jsonable(value: Any) -> Any:
 
 def event_json(event: Any, **extra: Any) -> str:
     """One event as a JSON object: ``type`` (the uapi name), ``flags`` (IGT's text), ``seqno``,
-    ``len``, then its payload fields by their C names, then ``extra``."""
+    ``len``, ``payload`` (its fields by their C names), then ``extra``."""
     from .events import flags_str
 
     etype = event.type
@@ -82,8 +82,7 @@ def event_json(event: Any, **extra: Any) -> str:
         "seqno": int(event.seqno),
         "len": int(event.base.len),
     }
-    for name, value in event.payload._asdict().items():
-        obj[name] = _jsonable(value)
+    obj["payload"] = {name: _jsonable(value) for name, value in event.payload._asdict().items()}
     obj.update(extra)
     return json.dumps(obj)
 
@@ -148,9 +147,9 @@ class _Monitor:
                 acked = f"ACK_EVENT failed: {errno.errorcode.get(exc.errno or 0, exc.errno)}"
         if self.args.json:
             if isinstance(payload, bytes):
-                extra["payload"] = payload.hex()
+                extra["metadata"] = payload.hex()
             elif payload is not None:
-                extra["payload_error"] = payload
+                extra["metadata_error"] = payload
             if acked is not None:
                 extra["ack"] = acked
             print(event_json(event, **extra), file=self.out, flush=True)
