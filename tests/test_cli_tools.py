@@ -4,12 +4,14 @@ output and exit codes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from typing import Iterator
 
 import pytest
 
@@ -83,6 +85,17 @@ class Debuggee:
             self.proc.wait(WAIT)
 
 
+@contextlib.contextmanager
+def _killed_at_exit() -> Iterator[list]:
+    """A list to put Debuggee/Monitor objects in; whatever still runs at exit is killed."""
+    procs: list = []
+    try:
+        yield procs
+    finally:
+        for proc in procs:
+            proc.kill()
+
+
 class Monitor:
     def __init__(self, env: dict[str, str], *args: str) -> None:
         self.proc = subprocess.Popen([sys.executable, "-m", "xe_eudebug", "monitor", "--enable", *args],
@@ -118,10 +131,11 @@ class Monitor:
 def test_monitor_prints_events_reads_metadata_acks_and_saves_a_log(sim, tmp_path):
     env = _env(sim)
     saved = tmp_path / "monitor.log"
-    debuggee = Debuggee(env, "--ufence", "--size", "8192")
-    monitor = None
-    try:
+    with _killed_at_exit() as procs:
+        debuggee = Debuggee(env, "--ufence", "--size", "8192")
+        procs.append(debuggee)
         monitor = Monitor(env, "--pid", str(debuggee.pid), "--metadata", "--ack", "--save", str(saved))
+        procs.append(monitor)
         assert debuggee.step().startswith("created vm")
         lines = monitor.wait_for("payload (8192 bytes)")
         assert any("client(2):create" in line for line in lines)
@@ -137,10 +151,6 @@ def test_monitor_prints_events_reads_metadata_acks_and_saves_a_log(sim, tmp_path
         lines = monitor.wait_for("client(2):destroy")
         debuggee.finish()
         lines, err, rc = monitor.finish()  # ends by itself once the debuggee has exited
-    finally:
-        debuggee.kill()
-        if monitor is not None:
-            monitor.kill()
     assert rc == 0, err
     assert err.strip().splitlines() == [
         f"xe-eudebug monitor: detached from pid {debuggee.pid} (pid {debuggee.pid} exited) after "
@@ -154,19 +164,16 @@ def test_monitor_prints_events_reads_metadata_acks_and_saves_a_log(sim, tmp_path
 
 def test_monitor_json_does_not_ack_unless_asked_and_detaches_on_sigint(sim):
     env = _env(sim)
-    debuggee = Debuggee(env, "--ufence", "--fence-wait", "1")
-    monitor = None
-    try:
+    with _killed_at_exit() as procs:
+        debuggee = Debuggee(env, "--ufence", "--fence-wait", "1")
+        procs.append(debuggee)
         monitor = Monitor(env, "--pid", str(debuggee.pid), "--json")
+        procs.append(monitor)
         debuggee.step()
         assert debuggee.step() == "user fence not signalled within 1.0 s (held by a debugger)"
         lines = monitor.wait_for('"VM_BIND_UFENCE"')
         lines, err, rc = monitor.finish(signal.SIGINT)  # the debuggee still runs
         assert debuggee.proc.poll() is None
-    finally:
-        debuggee.kill()
-        if monitor is not None:
-            monitor.kill()
     assert rc == 0, err
     assert err.strip().splitlines() == [
         f"xe-eudebug monitor: detached from pid {debuggee.pid} (SIGINT) after {len(lines)} events"]

@@ -47,6 +47,18 @@ _OP_NAMES = {OP_OPEN: "open", OP_READ: "read", OP_PREAD: "pread", OP_PWRITE: "pw
              OP_SET_ENABLED: "set_enable_eudebug", OP_CLONE: "clone_connection", OP_INFO: "info",
              OP_FILE_INFO: "file_info"}
 _WHENCE = {os.SEEK_SET: "SEEK_SET", os.SEEK_CUR: "SEEK_CUR", os.SEEK_END: "SEEK_END"}
+#: How each request kind shows its arguments (after the file), from the wire message's fields.
+_OP_ARGS = {
+    OP_OPEN: lambda t, a, b, p: f'"sim:{a}"',
+    OP_CLONE: lambda t, a, b, p: "",
+    OP_INFO: lambda t, a, b, p: "",
+    OP_READ: lambda t, a, b, p: f"{t}, {a}",
+    OP_PREAD: lambda t, a, b, p: f"{t}, {a}, {b:#x}",
+    OP_PWRITE: lambda t, a, b, p: f"{t}, {len(p)}, {b:#x}",
+    OP_LSEEK: lambda t, a, b, p: f"{t}, {a:#x}, {_WHENCE.get(b, b)}",
+    OP_MMAP: lambda t, a, b, p: f"{t}, {a}, {b:#x}",
+    OP_SET_ENABLED: lambda t, a, b, p: f"{t}, {a}",
+}
 _POLL_BITS = [(select.POLLIN, "POLLIN"), (select.POLLOUT, "POLLOUT"), (select.POLLERR, "POLLERR"),
               (select.POLLHUP, "POLLHUP"), (select.POLLNVAL, "POLLNVAL")]
 _EVENT_HEADER = "drm_xe_eudebug_event"
@@ -179,23 +191,8 @@ class Tracer:
             request = a & 0xFFFFFFFF
             return f"ioctl({target}, {request_name(request)}, {self._arg_text(request, payload, c)})"
         name = _OP_NAMES.get(kind, f"op{kind}")
-        if kind == OP_OPEN:
-            return f'{name}("sim:{a}")'
-        if kind in (OP_CLONE, OP_INFO):
-            return f"{name}()"
-        if kind == OP_READ:
-            return f"{name}({target}, {a})"
-        if kind == OP_PREAD:
-            return f"{name}({target}, {a}, {b:#x})"
-        if kind == OP_PWRITE:
-            return f"{name}({target}, {len(payload)}, {b:#x})"
-        if kind == OP_LSEEK:
-            return f"{name}({target}, {a:#x}, {_WHENCE.get(b, b)})"
-        if kind == OP_MMAP:
-            return f"{name}({target}, {a}, {b:#x})"
-        if kind == OP_SET_ENABLED:
-            return f"{name}({target}, {a})"
-        return f"{name}({target})"
+        args = _OP_ARGS.get(kind)
+        return f"{name}({args(target, a, b, payload) if args else target})"
 
     def _arg_text(self, request: int, payload: bytes, unreadable: int) -> str:
         if not self.verbose:
