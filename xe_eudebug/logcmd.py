@@ -59,7 +59,8 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
     pr.add_argument("files", nargs="+", metavar="FILE")
     cmp = verbs.add_parser("compare", help="compare two logs with IGT's verdicts",
                            description="Compare log A (usually the client's) with log B (the "
-                                       "debugger's) as IGT's xe_eudebug_event_log_compare does.")
+                                       "debugger's) as IGT's xe_eudebug_event_log_compare does.",
+                           epilog="exit status: 0 match, 1 mismatch, 2 usage error or unreadable file")
     cmp.add_argument("a", metavar="A")
     cmp.add_argument("b", metavar="B")
     cmp.add_argument("--filter", default="", metavar="TYPES",

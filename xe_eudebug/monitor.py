@@ -50,7 +50,9 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
     """Register ``monitor`` on the ``xe-eudebug`` sub-command parser."""
     p = sub.add_parser("monitor", help="attach to a process and print its eudebug events live",
                        description="Attach to a running process (DRM_IOCTL_XE_EUDEBUG_CONNECT) and "
-                                   "print its eudebug events as they arrive. Ctrl-C detaches.")
+                                   "print its eudebug events as they arrive. Ctrl-C detaches.",
+                       epilog="exit status: 0 detached (Ctrl-C, SIGTERM, the process exited), 1 the "
+                              "connection failed or was lost, 2 usage error or no such device")
     p.add_argument("--pid", type=int, required=True, help="the process to attach to")
     p.add_argument("--json", action="store_true", help="one JSON object per event instead of IGT's text")
     p.add_argument("--metadata", action="store_true", help="read and print debug metadata payloads")
@@ -170,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
     from . import ioctl as seam
     from .debugger import Debugger
     from .device import device_name, enable_eudebug, open_device
+    from .log import EventLogFull
 
     try:
         fd = open_device(args.device)
@@ -202,6 +205,7 @@ def run(args: argparse.Namespace) -> int:
         mon = _Monitor(args, dbg, sys.stdout)
         buf = None
         quiet_since: float | None = None
+        log_full = False
         why = ""
         while not stop["signal"]:
             ready = dict(seam.poll([(dbg.fd, select.POLLIN)], POLL_MS))
@@ -214,7 +218,13 @@ def run(args: argparse.Namespace) -> int:
                         continue
                     why = f"READ_EVENT failed with {errno.errorcode.get(exc.errno or 0, exc.errno)}"
                     break
-                dbg.log.append(event)
+                if args.save and not log_full:
+                    try:
+                        dbg.log.append(event)
+                    except EventLogFull:
+                        log_full = True
+                        print(f"xe-eudebug monitor: the event log is full; {args.save} keeps the first "
+                              f"{len(dbg.log)} events", file=sys.stderr, flush=True)
                 mon.handle(event)
                 quiet_since = None
                 continue
