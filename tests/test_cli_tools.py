@@ -220,6 +220,12 @@ def test_device_selection_errors_are_one_line_naming_the_value_and_the_fix(sim):
     out = _cli(dict(env, XE_EUDEBUG_DEVICE="sim:1"), "devices")
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[-1] == "XE_EUDEBUG_DEVICE=sim:1 selects sim:1"
+    gone = os.path.join(os.path.dirname(sim.socket), "nobody-here", "sock")
+    out = _cli(dict(env, **{SOCKET_ENV: gone}), "devices")
+    assert out.returncode == 1
+    assert out.stderr.strip() == (
+        f"xe-eudebug: XE_EUDEBUG_DEVICE=sim: no simulator answers at {gone} (XE_EUDEBUG_SIM_SOCKET names it, "
+        f"so none is started); run one there (xe-eudebug sim --socket {gone}) or unset XE_EUDEBUG_SIM_SOCKET")
 
 
 def _logs() -> tuple[EventLog, EventLog]:

@@ -57,7 +57,8 @@ def _selected() -> int:
             print("(no Xe render node; open_device() uses the simulator)")
         return 0
     index = _parse_sim(spec)
-    if index is not None and not any(r.get("running") for r in list_devices() if r.get("simulated")):
+    sims = [r for r in list_devices() if r.get("simulated")]
+    if index is not None and not any(r.get("running") for r in sims) and any(r.get("autostart") for r in sims):
         print(f"{DEVICE_ENV}={spec} selects simulated device {index}; the simulator starts on first use")
         return 0
     try:

@@ -138,11 +138,16 @@ def _open_error(exc: OSError, what: str) -> OSError:
 
 
 def _sim_error(exc: OSError, what: str, index: int) -> OSError:
-    if exc.errno != errno.ENOENT:
-        return exc
     try:
         count = int(_port.server_info().get("devices", 1))
     except (OSError, ValueError):
+        path, may_start = _port.selected_socket_path()
+        if may_start:
+            return exc
+        return OSError(exc.errno, f"{what}: no simulator answers at {path} (XE_EUDEBUG_SIM_SOCKET names "
+                                  f"it, so none is started); run one there (xe-eudebug sim --socket {path}) "
+                                  f"or unset XE_EUDEBUG_SIM_SOCKET")
+    if exc.errno != errno.ENOENT:
         return exc
     have = "sim:0" if count == 1 else f"sim:0 to sim:{count - 1}"
     return OSError(errno.ENOENT, f"{what}: the simulator has {count} device{'s' if count != 1 else ''} "
