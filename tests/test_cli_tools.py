@@ -199,6 +199,15 @@ def test_monitor_connect_and_device_errors_say_what_to_do(sim_server):
     assert len(out.stderr.strip().splitlines()) == 1
     out = _cli(env, "monitor")
     assert out.returncode == 2 and "--pid" in out.stderr
+    # attached, then Ctrl-C with a --save file that cannot be written: exit 1, still one line
+    bad = os.path.join(os.path.dirname(fresh.socket), "no-such-dir", "x.log")
+    with _killed_at_exit() as procs:
+        monitor = Monitor(env, "--pid", str(os.getpid()), "--save", bad)
+        procs.append(monitor)
+        lines, err, rc = monitor.finish(signal.SIGINT)
+    assert rc == 1 and lines == []
+    assert err.strip() == (f"xe-eudebug monitor: detached from pid {os.getpid()} (SIGINT) after 0 events; "
+                           f"saving the log to {bad} failed: No such file or directory")
 
 
 def test_device_selection_errors_are_one_line_naming_the_value_and_the_fix(sim):

@@ -16,8 +16,8 @@ holds first, then everything it does -- or one JSON object per line with ``--jso
 
 Ctrl-C (SIGINT) or SIGTERM detaches (closes the debug fd) and prints one line.  The monitor also
 ends when the process has exited and no event came for a second.  Exit codes: 0 after a clean
-detach, 1 when the connection fails or is lost, 2 for a usage error (including a device
-selection that names no Xe device).
+detach, 1 when the connection fails or is lost or the log cannot be saved, 2 for a usage error
+(including a device selection that names no Xe device).
 """
 
 from __future__ import annotations
@@ -206,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
         buf = None
         quiet_since: float | None = None
         log_full = False
-        why = ""
+        why, lost = "", False
         while not stop["signal"]:
             ready = dict(seam.poll([(dbg.fd, select.POLLIN)], POLL_MS))
             mask = ready.get(dbg.fd, 0)
@@ -217,6 +217,7 @@ def run(args: argparse.Namespace) -> int:
                     if exc.errno in (errno.EAGAIN, errno.ENOENT):
                         continue
                     why = f"READ_EVENT failed with {errno.errorcode.get(exc.errno or 0, exc.errno)}"
+                    lost = True
                     break
                 if args.save and not log_full:
                     try:
@@ -229,7 +230,7 @@ def run(args: argparse.Namespace) -> int:
                 quiet_since = None
                 continue
             if mask & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
-                why = "the kernel ended the connection"
+                why, lost = "the kernel ended the connection", True
                 break
             if _target_gone(args.pid):
                 now = time.monotonic()
@@ -237,12 +238,15 @@ def run(args: argparse.Namespace) -> int:
                 if now - quiet_since >= LINGER_S:
                     why = f"pid {args.pid} exited"
                     break
-        if args.save:
-            dbg.log.save(args.save)
         if stop["signal"]:
-            why = f"{signal.Signals(stop['signal']).name}"
-        lost = why.startswith(("READ_EVENT", "the kernel"))
-        saved = f"; log saved to {args.save}" if args.save else ""
+            why = signal.Signals(stop["signal"]).name
+        saved = ""
+        if args.save:
+            try:
+                dbg.log.save(args.save)
+                saved = f"; log saved to {args.save}"
+            except OSError as exc:
+                saved, lost = f"; saving the log to {args.save} failed: {exc.strerror or exc}", True
         print(f"xe-eudebug monitor: detached from pid {args.pid} ({why}) after {mon.count} events{saved}",
               file=sys.stderr, flush=True)
         return EXIT_FAIL if lost else EXIT_OK
