@@ -132,7 +132,7 @@ def test_monitor_prints_events_reads_metadata_acks_and_saves_a_log(sim, tmp_path
     env = _env(sim)
     saved = tmp_path / "monitor.log"
     with _killed_at_exit() as procs:
-        debuggee = Debuggee(env, "--ufence", "--size", "8192")
+        debuggee = Debuggee(env, "--ufence", "--size", "8192", "--fence-wait", str(WAIT))
         procs.append(debuggee)
         monitor = Monitor(env, "--pid", str(debuggee.pid), "--metadata", "--ack", "--save", str(saved))
         procs.append(monitor)
