@@ -9,7 +9,7 @@ Run it in one terminal and watch it from another with the monitor::
 What it does, one step every ``--delay`` seconds (or, with ``--step``, one step per line read
 from stdin, which is how the tests drive it):
 
-1. opens a DRM client, creates a long-running VM and a debug metadata object (``--size``
+1. opens a DRM client, creates long-running VMs (``--vms``) and a debug metadata object (``--size``
    bytes of a counting pattern, type ``DRM_XE_DEBUG_METADATA_PROGRAM_MODULE``);
 2. binds a buffer object with a user fence (``--ufence``) and waits up to ``--fence-wait``
    seconds for it: a debugger attached to this process holds the fence until it acknowledges
@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delay", type=float, default=2.0, help="seconds between steps (default 2)")
     parser.add_argument("--step", action="store_true", help="take one step per line read from stdin")
     parser.add_argument("--size", type=int, default=4096, help="metadata payload size in bytes")
+    parser.add_argument("--vms", type=int, default=1, help="number of VMs to create (the first one is bound)")
     parser.add_argument("--ufence", action="store_true", help="bind with a user fence and wait for it")
     parser.add_argument("--fence-wait", type=float, default=2.0, help="seconds to wait for the user fence")
     args = parser.parse_args(argv)
@@ -65,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def work(c: Client) -> None:
         drm = c.open_driver()
-        vm = c.vm_create(drm, DRM_XE_VM_CREATE_FLAG_LR_MODE)
+        vms = [c.vm_create(drm, DRM_XE_VM_CREATE_FLAG_LR_MODE) for _ in range(max(1, args.vms))]
+        vm = vms[0]
         payload = bytes(i & 0xFF for i in range(args.size))
         mid = c.metadata_create(drm, DRM_XE_DEBUG_METADATA_PROGRAM_MODULE, payload)
         step(f"created vm {vm} and metadata {mid}")
@@ -84,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
                 c.vm_unbind(drm, vm, 0, BO_ADDR, size)
             c.bo_close(drm, bo)
         c.metadata_destroy(drm, mid, DRM_XE_DEBUG_METADATA_PROGRAM_MODULE, len(payload))
+        for other in vms[1:]:
+            c.vm_destroy(drm, other)
         if signalled:
             c.vm_destroy(drm, vm)
         c.close_driver(drm)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -104,11 +105,11 @@ class Monitor:
         banner = self.proc.stderr.readline() if self.proc.stderr else ""
         assert "attached to pid" in banner, banner + (self.proc.stderr.read() if self.proc.stderr else "")
 
-    def wait_for(self, text: str) -> list[str]:
-        """Read stdout lines until one contains ``text``; the lines read so far."""
+    def wait_for(self, text: str, count: int = 1) -> list[str]:
+        """Read stdout lines until ``count`` of them contain ``text``; the lines read so far."""
         assert self.proc.stdout is not None
         deadline = time.monotonic() + WAIT
-        while not any(text in line for line in self.lines):
+        while sum(text in line for line in self.lines) < count:
             assert time.monotonic() < deadline, f"no {text!r} in {self.lines}"
             line = self.proc.stdout.readline()
             assert line, f"monitor ended before printing {text!r}: {self.lines}"
@@ -183,6 +184,45 @@ def test_monitor_json_does_not_ack_unless_asked_and_detaches_on_sigint(sim):
     assert by_type["METADATA"]["payload"]["len"] == 4096 and "metadata" not in by_type["METADATA"]
     assert by_type["VM_BIND_UFENCE"]["flags"] == "create|ack" and "ack" not in by_type["VM_BIND_UFENCE"]
     assert [e["seqno"] for e in events] == sorted(e["seqno"] for e in events)
+
+
+def test_monitor_attached_late_reports_the_discovery_and_reads_discovered_metadata(sim):
+    env = _env(sim)
+    with _killed_at_exit() as procs:
+        debuggee = Debuggee(env, "--size", "100")
+        procs.append(debuggee)
+        assert debuggee.step().startswith("created vm")  # before any debugger is attached
+        monitor = Monitor(env, "--pid", str(debuggee.pid), "--metadata")
+        procs.append(monitor)
+        monitor.wait_for("vm(3):create")  # discovery order: each client's metadata, then its VMs
+        lines, err, rc = monitor.finish(signal.SIGTERM)
+    assert rc == 0, err
+    events = [line for line in lines if line.startswith("(")]
+    parsed = [re.match(r"\(\d+\)\s+(\w+)\(\d+\):(\S+):", e).groups() for e in events]  # type: ignore[union-attr]
+    assert parsed == [("client", "create"), ("client", "create"), ("metadata", "create"), ("vm", "create")], lines
+    meta = next(i for i, line in enumerate(lines) if "metadata(9):create" in line)
+    assert lines[meta + 1] == "    payload (100 bytes): " + bytes(range(32)).hex(" ") + " ..."
+    assert err.strip().endswith(f"detached from pid {debuggee.pid} (SIGTERM) after {len(events)} events")
+
+
+def test_monitor_reads_metadata_while_discovery_waits_for_room_in_the_fifo(sim_server):
+    """With a one-event fifo the discovery of the second VM (two events after the metadata) waits
+    until the monitor reads on: READ_METADATA fails EBUSY until then, so the monitor must keep
+    reading events instead of waiting for it."""
+    tiny = sim_server(fifo_capacity=1)
+    env = _env(tiny)
+    with _killed_at_exit() as procs:
+        debuggee = Debuggee(env, "--size", "64", "--vms", "2")
+        procs.append(debuggee)
+        assert debuggee.step().startswith("created vm")
+        monitor = Monitor(env, "--pid", str(debuggee.pid), "--metadata")
+        procs.append(monitor)
+        lines = monitor.wait_for("vm(3):create", count=2)
+        lines, err, rc = monitor.finish(signal.SIGINT)
+    assert rc == 0, err
+    meta = next(i for i, line in enumerate(lines) if "metadata(9):create" in line)
+    assert lines[meta + 1] == "    payload (64 bytes): " + bytes(range(32)).hex(" ") + " ..."
+    assert "vm(3):create" in lines[meta + 2] and "vm(3):create" in lines[meta + 3]
 
 
 def test_monitor_connect_and_device_errors_say_what_to_do(sim_server):

@@ -30,6 +30,7 @@ import select
 import signal
 import sys
 import time
+from collections import deque
 from typing import Any, TextIO
 
 __all__ = ["add_parser", "run", "event_json"]
@@ -38,8 +39,9 @@ __all__ = ["add_parser", "run", "event_json"]
 POLL_MS = 100
 #: After the target exited, stop once no event arrived for this long (its files' releases).
 LINGER_S = 1.0
-#: How long a READ_METADATA keeps retrying EBUSY (the connection's discovery still running).
-DISCOVERY_WAIT_S = 10.0
+#: How long a READ_METADATA or ACK_EVENT keeps being retried while it fails EBUSY (the
+#: connection's discovery still running; the kernel gives a blocked discovery 25 s).
+DISCOVERY_WAIT_S = 60.0
 #: Payload bytes shown in the text form with --metadata.
 TEXT_PAYLOAD_BYTES = 32
 
@@ -114,40 +116,77 @@ def _connect_error(err: int, pid: int, where: str) -> str:
     return f"xe-eudebug monitor: DRM_IOCTL_XE_EUDEBUG_CONNECT to pid {pid} failed with {name}: {reason}"
 
 
+class _Pending:
+    """An event read but not printed yet, with what its READ_METADATA / ACK_EVENT gave."""
+
+    __slots__ = ("event", "since", "payload", "acked")
+
+    def __init__(self, event: Any) -> None:
+        self.event = event
+        self.since = time.monotonic()
+        self.payload: bytes | str | None = None
+        self.acked: str | None = None
+
+
 class _Monitor:
+    """Prints events in arrival order.  An event whose READ_METADATA or ACK_EVENT fails EBUSY
+    (the connection's discovery is still running) waits, and the events after it with it, while
+    the main loop keeps reading: discovery may itself wait for room in the event fifo."""
+
     def __init__(self, args: argparse.Namespace, dbg: Any, out: TextIO) -> None:
+        from .events import EventFlags, EventType
+
         self.args = args
         self.dbg = dbg
         self.out = out
         self.count = 0
-
-    def _read_metadata(self, event: Any) -> bytes | str:
-        deadline = time.monotonic() + DISCOVERY_WAIT_S
-        while True:
-            try:
-                return self.dbg.read_metadata(event.client_handle, event.metadata_handle, event.len)
-            except OSError as exc:
-                if exc.errno == errno.EBUSY and time.monotonic() < deadline:
-                    time.sleep(0.01)  # discovery is still running
-                    continue
-                return f"READ_METADATA failed: {errno.errorcode.get(exc.errno or 0, exc.errno)}"
+        self.pending: deque[_Pending] = deque()
+        self._metadata = int(EventType.METADATA)
+        self._ufence = int(EventType.VM_BIND_UFENCE)
+        self._create = int(EventFlags.CREATE)
+        self._need_ack = int(EventFlags.NEED_ACK)
 
     def handle(self, event: Any) -> None:
-        from .events import EventFlags, EventType
-
         self.count += 1
-        extra: dict[str, Any] = {}
-        payload: bytes | str | None = None
-        if self.args.metadata and event.type == EventType.METADATA and event.flags & EventFlags.CREATE:
-            payload = self._read_metadata(event)
-        acked: str | None = None
-        if self.args.ack and event.type == EventType.VM_BIND_UFENCE and event.flags & EventFlags.NEED_ACK:
-            try:
-                self.dbg.ack_ufence(event)
-                acked = "acked"
-            except OSError as exc:
-                acked = f"ACK_EVENT failed: {errno.errorcode.get(exc.errno or 0, exc.errno)}"
+        self.pending.append(_Pending(event))
+        self.flush()
+
+    def _attempt(self, p: _Pending) -> bool:
+        """Run the event's requests; False while one is refused EBUSY within DISCOVERY_WAIT_S."""
+        e = p.event
+        try:
+            if (self.args.metadata and p.payload is None and int(e.type) == self._metadata
+                    and int(e.flags) & self._create):
+                p.payload = self.dbg.read_metadata(e.client_handle, e.metadata_handle, e.len)
+            if (self.args.ack and p.acked is None and int(e.type) == self._ufence
+                    and int(e.flags) & self._need_ack):
+                self.dbg.ack_ufence(e)
+                p.acked = "acked"
+        except OSError as exc:
+            if exc.errno == errno.EBUSY and time.monotonic() - p.since < DISCOVERY_WAIT_S:
+                return False
+            text = f"{'READ_METADATA' if p.payload is None and self.args.metadata else 'ACK_EVENT'} failed: " \
+                   f"{errno.errorcode.get(exc.errno or 0, exc.errno)}"
+            if int(e.type) == self._metadata:
+                p.payload = text
+            else:
+                p.acked = text
+        return True
+
+    def flush(self) -> None:
+        while self.pending and self._attempt(self.pending[0]):
+            self._print(self.pending.popleft())
+
+    def drain(self) -> None:
+        """Print what is still pending, with the error of its last attempt (the monitor ends)."""
+        for p in self.pending:
+            p.since = float("-inf")
+        self.flush()
+
+    def _print(self, p: _Pending) -> None:
+        event, payload, acked = p.event, p.payload, p.acked
         if self.args.json:
+            extra: dict[str, Any] = {}
             if isinstance(payload, bytes):
                 extra["metadata"] = payload.hex()
             elif payload is not None:
@@ -208,7 +247,8 @@ def run(args: argparse.Namespace) -> int:
         log_full = False
         why, lost = "", False
         while not stop["signal"]:
-            ready = dict(seam.poll([(dbg.fd, select.POLLIN)], POLL_MS))
+            mon.flush()
+            ready = dict(seam.poll([(dbg.fd, select.POLLIN)], POLL_MS if not mon.pending else 10))
             mask = ready.get(dbg.fd, 0)
             if mask & select.POLLIN:
                 try:
@@ -238,6 +278,7 @@ def run(args: argparse.Namespace) -> int:
                 if now - quiet_since >= LINGER_S:
                     why = f"pid {args.pid} exited"
                     break
+        mon.drain()
         if stop["signal"]:
             why = signal.Signals(stop["signal"]).name
         saved = ""
