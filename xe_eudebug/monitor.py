@@ -165,9 +165,10 @@ class _Monitor:
         except OSError as exc:
             if exc.errno == errno.EBUSY and time.monotonic() - p.since < DISCOVERY_WAIT_S:
                 return False
-            text = f"{'READ_METADATA' if p.payload is None and self.args.metadata else 'ACK_EVENT'} failed: " \
+            is_metadata = int(e.type) == self._metadata
+            text = f"{'READ_METADATA' if is_metadata else 'ACK_EVENT'} failed: " \
                    f"{errno.errorcode.get(exc.errno or 0, exc.errno)}"
-            if int(e.type) == self._metadata:
+            if is_metadata:
                 p.payload = text
             else:
                 p.acked = text
