@@ -41,10 +41,20 @@ def _cli(env: dict[str, str], *args: str, timeout: float = WAIT) -> subprocess.C
                           text=True, timeout=timeout)
 
 
+def _private_sim(**fields: object):
+    """A private simulator, stopped when the ``with`` block ends (no idle instances left behind
+    for the rest of the run)."""
+    from xe_eudebug.sim import SimConfig, start_server
+
+    fields.setdefault("idle_exit", 0)
+    return start_server(SimConfig(**fields))  # type: ignore[arg-type]
+
+
 @pytest.fixture(scope="module")
-def sim(sim_server):
-    """A private simulator for this module (its eudebug toggle is switched on by the tests)."""
-    return sim_server(devices=2)
+def sim() -> Iterator[object]:
+    """A private two-device simulator for this module (the tests switch its eudebug toggle on)."""
+    with _private_sim(devices=2) as handle:
+        yield handle
 
 
 class Debuggee:
@@ -205,13 +215,12 @@ def test_monitor_attached_late_reports_the_discovery_and_reads_discovered_metada
     assert err.strip().endswith(f"detached from pid {debuggee.pid} (SIGTERM) after {len(events)} events")
 
 
-def test_monitor_reads_metadata_while_discovery_waits_for_room_in_the_fifo(sim_server):
+def test_monitor_reads_metadata_while_discovery_waits_for_room_in_the_fifo():
     """With a one-event fifo the discovery of the second VM (two events after the metadata) waits
     until the monitor reads on: READ_METADATA fails EBUSY until then, so the monitor must keep
     reading events instead of waiting for it."""
-    tiny = sim_server(fifo_capacity=1)
-    env = _env(tiny)
-    with _killed_at_exit() as procs:
+    with _private_sim(fifo_capacity=1) as tiny, _killed_at_exit() as procs:
+        env = _env(tiny)
         debuggee = Debuggee(env, "--size", "64", "--vms", "2")
         procs.append(debuggee)
         assert debuggee.step().startswith("created vm")
@@ -225,8 +234,12 @@ def test_monitor_reads_metadata_while_discovery_waits_for_room_in_the_fifo(sim_s
     assert "vm(3):create" in lines[meta + 2] and "vm(3):create" in lines[meta + 3]
 
 
-def test_monitor_connect_and_device_errors_say_what_to_do(sim_server):
-    fresh = sim_server()  # eudebug disabled, as the kernel starts
+def test_monitor_connect_and_device_errors_say_what_to_do():
+    with _private_sim() as fresh:  # eudebug disabled, as the kernel starts
+        _check_monitor_errors(fresh)
+
+
+def _check_monitor_errors(fresh) -> None:
     env = _env(fresh)
     out = _cli(env, "monitor", "--pid", str(os.getpid()))
     assert out.returncode == 1

@@ -57,8 +57,18 @@ def _calls(srv) -> None:
         os.close(fd)
 
 
-def test_v_logs_every_call_with_its_result_or_errno_name(sim_server):
-    srv = sim_server(verbose=1)
+def _traced_sim(verbose: int):
+    from xe_eudebug.sim import SimConfig, start_server
+
+    return start_server(SimConfig(idle_exit=0), verbose=verbose)
+
+
+def test_v_logs_every_call_with_its_result_or_errno_name():
+    with _traced_sim(1) as srv:
+        _check_v(srv)
+
+
+def _check_v(srv) -> None:
     _calls(srv)
     pid = os.getpid()
     text = _wait_log(
@@ -74,8 +84,12 @@ def test_v_logs_every_call_with_its_result_or_errno_name(sim_server):
     assert not re.search(r"poll\(.*\) = 0 <", text)
 
 
-def test_vv_adds_the_decoded_structs(sim_server):
-    srv = sim_server(verbose=2)
+def test_vv_adds_the_decoded_structs():
+    with _traced_sim(2) as srv:
+        _check_vv(srv)
+
+
+def _check_vv(srv) -> None:
     _calls(srv)
     pid = os.getpid()
     _wait_log(
