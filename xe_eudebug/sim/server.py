@@ -1018,7 +1018,7 @@ def _runtime_base() -> str:
 
 
 def start_server(config: SimConfig | None = None, socket: str | None = None, *,
-                 kernel: str | None = None, verbose: bool = False, timeout: float = 15.0) -> ServerHandle:
+                 kernel: str | None = None, verbose: bool | int = False, timeout: float = 15.0) -> ServerHandle:
     """Start a private simulator instance in a child process and wait until it accepts calls.
 
     `socket`: path to listen on (default: a fresh private directory).  `config`: its settings
@@ -1045,7 +1045,7 @@ def start_server(config: SimConfig | None = None, socket: str | None = None, *,
     if kernel:
         argv += ["--kernel", kernel]
     if verbose:
-        argv.append("-v")
+        argv.append("-" + "v" * int(verbose))
     logdir = directory or os.path.dirname(socket)
     logfile = os.path.join(logdir, "server.log") if os.path.isdir(logdir) else None
     out = open(logfile, "ab") if logfile else subprocess.DEVNULL
@@ -1105,7 +1105,8 @@ def main(argv: list[str] | None = None, prog: str = "python3 -m xe_eudebug.sim")
     parser.add_argument("--kernel", default=os.environ.get(KERNEL_ENV) or DEFAULT_KERNEL, help=argparse.SUPPRESS)
     parser.add_argument("--owner-pid", type=int, default=0,
                         help="a private instance: once this process is gone, exit when idle for 1 s")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="log calls (repeat for more)")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="log every call like strace (-vv: with decoded structs)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")
@@ -1125,6 +1126,10 @@ def main(argv: list[str] | None = None, prog: str = "python3 -m xe_eudebug.sim")
         wire._ensure_private_dir(default_socket_dir())
     server = Server(path, config, kernel_spec=args.kernel)
     server.owner_pid = args.owner_pid
+    if args.verbose:
+        from .trace import install
+
+        install(server, args.verbose)
     try:
         server.bind()
     except OSError as exc:
