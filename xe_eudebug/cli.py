@@ -4,6 +4,8 @@
         run the simulated Xe driver in the foreground with logging
     xe-eudebug devices
         list Xe render nodes and the simulator's devices
+    xe-eudebug run [--devices N] [--enable] [--device-id 0xNNNN] -- CMD [ARGS...]
+        run an unmodified C program on the simulator (docs/c-programs.md)
 """
 
 from __future__ import annotations
@@ -44,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("sim", help="run the simulated Xe driver in the foreground", add_help=False)
     sub.add_parser("devices", help="list Xe devices (render nodes and the simulator)")
+    sub.add_parser("run", help="run a C program on the simulator", add_help=False)
+    if argv and argv[0] == "run":
+        from .sim.run import main as run_main
+
+        return run_main(argv[1:])
     if argv and argv[0] == "sim":
         from .sim.server import main as sim_main
 

@@ -35,6 +35,8 @@ class SimConfig:
     enable_default:     initial value of each device's ``enable_eudebug`` toggle (kernel: 0).
     idle_exit:          seconds the server keeps running with no control connection and no
                         open simulated file; 0 or less never exits on idleness.
+    device_id:          PCI device id the devices report (QUERY_CONFIG; kernel model: 0x64A0,
+                        Lunar Lake).
     memory_access:      how the server reaches a blocked caller's memory: "auto" (direct
                         process_vm_readv/writev when permitted, else ask the caller), "caller"
                         (always ask the caller's side of the control connection).
@@ -48,6 +50,7 @@ class SimConfig:
     enable_default: bool = False
     idle_exit: float = 30.0
     memory_access: str = "auto"
+    device_id: int = 0x64A0
 
     def __post_init__(self) -> None:
         if int(self.devices) < 1:
@@ -57,6 +60,8 @@ class SimConfig:
                 raise ValueError(f"SimConfig.{name} must be >= 0")
         if int(self.fifo_capacity) < 1:
             raise ValueError("SimConfig.fifo_capacity must be >= 1")
+        if not 0 < int(self.device_id) <= 0xFFFF:
+            raise ValueError(f"SimConfig.device_id must be a 16-bit PCI device id, got {self.device_id!r}")
         if self.memory_access not in ("auto", "caller"):
             raise ValueError(f"SimConfig.memory_access must be 'auto' or 'caller', got {self.memory_access!r}")
 

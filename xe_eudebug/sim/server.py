@@ -32,7 +32,7 @@ from typing import Any
 
 from . import port as wire
 from .config import SimConfig, default_socket_dir, default_socket_path
-from .port import (F_CLOEXEC, F_FD, KIND_DEBUGGER, KIND_DEVICE, KIND_OTHER, KIND_VM, M_DATA, M_DONE,
+from .port import (OP_DEVICE_ENABLED, F_CLOEXEC, F_FD, KIND_DEBUGGER, KIND_DEVICE, KIND_OTHER, KIND_VM, M_DATA, M_DONE,
                    OP_CLONE, OP_FILE_INFO, OP_FSYNC, OP_GET_ENABLED, OP_INFO, OP_IOCTL, OP_LSEEK, OP_MMAP,
                    OP_OPEN, OP_POLL, OP_PREAD, OP_PWRITE, OP_READ, OP_SET_ENABLED, R_MEMREAD, R_MEMWRITE,
                    R_REPLY, ProtocolError, epoll_ready, file_key, recv_msg, send_byte, send_msg, status_flags, to_s64, to_u64,
@@ -445,6 +445,11 @@ class Server:
             self._check_closed(self.epoll.poll(0))
         if self.releases_pending:
             self._wait_releases()
+        if kind == OP_DEVICE_ENABLED:  # the sysfs toggle: needs no file of the device
+            if fds or payload:
+                raise ProtocolError(f"request {kind} carries unexpected data")
+            self._device_enabled(conn, to_s64(a), b, c)
+            return
         if kind == OP_CLONE or kind == OP_INFO or kind == OP_OPEN:
             if fds or payload:
                 raise ProtocolError(f"request {kind} carries unexpected data")
@@ -499,6 +504,20 @@ class Server:
             self._reply(conn, fd=client.fileno(), flags=F_CLOEXEC)
         finally:
             client.close()
+
+    def _device_enabled(self, conn: _Conn, index: int, write: int, value: int) -> None:
+        self.tls.dirty = set()
+        try:
+            if write:
+                result = self.kernel.set_enabled(index, bool(value))
+            else:
+                result = self.kernel.get_enabled(index)
+        except Exception as exc:
+            self._finish_dirty(None)
+            self._reply(conn, err=self._errno_of(exc, "enable_eudebug"))
+            return
+        self._finish_dirty(None)
+        self._reply(conn, result=int(bool(result)))
 
     def _errno_of(self, exc: Exception, what: str) -> int:
         err = getattr(exc, "errno", None)
