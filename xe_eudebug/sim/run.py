@@ -218,7 +218,11 @@ def _run(args: argparse.Namespace, prog: str, library: str, socket_path: str, de
         description = os.path.join(tmpdir, "devices.umockdev")
         with open(description, "w") as f:
             f.write(umockdev_description(devices, device_id))
-        cmd = [umockdev, "-d", description, "--"] + cmd
+        # umockdev-run reports a signal N as exit status N: a shell inside it records the real
+        # status (128+N for a signal) in a file
+        status_file = os.path.join(tmpdir, "status")
+        cmd = [umockdev, "-d", description, "--", "/bin/sh", "-c",
+               '"$@"; s=$?; echo $s > "$0"; exit $s', status_file] + cmd
     elif not args.no_umockdev:
         print(f"{prog}: umockdev-run not found (Debian package umockdev): libudev sees no devices and "
               "/sys/dev/char/226:* does not exist; device nodes work", file=sys.stderr)
@@ -232,10 +236,16 @@ def _run(args: argparse.Namespace, prog: str, library: str, socket_path: str, de
     # The child (same process group) gets terminal signals itself; we wait for its status.
     old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGQUIT)}
     try:
-        returncode = proc.wait()
+        status = _status(proc.wait())
+        if tmpdir:
+            try:
+                with open(os.path.join(tmpdir, "status")) as f:
+                    status = int(f.read().strip())
+            except (OSError, ValueError):
+                pass  # the shell did not finish: umockdev-run's own status stands
     finally:
         for s, h in old.items():
             signal.signal(s, h)
         if tmpdir:
             shutil.rmtree(tmpdir, ignore_errors=True)
-    return _status(returncode)
+    return status
