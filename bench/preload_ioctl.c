@@ -14,16 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
-struct drm_version {
-	int major, minor, patchlevel;
-	size_t name_len;
-	char *name;
-	size_t date_len;
-	char *date;
-	size_t desc_len;
-	char *desc;
-};
-#define DRM_IOCTL_VERSION _IOWR('d', 0x00, struct drm_version)
+#include "xe_uapi_min.h"  /* tests/data: struct drm_version, DRM_IOCTL_VERSION */
 
 static double now(void)
 {

@@ -35,7 +35,7 @@ def main() -> int:
         return 1
     with tempfile.TemporaryDirectory() as tmp:
         exe = os.path.join(tmp, "preload_ioctl")
-        subprocess.run(cc + ["-O2", "-o", exe, os.path.join(ROOT, "bench", "preload_ioctl.c")], check=True)
+        subprocess.run(cc + ["-O2", "-I", os.path.join(ROOT, "tests", "data"), "-o", exe, os.path.join(ROOT, "bench", "preload_ioctl.c")], check=True)
         env = dict(os.environ)
         env.pop("XE_EUDEBUG_SIM_SOCKET", None)
         env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")

@@ -41,7 +41,7 @@ pytestmark = pytest.mark.skipif(not _compiler(), reason=f"no C compiler ({CC[0]}
 @pytest.fixture(scope="module")
 def probe(tmp_path_factory: pytest.TempPathFactory) -> str:
     out = str(tmp_path_factory.mktemp("probe") / "preload_probe")
-    subprocess.run(CC + ["-O1", "-Wall", "-o", out, PROBE_SOURCE], check=True, timeout=120)
+    subprocess.run(CC + ["-O1", "-Wall", "-I", os.path.dirname(PROBE_SOURCE), "-o", out, PROBE_SOURCE], check=True, timeout=120)
     return out
 
 

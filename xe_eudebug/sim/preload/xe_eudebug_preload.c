@@ -67,6 +67,8 @@ enum {
 #define MAX_DEVICES 64
 #define SO_COOKIE_OPT 57
 
+#define COMMA ,
+
 /* ---- the next definitions of what we wrap ------------------------------------------------- */
 #define NEXT(name) static __typeof__(name) *next_##name
 #define RESOLVE(name) ((void)resolve((void **)&next_##name, #name), next_##name)
@@ -116,27 +118,12 @@ static int config_path(void)
 }
 
 /* ---- raw I/O on control connections ------------------------------------------------------- */
-static int send_all(int s, const void *buf, size_t n)
-{
-	const char *p = buf;
-	while (n) {
-		ssize_t r = send(s, p, n, MSG_NOSIGNAL);
-		if (r < 0) {
-			if (errno == EINTR)
-				continue;
-			return -1;
-		}
-		p += r;
-		n -= r;
-	}
-	return 0;
-}
-
-static int recv_all(int s, void *buf, size_t n)
+/* All of n bytes in one direction (send when `out`), retrying EINTR; end of file is ECONNRESET. */
+static int xfer_all(int s, void *buf, size_t n, int out)
 {
 	char *p = buf;
 	while (n) {
-		ssize_t r = recv(s, p, n, 0);
+		ssize_t r = out ? send(s, p, n, MSG_NOSIGNAL) : recv(s, p, n, 0);
 		if (r == 0) {
 			errno = ECONNRESET;
 			return -1;
@@ -179,11 +166,11 @@ static int send_msg(int s, uint16_t kind, uint64_t a, uint64_t b, uint64_t c,
 	if ((size_t)r < total) {  /* rest without the fd */
 		size_t done = r;
 		if (done < sizeof(h)) {
-			if (send_all(s, (char *)&h + done, sizeof(h) - done))
+			if (xfer_all(s, (char *)&h + done, sizeof(h) - done, 1))
 				return -1;
 			done = sizeof(h);
 		}
-		if (send_all(s, (const char *)payload + (done - sizeof(h)), total - done))
+		if (xfer_all(s, (char *)payload + (done - sizeof(h)), total - done, 1))
 			return -1;
 	}
 	return 0;
@@ -219,7 +206,7 @@ static int recv_msg(int s, struct wire_header *h, int *fd_out)
 			}
 		}
 	}
-	if ((size_t)r < sizeof(*h) && recv_all(s, (char *)h + r, sizeof(*h) - r))
+	if ((size_t)r < sizeof(*h) && xfer_all(s, (char *)h + r, sizeof(*h) - r, 0))
 		goto fail;
 	if (h->len > MAX_PAYLOAD) {
 		errno = EPROTO;
@@ -234,7 +221,7 @@ static int recv_msg(int s, struct wire_header *h, int *fd_out)
 		tbuf = nb;
 		tbuf_size = h->len;
 	}
-	if (h->len && recv_all(s, tbuf, h->len))
+	if (h->len && xfer_all(s, tbuf, h->len, 0))
 		goto fail;
 	return 0;
 fail:
@@ -675,81 +662,36 @@ int __openat64_2(int, const char *, int);
 NEXT(open); NEXT(open64); NEXT(openat); NEXT(openat64); NEXT(__open_2); NEXT(__open64_2);
 NEXT(__openat_2); NEXT(__openat64_2);
 
-EXPORT int open(const char *path, int flags, ...)
-{
-	va_list ap;
-	va_start(ap, flags);
-	int mode = mode_arg(flags, ap), fd;
-	va_end(ap);
-	if (sim_open(AT_FDCWD, path, flags, &fd))
-		return fd;
-	return RESOLVE(open)(path, flags, mode);
-}
+/* open(path, flags, mode) and openat(dirfd, path, flags, mode) forms */
+#define OPEN_VARIADIC(fn, DIRFD_PARAM, DIRFD, DIRFD_ARG)                               \
+	EXPORT int fn(DIRFD_PARAM const char *path, int flags, ...)                    \
+	{                                                                              \
+		va_list ap;                                                            \
+		va_start(ap, flags);                                                   \
+		int mode = mode_arg(flags, ap), fd;                                    \
+		va_end(ap);                                                            \
+		if (sim_open(DIRFD, path, flags, &fd))                                 \
+			return fd;                                                     \
+		return RESOLVE(fn)(DIRFD_ARG path, flags, mode);                       \
+	}
+OPEN_VARIADIC(open, , AT_FDCWD, )
+OPEN_VARIADIC(open64, , AT_FDCWD, )
+OPEN_VARIADIC(openat, int dirfd COMMA, dirfd, dirfd COMMA)
+OPEN_VARIADIC(openat64, int dirfd COMMA, dirfd, dirfd COMMA)
 
-EXPORT int open64(const char *path, int flags, ...)
-{
-	va_list ap;
-	va_start(ap, flags);
-	int mode = mode_arg(flags, ap), fd;
-	va_end(ap);
-	if (sim_open(AT_FDCWD, path, flags, &fd))
-		return fd;
-	return RESOLVE(open64)(path, flags, mode);
-}
-
-EXPORT int openat(int dirfd, const char *path, int flags, ...)
-{
-	va_list ap;
-	va_start(ap, flags);
-	int mode = mode_arg(flags, ap), fd;
-	va_end(ap);
-	if (sim_open(dirfd, path, flags, &fd))
-		return fd;
-	return RESOLVE(openat)(dirfd, path, flags, mode);
-}
-
-EXPORT int openat64(int dirfd, const char *path, int flags, ...)
-{
-	va_list ap;
-	va_start(ap, flags);
-	int mode = mode_arg(flags, ap), fd;
-	va_end(ap);
-	if (sim_open(dirfd, path, flags, &fd))
-		return fd;
-	return RESOLVE(openat64)(dirfd, path, flags, mode);
-}
-
-EXPORT int __open_2(const char *path, int flags)
-{
-	int fd;
-	if (sim_open(AT_FDCWD, path, flags, &fd))
-		return fd;
-	return RESOLVE(__open_2)(path, flags);
-}
-
-EXPORT int __open64_2(const char *path, int flags)
-{
-	int fd;
-	if (sim_open(AT_FDCWD, path, flags, &fd))
-		return fd;
-	return RESOLVE(__open64_2)(path, flags);
-}
-
-EXPORT int __openat_2(int dirfd, const char *path, int flags)
-{
-	int fd;
-	if (sim_open(dirfd, path, flags, &fd))
-		return fd;
-	return RESOLVE(__openat_2)(dirfd, path, flags);
-}
-
-EXPORT int __openat64_2(int dirfd, const char *path, int flags)
-{
-	int fd;
-	if (sim_open(dirfd, path, flags, &fd))
-		return fd;
-	return RESOLVE(__openat64_2)(dirfd, path, flags);
-}
+/* the fortified __open_2(path, flags) and __openat_2(dirfd, path, flags) forms */
+#define OPEN_FORTIFIED(fn, DIRFD_PARAM, DIRFD, DIRFD_ARG)                              \
+	EXPORT int fn(DIRFD_PARAM const char *path, int flags)                         \
+	{                                                                              \
+		int fd;                                                                \
+		if (sim_open(DIRFD, path, flags, &fd))                                 \
+			return fd;                                                     \
+		return RESOLVE(fn)(DIRFD_ARG path, flags);                             \
+	}
+OPEN_FORTIFIED(__open_2, , AT_FDCWD, )
+OPEN_FORTIFIED(__open64_2, , AT_FDCWD, )
+OPEN_FORTIFIED(__openat_2, int dirfd COMMA, dirfd, dirfd COMMA)
+OPEN_FORTIFIED(__openat64_2, int dirfd COMMA, dirfd, dirfd COMMA)
 
 /* ---- stat ------------------------------------------------------------------------------- */
 /* A device node as devtmpfs shows it; path and fd answers agree (st_dev, st_ino, st_rdev). */
@@ -826,12 +768,13 @@ STAT_FD(fstat64, stat64)
 STAT_AT(fstatat, stat)
 STAT_AT(fstatat64, stat64)
 
-/* glibc before 2.33 exported the stat family as __xstat & co with a version argument. */
-#define XSTAT(fn, type, nofollow)                                                      \
+/* glibc before 2.33 exported the stat family as __xstat & co with a version argument;
+ * LOOKUP gives the minor of what `arg` names, or -1. */
+#define VERSIONED_STAT(fn, type, ARG_T, LOOKUP)                                        \
 	NEXT(fn);                                                                      \
-	EXPORT int fn(int ver, const char *path, struct type *st)                      \
+	EXPORT int fn(int ver, ARG_T arg, struct type *st)                             \
 	{                                                                              \
-		int m = stat_minor(AT_FDCWD, path, nofollow);                          \
+		int m = LOOKUP;                                                        \
 		if (m >= 0) {                                                          \
 			fake_stat(m, (struct stat *)st);                               \
 			return 0;                                                      \
@@ -840,7 +783,7 @@ STAT_AT(fstatat64, stat64)
 			errno = ENOSYS;                                                \
 			return -1;                                                     \
 		}                                                                      \
-		return next_##fn(ver, path, st);                                       \
+		return next_##fn(ver, arg, st);                                        \
 	}
 int __xstat(int, const char *, struct stat *);
 int __xstat64(int, const char *, struct stat64 *);
@@ -848,28 +791,12 @@ int __lxstat(int, const char *, struct stat *);
 int __lxstat64(int, const char *, struct stat64 *);
 int __fxstat(int, int, struct stat *);
 int __fxstat64(int, int, struct stat64 *);
-XSTAT(__xstat, stat, 0)
-XSTAT(__xstat64, stat64, 0)
-XSTAT(__lxstat, stat, AT_SYMLINK_NOFOLLOW)
-XSTAT(__lxstat64, stat64, AT_SYMLINK_NOFOLLOW)
-
-#define FXSTAT(fn, type)                                                               \
-	NEXT(fn);                                                                      \
-	EXPORT int fn(int ver, int fd, struct type *st)                                \
-	{                                                                              \
-		int m = sim_minor(fd);                                                 \
-		if (m >= 0) {                                                          \
-			fake_stat(m, (struct stat *)st);                               \
-			return 0;                                                      \
-		}                                                                      \
-		if (!RESOLVE(fn)) {                                                    \
-			errno = ENOSYS;                                                \
-			return -1;                                                     \
-		}                                                                      \
-		return next_##fn(ver, fd, st);                                         \
-	}
-FXSTAT(__fxstat, stat)
-FXSTAT(__fxstat64, stat64)
+VERSIONED_STAT(__xstat, stat, const char *, stat_minor(AT_FDCWD, arg, 0))
+VERSIONED_STAT(__xstat64, stat64, const char *, stat_minor(AT_FDCWD, arg, 0))
+VERSIONED_STAT(__lxstat, stat, const char *, stat_minor(AT_FDCWD, arg, AT_SYMLINK_NOFOLLOW))
+VERSIONED_STAT(__lxstat64, stat64, const char *, stat_minor(AT_FDCWD, arg, AT_SYMLINK_NOFOLLOW))
+VERSIONED_STAT(__fxstat, stat, int, sim_minor(arg))
+VERSIONED_STAT(__fxstat64, stat64, int, sim_minor(arg))
 
 NEXT(statx);
 EXPORT int statx(int dirfd, const char *path, int flags, unsigned int mask, struct statx *stx)
