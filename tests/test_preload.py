@@ -86,8 +86,40 @@ def test_reopen_through_proc_self_fd_is_a_new_drm_file(server, probe: str) -> No
     assert "destroy on the first file: 0" in out
 
 
+def _attach_and_find_vms(server, pid: int) -> list:
+    """VM create events a debugger attached to `pid` sees in discovery."""
+    fd = port.open_device(0, socket_path=server.socket)
+    try:
+        debugger = Debugger(fd)
+        debugger.attach(pid)
+        try:
+            return [e for e in debugger.events(timeout=2.0)
+                    if e.type == EventType.VM and e.flags & EventFlags.CREATE]
+        finally:
+            debugger.close()
+    finally:
+        os.close(fd)
+
+
 def test_fork_then_use_in_the_child(server, probe: str) -> None:
-    assert "child status 0" in run(server, probe, "fork").stdout
+    """The child uses its inherited fd, and the DRM file it opens is its own: a debugger attached
+    to the child's pid sees its VM."""
+    proc = subprocess.Popen([sys.executable, "-m", "xe_eudebug", "run", "--", probe, "fork"],
+                            env=_env(server.socket), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        line = proc.stdout.readline()
+        assert line.startswith("child "), line
+        pid, vm_id = int(line.split()[1]), int(line.split()[3])
+        assert [e.vm_handle for e in _attach_and_find_vms(server, pid)] == [vm_id]
+        proc.stdin.close()
+        rest = proc.stdout.read()
+    finally:
+        if proc.stdin is not None and not proc.stdin.closed:
+            proc.stdin.close()
+        proc.wait(30)
+    assert "child status 0" in rest and "FAIL" not in rest
+    assert proc.returncode == 0
 
 
 def test_exit_status_and_signals_as_a_shell_reports_them(server, probe: str) -> None:

@@ -146,6 +146,8 @@ static int mode_reopen(void)
 	return 0;
 }
 
+/* The child uses the inherited fd, then opens its own DRM file with an LR VM, which a debugger
+ * attached to the child's pid must see (the child has its own identity); it waits for stdin. */
 static int mode_fork(void)
 {
 	char name[16];
@@ -155,8 +157,13 @@ static int mode_fork(void)
 		if (!driver(fd, name, sizeof(name)))
 			_exit(2);
 		int own = open("/dev/dri/card0", O_RDWR);
-		if (own < 0 || vm_create(own) == 0)
+		if (own < 0)
 			_exit(3);
+		printf("child %d vm %u\n", getpid(), vm_create(own));
+		fflush(stdout);
+		char c;
+		while (read(0, &c, 1) > 0)
+			;
 		_exit(0);
 	}
 	int status;
@@ -219,7 +226,19 @@ static int mode_client(void)
 	b.bind.obj = gc.handle;
 	b.bind.range = BO_SIZE;
 	b.bind.addr = BIND_ADDR;
-	if (ioctl(fd, XE_VM_BIND, &b))
+	/* the bind's argument itself lives in another write-only BO mapping, which the kernel's
+	 * copy_from_user reads */
+	struct gem_create ac = { .size = BO_SIZE, .placement = 1, .cpu_caching = 1 };
+	if (ioctl(fd, XE_GEM_CREATE, &ac))
+		fail("DRM_IOCTL_XE_GEM_CREATE");
+	struct gem_mmap_offset amo = { .handle = ac.handle };
+	if (ioctl(fd, XE_GEM_MMAP_OFFSET, &amo))
+		fail("DRM_IOCTL_XE_GEM_MMAP_OFFSET");
+	void *args = mmap(NULL, BO_SIZE, PROT_WRITE, MAP_SHARED, fd, amo.offset);
+	if (args == MAP_FAILED)
+		fail("mmap");
+	memcpy(args, &b, sizeof(b));
+	if (ioctl(fd, XE_VM_BIND, args))
 		fail("DRM_IOCTL_XE_VM_BIND");
 	printf("ready %d vm %u\n", getpid(), vm);
 	fflush(stdout);
