@@ -235,6 +235,9 @@ def _run(args: argparse.Namespace, prog: str, library: str, socket_path: str, de
         return 127
     # The child (same process group) gets terminal signals itself; we wait for its status.
     old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGQUIT)}
+    # a SIGTERM or SIGHUP sent to the run goes to CMD, whose status then ends the run as usual
+    old.update({s: signal.signal(s, lambda signum, _frame: proc.send_signal(signum))
+                for s in (signal.SIGTERM, signal.SIGHUP)})
     try:
         status = _status(proc.wait())
         if tmpdir:

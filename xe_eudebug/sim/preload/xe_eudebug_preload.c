@@ -89,6 +89,7 @@ static int ndevices = -1;           /* from OP_INFO */
 static __thread int tconn = -1;     /* this thread's connection, cloned over master */
 static __thread char *tbuf;         /* reply payload buffer */
 static __thread size_t tbuf_size;
+static pthread_key_t thread_key;    /* its destructor closes an exiting thread's connection */
 
 struct minor_slot { uint64_t cookie; int minor; };
 #define MINOR_SLOTS 1024
@@ -301,6 +302,7 @@ static int thread_conn(void)
 	if (ensure_master() == 0 && send_msg(master, OP_CLONE, 0, 0, 0, NULL, 0, -1) == 0 &&
 	    recv_msg(master, &h, &fd) == 0 && h.kind == R_REPLY && !h.b && fd >= 0) {
 		tconn = fd;
+		pthread_setspecific(thread_key, (void *)1);
 	} else {
 		if (fd >= 0)
 			close(fd);
@@ -1191,8 +1193,20 @@ static void atfork_child(void)
 	}
 }
 
+static void thread_exit(void *unused)
+{
+	(void)unused;
+	if (tconn >= 0)
+		RESOLVE(close)(tconn);
+	tconn = -1;
+	free(tbuf);
+	tbuf = NULL;
+	tbuf_size = 0;
+}
+
 __attribute__((constructor)) static void preload_init(void)
 {
+	pthread_key_create(&thread_key, thread_exit);
 	pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
 	if (getenv("XE_EUDEBUG_PRELOAD_CHECK"))
 		die_msg("xe_eudebug preload: loaded\n");
