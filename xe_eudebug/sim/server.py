@@ -708,13 +708,14 @@ class Server:
                 self.by_file.pop(id(entry.file), None)
                 self.by_fd.pop(entry.fd, None)
                 self.detached.discard(entry)
-            # Out of the epoll set before the release worker can close the socket: once closed,
-            # its fd number may serve a new file whose registration this must not remove.
+            self.releases_pending.add(entry)
+            # Out of the epoll set before the release worker can close the socket (it takes the
+            # entry from release_queue): once closed, its fd number may serve a new file whose
+            # registration this must not remove.
             try:
                 self.epoll.unregister(entry.fd)
             except (OSError, ValueError):
                 pass
-            self.releases_pending.add(entry)
             self.release_queue.append(entry)
             self.release_cv.notify_all()
 
