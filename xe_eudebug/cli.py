@@ -8,6 +8,8 @@
         attach to a running process and print its eudebug events live (xe_eudebug.monitor)
     xe-eudebug log print FILE... | log compare A B
         print or compare saved event logs (xe_eudebug.logcmd)
+    xe-eudebug run [--devices N] [--enable] [--device-id 0xNNNN] -- CMD [ARGS...]
+        run an unmodified C program on the simulator (docs/c-programs.md)
 
 ``--debug`` (before the command) or ``XE_EUDEBUG_DEBUG=1`` turns on the library's debug logging
 (xe_eudebug.debuglog).
@@ -91,6 +93,11 @@ def main(argv: list[str] | None = None) -> int:
         from .debuglog import enable
 
         enable()
+    sub.add_parser("run", help="run a C program on the simulator", add_help=False)
+    if argv and argv[0] == "run":
+        from .sim.run import main as run_main
+
+        return run_main(argv[1:])
     if argv and argv[0] == "sim":
         from .sim.server import main as sim_main
 

@@ -129,6 +129,8 @@ QUERY_ENGINES = _uapi.DRM_XE_DEVICE_QUERY_ENGINES
 QUERY_MEM_REGIONS = _uapi.DRM_XE_DEVICE_QUERY_MEM_REGIONS
 QUERY_CONFIG = _uapi.DRM_XE_DEVICE_QUERY_CONFIG
 QUERY_GT_LIST = _uapi.DRM_XE_DEVICE_QUERY_GT_LIST
+QUERY_HWCONFIG = _uapi.DRM_XE_DEVICE_QUERY_HWCONFIG
+QUERY_GT_TOPOLOGY = _uapi.DRM_XE_DEVICE_QUERY_GT_TOPOLOGY
 EQ_EXT_SET_PROPERTY = _uapi.DRM_XE_EXEC_QUEUE_EXTENSION_SET_PROPERTY
 EQ_PROP_PRIORITY = _uapi.DRM_XE_EXEC_QUEUE_SET_PROPERTY_PRIORITY
 EQ_PROP_TIMESLICE = _uapi.DRM_XE_EXEC_QUEUE_SET_PROPERTY_TIMESLICE
@@ -154,6 +156,9 @@ VM_ACCESS_CHUNK = 64 << 20
 DSS_COUNT = 8
 EU_BITMASK_SIZE = 8 * DSS_COUNT
 DEVICE_ID, REVISION = 0x64A0, 4
+EUS_PER_DSS = 8                        # Xe2: SIMD16 EUs per DSS, 8 threads each (EU_BITMASK_SIZE)
+DSS_MASK_BYTES = 16                    # sizeof(xe_dss_mask_t): 96 fuse bits in unsigned longs
+EU_MASK_BYTES = 8                      # sizeof(xe_eu_mask_t): 32 fuse bits in an unsigned long
 ENGINES = ((CLASS_RENDER, 0), (CLASS_COPY, 0), (CLASS_COMPUTE, 0), (CLASS_COMPUTE, 1))
 MMAP_OFFSET_START = 0x100000 << 12     # DRM_FILE_PAGE_OFFSET_START
 DRIVER_NAME, DRIVER_DATE, DRIVER_DESC = b"xe", b"20201103", b"Intel Xe2 Graphics"
@@ -227,6 +232,7 @@ class _DefaultConfig:
     fifo_capacity = 64
     enable_default = False
     job_timeout_ms = 5000                  # a job of a non-LR exec queue (xe_hw_engine.c default)
+    device_id = DEVICE_ID
     # Appendix A fidelity switches: reproduce kernel quirks the simulator avoids by default.
     fidelity_lrc_truncation = False        # EXEC_QUEUE copies only `width` bytes of lrc_handle[]
     fidelity_nonlr_discovery_abort = False  # a non-LR VM with mappings stops discovery (ENOENT)
@@ -1028,8 +1034,7 @@ class Kernel:
             self._reap_fds(force=True)
 
     # -- xe: queries and BOs ------------------------------------------------------------------------------
-    @staticmethod
-    def _query_data(query: int) -> bytes | None:
+    def _query_data(self, query: int) -> bytes | None:
         if query == QUERY_ENGINES:
             out = struct.pack("<II", len(ENGINES), 0)
             for cls, inst in ENGINES:
@@ -1039,11 +1044,24 @@ class Kernel:
             total = _phys_mem()
             return struct.pack("<II", 1, 0) + struct.pack("<HHIQQQQ", 0, 0, PAGE, total, 0, 0, 0) + bytes(48)
         if query == QUERY_CONFIG:
-            info = (DEVICE_ID | REVISION << 16, 0, PAGE, VA_BITS, 2)
+            info = (int(_cfg(self.config, "device_id")) | REVISION << 16, 0, PAGE, VA_BITS, 2)
             return struct.pack("<II", len(info), 0) + struct.pack(f"<{len(info)}Q", *info)
         if query == QUERY_GT_LIST:
             gt = struct.pack("<HHH6sIQQHHHH", 0, 0, 0, b"", 19_200_000, 1, 0, 20, 4, 0, 0) + bytes(56)
             return struct.pack("<II", 1, 0) + gt
+        if query == QUERY_HWCONFIG:
+            return b""  # no GuC hwconfig table: a valid, empty answer
+        if query == QUERY_GT_TOPOLOGY:
+            # one GT: geometry and compute DSS masks, then the EU-per-DSS mask (Xe2: SIMD16);
+            # the kernel omits L3_BANK when it cannot read it, and so does the model
+            dss = (1 << DSS_COUNT) - 1
+            eus = (1 << EUS_PER_DSS) - 1
+            out = b""
+            for kind, mask, size in ((_uapi.DRM_XE_TOPO_DSS_GEOMETRY, dss, DSS_MASK_BYTES),
+                                     (_uapi.DRM_XE_TOPO_DSS_COMPUTE, dss, DSS_MASK_BYTES),
+                                     (_uapi.DRM_XE_TOPO_SIMD16_EU_PER_DSS, eus, EU_MASK_BYTES)):
+                out += struct.pack("<HHI", 0, kind, size) + mask.to_bytes(size, "little")
+            return out
         return None
 
     def _device_query(self, file: DeviceFile, caller: Caller, k: bytearray) -> int:

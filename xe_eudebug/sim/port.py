@@ -66,8 +66,9 @@ OP_GET_ENABLED = 10  # fd (device)                               -> a = 0/1
 OP_SET_ENABLED = 11  # fd (device); a = value                    -> a = previous
 OP_CLONE = 12        #                                           -> a new control connection fd
 OP_INFO = 13         #                                           -> payload JSON
-OP_FILE_INFO = 14    # fd                                        -> a = device index, b = kind
-MAX_OP = OP_FILE_INFO
+OP_FILE_INFO = 14    # fd                                        -> a = device index, c = kind
+OP_DEVICE_ENABLED = 15  # no fd; a = device index, b = 1 to set, c = value -> a = value before
+MAX_OP = OP_DEVICE_ENABLED
 
 IOCTL_ARG_UNREADABLE = 1
 
@@ -1022,6 +1023,15 @@ def get_enabled(fd: int) -> bool:
 
 def set_enabled(fd: int, value: bool) -> bool:
     _f, a, _c, _p, fds = _link_or_ebadf(fd).call(OP_SET_ENABLED, fd, a=1 if value else 0)
+    _close_fds(fds)
+    return bool(a)
+
+
+def device_enabled(index: int, value: bool | None = None, socket_path: str | None = None) -> bool:
+    """Device `index`'s enable_eudebug toggle without a device file (what sysfs gives): read it,
+    or set it to `value`; returns the value before the call."""
+    _f, a, _c, _p, fds = connect(socket_path).call(
+        OP_DEVICE_ENABLED, a=to_u64(index), b=0 if value is None else 1, c=1 if value else 0)
     _close_fds(fds)
     return bool(a)
 

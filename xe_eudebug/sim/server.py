@@ -33,7 +33,7 @@ from typing import Any
 from . import port as wire
 from . import procmem
 from .config import SimConfig, default_socket_dir, default_socket_path
-from .port import (F_CLOEXEC, F_FD, KIND_DEBUGGER, KIND_DEVICE, KIND_OTHER, KIND_VM, M_DATA, M_DONE,
+from .port import (OP_DEVICE_ENABLED, F_CLOEXEC, F_FD, KIND_DEBUGGER, KIND_DEVICE, KIND_OTHER, KIND_VM, M_DATA, M_DONE,
                    OP_CLONE, OP_FILE_INFO, OP_FSYNC, OP_GET_ENABLED, OP_INFO, OP_IOCTL, OP_LSEEK, OP_MMAP,
                    OP_OPEN, OP_POLL, OP_PREAD, OP_PWRITE, OP_READ, OP_SET_ENABLED, R_MEMREAD, R_MEMWRITE,
                    R_REPLY, ProtocolError, epoll_ready, file_key, recv_msg, send_byte, send_msg, status_flags, to_s64, to_u64,
@@ -520,7 +520,12 @@ class Server:
         if self.detached or epoll_ready(self._epfd):
             self._check_closed(self.epoll.poll(0))
         if self.releases_pending:
-            self._wait_releases(conn.pid, fds[0] if len(fds) == 1 and kind >= OP_IOCTL else -1)
+            self._wait_releases(conn.creds[0], fds[0] if len(fds) == 1 and kind >= OP_IOCTL else -1)
+        if kind == OP_DEVICE_ENABLED:  # the sysfs toggle: needs no file of the device
+            if fds or payload:
+                raise ProtocolError(f"request {kind} carries unexpected data")
+            self._device_enabled(conn, to_s64(a), b, c)
+            return
         if kind == OP_CLONE or kind == OP_INFO or kind == OP_OPEN:
             if fds or payload:
                 raise ProtocolError(f"request {kind} carries unexpected data")
@@ -585,6 +590,23 @@ class Server:
             self._reply(conn, fd=client.fileno(), flags=F_CLOEXEC)
         finally:
             client.close()
+
+    def _device_enabled(self, conn: _Conn, index: int, write: int, value: int) -> None:
+        self.tls.dirty = set()
+        try:
+            if write:
+                # enable_eudebug is a root-owned 0644 sysfs file: opening it to write is EACCES
+                if not procmem.may_write_root_file(conn.creds[0]):
+                    raise _make_error(self.error_class, _errno.EACCES)
+                result = self.kernel.set_enabled(index, bool(value))
+            else:
+                result = self.kernel.get_enabled(index)
+        except Exception as exc:
+            self._finish_dirty(None)
+            self._reply(conn, err=self._errno_of(exc, "enable_eudebug"))
+            return
+        self._finish_dirty(None)
+        self._reply(conn, result=int(bool(result)))
 
     def _errno_of(self, exc: Exception, what: str) -> int:
         err = getattr(exc, "errno", None)
@@ -812,12 +834,15 @@ class Server:
                 self.by_fd.pop(entry.fd, None)
                 self.detached.discard(entry)
             self.releases_pending.add(entry)
+            # Out of the epoll set before the release worker can close the socket (it takes the
+            # entry from release_queue): once closed, its fd number may serve a new file whose
+            # registration this must not remove.
+            try:
+                self.epoll.unregister(entry.fd)
+            except (OSError, ValueError):
+                pass
             self.release_queue.append(entry)
             self.release_cv.notify_all()
-        try:
-            self.epoll.unregister(entry.fd)
-        except (OSError, ValueError):
-            pass
 
     def _release_worker(self) -> None:
         """Run releases in the order their last closes were seen.  A release that blocks (an
