@@ -1,8 +1,8 @@
 """IGT's shader templates, read from an IGT source tree, for the ISA tests.
 
 `igt_source()` finds the tree: `IGT_SRC`, else /tmp/igt-eu/igt-gpu-tools-b3d809d5, else it
-extracts the three files needed from /work/shared/igt/igt-gpu-tools-b3d809d5.tar.xz (or
-`IGT_TARBALL`) there; None when there is none of them.  `generated_templates()` parses
+extracts the three files needed from ../shared/igt/igt-gpu-tools-b3d809d5.tar.xz beside the
+repository (or `IGT_TARBALL`, or `IGT_SRC` naming a .tar.xz, as tools/build-igt.sh takes it) there; None when there is none of them.  `generated_templates()` parses
 `lib/gpgpu_shader.c.gen.iga64_codes.c`; `template_sources()` takes the assembly text of every
 `emit_iga64_code` in `lib/gpgpu_shader.c` and runs it through a small C-preprocessor stand-in
 for GEN_VER (the `#if`s and macros of `lib/iga64_macros.h`), as IGT's generator does with cpp.
@@ -16,18 +16,19 @@ import tarfile
 
 IGT_DIR_NAME = "igt-gpu-tools-b3d809d5"
 DEFAULT_TREE = os.path.join("/tmp/igt-eu", IGT_DIR_NAME)
-DEFAULT_TARBALL = f"/work/shared/igt/{IGT_DIR_NAME}.tar.xz"
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_TARBALL = os.path.join(os.path.dirname(_REPO), "shared", "igt", f"{IGT_DIR_NAME}.tar.xz")
 NEEDED = ("lib/gpgpu_shader.c", "lib/gpgpu_shader.c.gen.iga64_codes.c", "lib/iga64_macros.h")
 IGA64_ARG0 = 0xC0DED000
 
 
 def igt_source() -> str | None:
     env = os.environ.get("IGT_SRC")
-    if env:
+    if env and not env.endswith(".tar.xz"):
         return env if os.path.isfile(os.path.join(env, NEEDED[1])) else None
     if all(os.path.isfile(os.path.join(DEFAULT_TREE, n)) for n in NEEDED):
         return DEFAULT_TREE
-    tarball = os.environ.get("IGT_TARBALL", DEFAULT_TARBALL)
+    tarball = env or os.environ.get("IGT_TARBALL", DEFAULT_TARBALL)
     if not os.path.isfile(tarball):
         return None
     os.makedirs(os.path.dirname(DEFAULT_TREE), exist_ok=True)
