@@ -4,6 +4,8 @@
         run the simulated Xe driver in the foreground with logging
     xe-eudebug devices
         list Xe render nodes and the simulator's devices
+    xe-eudebug igt [--list-subtests] [--run-subtest GLOB] [--device DEV] [--results F] [--junit F]
+        list and run the ported IGT subtests the way an IGT binary does
 """
 
 from __future__ import annotations
@@ -44,10 +46,15 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("sim", help="run the simulated Xe driver in the foreground", add_help=False)
     sub.add_parser("devices", help="list Xe devices (render nodes and the simulator)")
+    sub.add_parser("igt", help="list and run the ported IGT subtests", add_help=False)
     if argv and argv[0] == "sim":
         from .sim.server import main as sim_main
 
         return sim_main(argv[1:], prog="xe-eudebug sim")
+    if argv and argv[0] == "igt":
+        from .igt.runner import main as igt_main
+
+        return igt_main(argv[1:], prog="xe-eudebug igt")
     args = parser.parse_args(argv)
     if args.command == "devices":
         return _devices(args)

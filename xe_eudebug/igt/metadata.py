@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Read debug metadata from an EU debugger: IGT's ``read-metadata`` and ``attach-debug-metadata``.
 
 This is the Python form of the two metadata subtests of IGT's ``tests/intel/xe_eudebug.c``
@@ -38,6 +37,9 @@ Running it
 
 ``XE_EUDEBUG_DEVICE`` selects the device (a render node, or ``sim``); without it the first Xe
 render node is used, else the bundled simulator.  Exit status 0 means every subtest passed.
+
+The code lives in ``xe_eudebug/igt/metadata.py`` (installed with the package, where
+``xe-eudebug igt`` runs the same two subtests); ``examples/metadata_read.py`` runs its ``main``.
 ``docs/metadata-walkthrough.md`` maps every line to the C original.
 """
 
@@ -53,18 +55,12 @@ import threading
 import time
 from typing import Callable, Sequence
 
-# Run from a checkout without installing anything: when this script sits in the repository,
-# use the package next to it (so the example always runs the library it ships with); a copy of
-# the script elsewhere uses the installed package.
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if os.path.isfile(os.path.join(_REPO, "xe_eudebug", "__init__.py")) and _REPO not in sys.path:
-    sys.path.insert(0, _REPO)
-
-from xe_eudebug import Client, Debugger, EventFlags, EventLog, EventType, Session  # noqa: E402
-from xe_eudebug import ioctl as _seam  # noqa: E402
-from xe_eudebug.client import attach_debug_chain  # noqa: E402
-from xe_eudebug.device import min_alignment  # noqa: E402
-from xe_eudebug.uapi import (  # noqa: E402
+from xe_eudebug import Client, Debugger, EventFlags, EventLog, EventType, Session
+from xe_eudebug import ioctl as _seam
+from xe_eudebug.client import attach_debug_chain
+from xe_eudebug.device import min_alignment
+from xe_eudebug.igt.registry import subtest
+from xe_eudebug.uapi import (
     DRM_XE_VM_CREATE_FLAG_LR_MODE,
     WORK_IN_PROGRESS_DRM_XE_DEBUG_METADATA_NUM,
 )
@@ -400,6 +396,26 @@ def kernel_detached(d: Debugger) -> bool:
     except OSError:
         return False
     return any(mask & select.POLLHUP and mask & select.POLLERR for _fd, mask in ready)
+
+
+# ------------------------------------------------------------------------------------------------
+# The two subtests in the registry (``xe-eudebug igt``, ``tests/test_igt_subtests.py``)
+
+
+def _run_registered(name: str) -> None:
+    """One client with IGT's pattern; a failure raises with the bounded summary and logs."""
+    result = run_subtest(name)
+    print(result.line(), flush=True)
+    if not result.passed:
+        raise AssertionError(f"{result.error_summary()}\n{result.format_logs(MAX_LOGS_SHOWN)}")
+
+
+@subtest("read-metadata", name="read-metadata")
+@subtest("attach-debug-metadata", name="attach-debug-metadata")
+def test_metadata(name: str) -> None:
+    """IGT read-metadata, attach-debug-metadata: the debugger reads every debug metadata object
+    the client created (from its METADATA event, or through the bind it is attached to)."""
+    _run_registered(name)
 
 
 # ------------------------------------------------------------------------------------------------
