@@ -123,7 +123,10 @@ def _captured() -> Iterator[list[str]]:
     try:
         os.dup2(files[0].fileno(), 1)
         os.dup2(files[1].fileno(), 2)
-        yield texts
+        # Python-level writers too (sys.stdout may not be fd 1, for example under pytest).
+        with open(1, "w", closefd=False) as out, open(2, "w", closefd=False) as err, \
+                contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            yield texts
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -183,7 +186,7 @@ def device_problem() -> str | None:
 
     try:
         fd = open_device()
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         return f"no Xe device: {exc}"
     os.close(fd)
     return None
