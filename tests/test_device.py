@@ -340,3 +340,27 @@ def test_error_detach_shows_hup_raw_and_hup_err_through_the_seam(sim_server, mon
     finally:
         os.close(dbg)
         os.close(fd)
+
+
+def test_toggle_without_a_device_file_is_the_same_toggle(two_devices):
+    """The sysfs toggle of a device needs no open DRM file (port.device_enabled, what C programs
+    reach through /sys/dev/char/226:M/device/enable_eudebug): same value, same EBUSY rule."""
+    sock = two_devices.socket
+    assert port.device_enabled(1, socket_path=sock) is False
+    assert port.device_enabled(1, True, socket_path=sock) is False
+    fd = device.open_device("sim:1")
+    try:
+        assert device.eudebug_enabled(fd) is True
+        assert port.device_enabled(0, socket_path=sock) is False  # per device
+        dbg = connect_self(fd)
+        try:
+            with pytest.raises(OSError) as info:
+                port.device_enabled(1, False, socket_path=sock)
+            assert info.value.errno == errno.EBUSY
+        finally:
+            os.close(dbg)
+    finally:
+        os.close(fd)
+    with pytest.raises(OSError) as info:
+        port.device_enabled(2, socket_path=sock)
+    assert info.value.errno == errno.ENODEV

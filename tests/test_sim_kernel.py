@@ -22,6 +22,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from xe_eudebug import uapi as U
 from xe_eudebug.sim import kernel as K
 from xe_eudebug.sim import procmem
 
@@ -943,3 +944,52 @@ def test_fidelity_switches_reproduce_kernel_quirks():
     env.queue_create(f, lr, width=2)
     ev = env.events(d)[-1]
     assert struct.unpack_from("<QQ", ev, 56) == (1, 0)            # width bytes of lrc_handle[] only (not 1, 2)
+
+
+def _query(env: "Env", f, q: int) -> bytes:
+    _, raw = env.ok(f, K.DRM_IOCTL_XE_DEVICE_QUERY, struct.pack("<QIIQ16x", 0, q, 0, 0))
+    size = struct.unpack_from("<I", raw, 12)[0]
+    if size == 0:
+        return b""
+    data = env.buf(size)
+    env.ok(f, K.DRM_IOCTL_XE_DEVICE_QUERY, struct.pack("<QIIQ16x", 0, q, size, env.addr(data)))
+    return data.raw
+
+
+def test_hwconfig_query_is_a_valid_empty_answer():
+    """IGT's xe_device_get asserts HWCONFIG succeeds; the kernel answers size 0 without a GuC
+    hwconfig table, and a second call with size 0 succeeds again."""
+    env = Env()
+    f = env.open()
+    assert _query(env, f, K.QUERY_HWCONFIG) == b""
+    assert _query(env, f, K.QUERY_HWCONFIG) == b""
+
+
+def test_gt_topology_masks_match_the_device_model():
+    """Per GT: DSS_GEOMETRY, DSS_COMPUTE (16 bytes each: xe_dss_mask_t) and the SIMD16 EU mask
+    (8 bytes: xe_eu_mask_t), each as u16 gt_id, u16 type, u32 num_bytes, mask; the DSS count and
+    EUs per DSS are those of the EU attention bitmask (EU_BITMASK_SIZE)."""
+    env = Env()
+    f = env.open()
+    data = _query(env, f, K.QUERY_GT_TOPOLOGY)
+    masks = []
+    off = 0
+    while off < len(data):
+        gt, kind, n = struct.unpack_from("<HHI", data, off)
+        masks.append((gt, kind, int.from_bytes(data[off + 8:off + 8 + n], "little"), n))
+        off += 8 + n
+    assert off == len(data)
+    assert [(gt, kind, n) for gt, kind, _m, n in masks] == [
+        (0, U.DRM_XE_TOPO_DSS_GEOMETRY, 16), (0, U.DRM_XE_TOPO_DSS_COMPUTE, 16),
+        (0, U.DRM_XE_TOPO_SIMD16_EU_PER_DSS, 8)]
+    dss = bin(masks[1][2]).count("1")
+    eus = bin(masks[2][2]).count("1")
+    assert masks[0][2] == masks[1][2] and dss == K.DSS_COUNT
+    assert dss * eus * 8 == K.EU_BITMASK_SIZE * 8  # one attention bit per EU thread (8 per EU)
+
+
+def test_config_query_reports_the_configured_device_id():
+    env = Env(device_id=0xE20B)
+    f = env.open()
+    data = _query(env, f, K.QUERY_CONFIG)
+    assert struct.unpack_from("<Q", data, 8)[0] & 0xFFFF == 0xE20B

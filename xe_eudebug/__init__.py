@@ -15,6 +15,9 @@ from typing import Any
 
 from . import ioctl  # noqa: F401  (the system-call seam)
 from .sim import port as _sim_port  # noqa: F401  (registers the simulator's seam backend)
+from .debuglog import enable_from_env as _enable_from_env
+
+_enable_from_env()  # XE_EUDEBUG_DEBUG=1: the library's loggers to stderr
 
 __version__ = "0.1.0"
 

@@ -813,6 +813,7 @@ class Client:
     # -- client side: stages ---------------------------------------------------------------
     def signal_stage(self, stage: int) -> None:
         """(In the client) send DEBUGGER_STAGE ``stage``; released by ``Debugger.wait_stage``."""
+        log.debug("client: %d signalling debugger stage %d", self.pid, stage)
         self._send(self._out_w, Token.DEBUGGER_STAGE, stage)
 
     def wait_stage(self, stage: int) -> None:
@@ -837,7 +838,9 @@ class Client:
         with self._lock:
             s = self.seqno
             self.seqno = s + 1
-            self.log.append(make(type, flags, s, **fields))
+            event = make(type, flags, s, **fields)
+            self.log.append(event)
+            log.debug("client: %d expects event: %s", self.pid, event)
         return s
 
     def vm_bind_event(self, event_flags: int, fd: int, vm: int, bind_flags: int, num_binds: int) -> int:

@@ -293,7 +293,7 @@ class Debugger:
         self._poke()
         if isinstance(target, Client):
             self.client = target
-        log.debug("debugger connected to %d", pid)
+        log.info("debugger connected to pid %d (debug fd %d)", pid, ret)
         return 0
 
     def attach(self, target: Client | int, flags: int = 0) -> None:
@@ -308,6 +308,7 @@ class Debugger:
         if not self.target_pid:
             raise RuntimeError("debugger is not attached")
         fd, self.fd = self.fd, -1
+        log.info("debugger detached from pid %d", self.target_pid)
         self.target_pid = 0
         register_private_fds(self, self._wake_r, self._wake_w)
         if fd >= 0:
@@ -374,6 +375,7 @@ class Debugger:
 
     def signal_stage(self, stage: int) -> None:
         """Send CLIENT_STAGE ``stage`` to the client (released: ``Client.wait_stage``)."""
+        log.debug("debugger: signalling client stage %d", stage)
         self._peer().send_client_stage(stage)
 
     def wait_stage(self, stage: int) -> None:
@@ -395,6 +397,7 @@ class Debugger:
 
     def _record(self, event: Event) -> None:
         self.event_count += 1
+        log.debug("event: %s", event)
         self.log.append(event)
 
     def ack_ufence(self, event: Event) -> None:
@@ -487,7 +490,7 @@ class Debugger:
                     r = sum(1 for f, m in ready.items() if f != wake and m & (rd | select.POLLNVAL))
                 except OSError as exc:
                     if exc.errno != errno.EBADF and fd == self.fd:
-                        log.info("poll failed with errno %d", exc.errno or 0)
+                        log.warning("debugger worker stops: poll failed with errno %d", exc.errno or 0)
                         break
                     # the fd was closed (and maybe its number reused) by a concurrent detach or
                     # attach: the kernel's poll reports POLLNVAL for a closed fd, which is a
@@ -521,7 +524,7 @@ class Debugger:
         try:
             event = self.read_event(buf, fd)
         except OSError as exc:
-            log.info("xe_eudebug_read_event returned %d (%s)", -(exc.errno or 0), exc)
+            log.debug("xe_eudebug_read_event returned %d (%s)", -(exc.errno or 0), exc)
             return
         self._record(event)
         self.dispatch(event)

@@ -75,23 +75,38 @@ def _render_nodes() -> list[str]:
 
 
 def open_device(device: str | None = None) -> int:
-    """Open an Xe device and return a plain int fd (close-on-exec)."""
+    """Open an Xe device and return a plain int fd (close-on-exec).
+
+    A selection that names no usable device raises ``OSError`` (``ENOENT`` for a missing node
+    or simulated device, ``ENODEV`` for a node of another driver or none, ``EACCES``) or
+    ``ValueError`` (a malformed ``sim`` selector), with a one-line message naming the value and
+    what to do."""
+    from_env = device is None
     spec = device if device is not None else os.environ.get(DEVICE_ENV) or None
     if spec is not None:
+        what = f"{DEVICE_ENV}={spec}" if from_env else f"device {spec!r}"
         index = _parse_sim(spec)
         if index is not None:
-            return _port.open_device(index)
+            try:
+                return _port.open_device(index)
+            except OSError as exc:
+                raise _sim_error(exc, what, index) from None
         if spec.startswith("sim"):
-            raise ValueError(f"bad simulated device selector {spec!r} (use 'sim' or 'sim:N')")
-        fd = os.open(spec, os.O_RDWR | os.O_CLOEXEC)
+            raise ValueError(f"{what}: bad simulated device selector (use 'sim' or 'sim:N')")
+        try:
+            fd = os.open(spec, os.O_RDWR | os.O_CLOEXEC)
+        except OSError as exc:
+            raise _open_error(exc, what) from None
         try:
             name = driver_name(fd)
-        except OSError:
+        except OSError as exc:
             os.close(fd)
-            raise
+            code = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+            raise OSError(errno.ENODEV, f"{what}: not a DRM device (DRM_IOCTL_VERSION failed with {code}); "
+                                        f"{_selection_hint()}") from None
         if name != "xe":
             os.close(fd)
-            raise OSError(errno.ENODEV, f"{spec}: driver is {name!r}, not 'xe'")
+            raise OSError(errno.ENODEV, f"{what}: driver is {name!r}, not 'xe'; {_selection_hint()}")
         return fd
     for node in _render_nodes():
         try:
@@ -107,6 +122,40 @@ def open_device(device: str | None = None) -> int:
         os.close(fd)
     _announce_simulator()
     return _port.open_device(0)
+
+
+def _selection_hint() -> str:
+    """What to set instead: the Xe render nodes present, the simulator, or unset."""
+    nodes = ", ".join(_render_nodes()) or "none on this machine"
+    return (f"set {DEVICE_ENV} to an Xe render node (render nodes: {nodes}), to 'sim' for the "
+            f"simulator, or unset it")
+
+
+def _open_error(exc: OSError, what: str) -> OSError:
+    if exc.errno == errno.ENOENT:
+        return OSError(errno.ENOENT, f"{what}: no such device node; {_selection_hint()}")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return OSError(exc.errno, f"{what}: permission denied; add your user to the node's group "
+                                  f"(usually 'render') or {_selection_hint()}")
+    return OSError(exc.errno, f"{what}: {exc.strerror}; {_selection_hint()}")
+
+
+def _sim_error(exc: OSError, what: str, index: int) -> OSError:
+    try:
+        count = int(_port.server_info().get("devices", 1))
+    except (OSError, ValueError):
+        path, may_start = _port.selected_socket_path()
+        if may_start:
+            return exc
+        return OSError(exc.errno, f"{what}: no simulator answers at {path} (XE_EUDEBUG_SIM_SOCKET names "
+                                  f"it, so none is started); run one there (xe-eudebug sim --socket {path}) "
+                                  f"or unset XE_EUDEBUG_SIM_SOCKET")
+    if exc.errno != errno.ENOENT:
+        return exc
+    have = "sim:0" if count == 1 else f"sim:0 to sim:{count - 1}"
+    return OSError(errno.ENOENT, f"{what}: the simulator has {count} device{'s' if count != 1 else ''} "
+                                 f"({have}); select one of them, or run a simulator with more "
+                                 f"(xe-eudebug sim --devices {index + 1})")
 
 
 def _announce_simulator() -> None:

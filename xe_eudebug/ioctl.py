@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import ctypes
 import errno as _errno
+import logging
 import mmap as _mmap
 import os
 import select
 import threading
 import time
 from typing import Any, Callable, Iterable, Protocol
+
+_calls = logging.getLogger(__name__)  # every seam ioctl at DEBUG (xe-eudebug --debug)
+_DEBUG = logging.DEBUG
 
 __all__ = [
     "_IOC", "_IO", "_IOR", "_IOW", "_IOWR",
@@ -233,13 +237,20 @@ def ioctl(fd: int, request: int, arg: Any = None) -> int:
         try:
             backend = _backend_for(fd)
             if backend is not None:
-                return backend.ioctl(fd, request, addr)
-            return _real_ioctl(fd, request, addr)
+                ret = backend.ioctl(fd, request, addr)
+            else:
+                ret = _real_ioctl(fd, request, addr)
+            if _calls.isEnabledFor(_DEBUG):
+                _calls.debug("ioctl(%d, %s, %#x) = %d", fd, request_name(request), addr, ret)
+            return ret
         except InterruptedError:
             continue
         except OSError as exc:
             if exc.errno == _errno.EINTR:
                 continue
+            if _calls.isEnabledFor(_DEBUG):
+                _calls.debug("ioctl(%d, %s, %#x) = -1 %s", fd, request_name(request), addr,
+                             _errno.errorcode.get(exc.errno or 0, exc.errno))
             raise _named(exc, request_name(request)) from None
 
 

@@ -37,6 +37,8 @@ class SimConfig:
                         and its queue banned (kernel: 5000, the engine class's job_timeout_ms).
     idle_exit:          seconds the server keeps running with no control connection and no
                         open simulated file; 0 or less never exits on idleness.
+    device_id:          PCI device id the devices report (QUERY_CONFIG; kernel model: 0x64A0,
+                        Lunar Lake).
     memory_access:      how the server reaches a blocked caller's memory: "auto" (direct
                         process_vm_readv/writev when permitted, else ask the caller), "caller"
                         (always ask the caller's side of the control connection).
@@ -56,6 +58,7 @@ class SimConfig:
     idle_exit: float = 30.0
     memory_access: str = "auto"
     group: str = ""
+    device_id: int = 0x64A0
 
     def __post_init__(self) -> None:
         if int(self.devices) < 1:
@@ -67,6 +70,8 @@ class SimConfig:
             raise ValueError("SimConfig.job_timeout_ms must be >= 1")
         if int(self.fifo_capacity) < 1:
             raise ValueError("SimConfig.fifo_capacity must be >= 1")
+        if not 0 < int(self.device_id) <= 0xFFFF:
+            raise ValueError(f"SimConfig.device_id must be a 16-bit PCI device id, got {self.device_id!r}")
         if self.memory_access not in ("auto", "caller"):
             raise ValueError(f"SimConfig.memory_access must be 'auto' or 'caller', got {self.memory_access!r}")
 

@@ -129,6 +129,8 @@ QUERY_ENGINES = _uapi.DRM_XE_DEVICE_QUERY_ENGINES
 QUERY_MEM_REGIONS = _uapi.DRM_XE_DEVICE_QUERY_MEM_REGIONS
 QUERY_CONFIG = _uapi.DRM_XE_DEVICE_QUERY_CONFIG
 QUERY_GT_LIST = _uapi.DRM_XE_DEVICE_QUERY_GT_LIST
+QUERY_HWCONFIG = _uapi.DRM_XE_DEVICE_QUERY_HWCONFIG
+QUERY_GT_TOPOLOGY = _uapi.DRM_XE_DEVICE_QUERY_GT_TOPOLOGY
 EQ_EXT_SET_PROPERTY = _uapi.DRM_XE_EXEC_QUEUE_EXTENSION_SET_PROPERTY
 EQ_PROP_PRIORITY = _uapi.DRM_XE_EXEC_QUEUE_SET_PROPERTY_PRIORITY
 EQ_PROP_TIMESLICE = _uapi.DRM_XE_EXEC_QUEUE_SET_PROPERTY_TIMESLICE
@@ -154,6 +156,9 @@ VM_ACCESS_CHUNK = 64 << 20
 DSS_COUNT = 8
 EU_BITMASK_SIZE = 8 * DSS_COUNT
 DEVICE_ID, REVISION = 0x64A0, 4
+EUS_PER_DSS = 8                        # Xe2: SIMD16 EUs per DSS, 8 threads each (EU_BITMASK_SIZE)
+DSS_MASK_BYTES = 16                    # sizeof(xe_dss_mask_t): 96 fuse bits in unsigned longs
+EU_MASK_BYTES = 8                      # sizeof(xe_eu_mask_t): 32 fuse bits in an unsigned long
 ENGINES = ((CLASS_RENDER, 0), (CLASS_COPY, 0), (CLASS_COMPUTE, 0), (CLASS_COMPUTE, 1))
 MMAP_OFFSET_START = 0x100000 << 12     # DRM_FILE_PAGE_OFFSET_START
 DRIVER_NAME, DRIVER_DATE, DRIVER_DESC = b"xe", b"20201103", b"Intel Xe2 Graphics"
@@ -227,6 +232,7 @@ class _DefaultConfig:
     fifo_capacity = 64
     enable_default = False
     job_timeout_ms = 5000                  # a job of a non-LR exec queue (xe_hw_engine.c default)
+    device_id = DEVICE_ID
     # Appendix A fidelity switches: reproduce kernel quirks the simulator avoids by default.
     fidelity_lrc_truncation = False        # EXEC_QUEUE copies only `width` bytes of lrc_handle[]
     fidelity_nonlr_discovery_abort = False  # a non-LR VM with mappings stops discovery (ENOENT)
@@ -272,6 +278,7 @@ class DeviceFile(File):
         self.device = device
         self.index = device.index
         self.owner = owner                         # opener's thread group
+        self.owner_task = procmem.task_of(owner)   # ... held as a task, never as a bare pid
         self.vms: dict[int, Vm] = {}
         self.queues: dict[int, ExecQueue] = {}
         self.bos: dict[int, Bo] = {}
@@ -291,10 +298,11 @@ class Bo:
 
 
 class Vma:
-    __slots__ = ("start", "end", "kind", "bo", "offset", "attach")
+    __slots__ = ("start", "end", "kind", "bo", "offset", "attach", "task")
 
     def __init__(self, start: int, end: int, kind: str, bo: Bo | None, offset: int,
-                 attach: list[tuple[int, int]]) -> None:
+                 attach: list[tuple[int, int]], task: "procmem.Task | None" = None) -> None:
+        self.task = task                           # userptr: the binder's process (its memory)
         self.start = start
         self.end = end
         self.kind = kind                           # "bo", "userptr" or "null"
@@ -344,10 +352,10 @@ class Metadata:
 
 
 class UserFence:
-    __slots__ = ("pid", "addr", "value")
+    __slots__ = ("task", "addr", "value")
 
-    def __init__(self, pid: int, addr: int, value: int) -> None:
-        self.pid = pid
+    def __init__(self, task: "procmem.Task", addr: int, value: int) -> None:
+        self.task = task                           # the binder, held as a task (never a bare pid)
         self.addr = addr
         self.value = value
 
@@ -395,6 +403,7 @@ class Connection:
     def __init__(self, kernel: "Kernel", device: Device, target: int) -> None:
         self.device = device
         self.target = target
+        self.target_task = procmem.task_of(target)  # the debuggee, held as a task
         self.status = 1                            # 1 attached; 0 or -errno detached
         self.fifo: deque[bytes] = deque()
         self.cv = threading.Condition(kernel._lock)
@@ -465,13 +474,37 @@ def _proc_status(pid: int) -> dict[str, str] | None:
     try:
         with open(f"/proc/{pid}/status", "rb") as f:
             text = f.read().decode("ascii", "replace")
-    except OSError:
+    except OSError as exc:
+        if exc.errno in (E.EMFILE, E.ENFILE, E.ENOMEM):
+            raise _fail(exc.errno, "reading process credentials") from None
         return None
     out = {}
     for line in text.splitlines():
         key, _, value = line.partition(":")
         out[key] = value.strip()
     return out
+
+
+CALLER_CHECK = 0.2  # seconds between checks, in a sleeping call, whether its caller is gone
+
+
+def _caller_gone(caller: Caller) -> bool:
+    """Whether the process blocked in a call has died (callers that cannot tell: never)."""
+    gone = getattr(caller, "gone", None)
+    return bool(gone is not None and gone())
+
+
+def _dumpable(pid: int, status: dict[str, str]) -> bool:
+    """Whether process `pid` is dumpable: proc shows the files (not the directory) of a process
+    that is not as owned by root, whatever its effective ids (task_dump_owner)."""
+    try:
+        st = os.stat(f"/proc/{pid}/stat")
+    except OSError:
+        return False
+    uids, gids = _ids(status, "Uid"), _ids(status, "Gid")
+    if len(uids) < 2 or len(gids) < 2:
+        return False
+    return (st.st_uid, st.st_gid) == (uids[1], gids[1])
 
 
 def _ids(status: dict[str, str], key: str) -> list[int]:
@@ -545,7 +578,7 @@ class Kernel:
         self._gate_cv = threading.Condition(self._lock)
         self._fence_cv = threading.Condition(self._lock)
         self._fence_gen = 0
-        self._pending_fence_writes: dict[int, list[tuple[int, bytes]]] = {}
+        self._pending_fence_writes: dict[procmem.Task, list[tuple[int, bytes]]] = {}
         self._dead_fds: deque[tuple[float, int]] = deque()
         enabled = bool(_cfg(self.config, "enable_default"))
         self.devices = [Device(i, enabled) for i in range(int(_cfg(self.config, "devices")))]
@@ -584,7 +617,7 @@ class Kernel:
             raise _fail(E.ENODEV, "open")
         dev = self.devices[index]
         with self._reading(dev):
-            file = DeviceFile(dev, int(caller.pid))
+            file = DeviceFile(dev, int(caller.pid))   # first: it may fail (no pidfd: EMFILE)
             dev.files.append(file)
             conn = self._conn_for(file)
             if conn is not None:
@@ -807,7 +840,7 @@ class Kernel:
     def _conn_for(self, file: DeviceFile) -> Connection | None:
         """The attached connection, with discovery complete, debugging the file's opener."""
         for conn in file.device.conns:
-            if conn.target == file.owner and conn.discovery_done:
+            if conn.target_task is file.owner_task and conn.discovery_done:
                 return conn
         return None
 
@@ -893,13 +926,13 @@ class Kernel:
         """Write a user fence's value into its process (lock held)."""
         data = struct.pack("<Q", fence.value)
         try:
-            procmem.write(fence.pid, fence.addr, data)
+            fence.task.write(fence.addr, data)     # ESRCH once the binder has exited: dropped
         except OSError as exc:
             if exc.errno == E.EPERM:
                 # Not permitted to reach that process directly: its next wait applies it.
-                self._pending_fence_writes.setdefault(fence.pid, []).append((fence.addr, data))
+                self._pending_fence_writes.setdefault(fence.task, []).append((fence.addr, data))
             else:
-                log.debug("user fence write to pid %d at %#x failed: %s", fence.pid, fence.addr, exc)
+                log.debug("user fence write to pid %d at %#x failed: %s", fence.task.pid, fence.addr, exc)
         self._fence_gen += 1
         self._fence_cv.notify_all()
 
@@ -980,6 +1013,13 @@ class Kernel:
             except OSError:
                 pass
 
+    def housekeeping(self) -> None:
+        """Periodic work of an idle model (the server calls it a few times a second): close the
+        memfds of freed BOs once no mmap can still be sending them."""
+        if self._dead_fds:
+            with self._lock:
+                self._reap_fds()
+
     def close(self) -> None:
         """Free every memfd the model holds (server shutdown)."""
         with self._lock:
@@ -994,8 +1034,7 @@ class Kernel:
             self._reap_fds(force=True)
 
     # -- xe: queries and BOs ------------------------------------------------------------------------------
-    @staticmethod
-    def _query_data(query: int) -> bytes | None:
+    def _query_data(self, query: int) -> bytes | None:
         if query == QUERY_ENGINES:
             out = struct.pack("<II", len(ENGINES), 0)
             for cls, inst in ENGINES:
@@ -1005,11 +1044,24 @@ class Kernel:
             total = _phys_mem()
             return struct.pack("<II", 1, 0) + struct.pack("<HHIQQQQ", 0, 0, PAGE, total, 0, 0, 0) + bytes(48)
         if query == QUERY_CONFIG:
-            info = (DEVICE_ID | REVISION << 16, 0, PAGE, VA_BITS, 2)
+            info = (int(_cfg(self.config, "device_id")) | REVISION << 16, 0, PAGE, VA_BITS, 2)
             return struct.pack("<II", len(info), 0) + struct.pack(f"<{len(info)}Q", *info)
         if query == QUERY_GT_LIST:
             gt = struct.pack("<HHH6sIQQHHHH", 0, 0, 0, b"", 19_200_000, 1, 0, 20, 4, 0, 0) + bytes(56)
             return struct.pack("<II", 1, 0) + gt
+        if query == QUERY_HWCONFIG:
+            return b""  # no GuC hwconfig table: a valid, empty answer
+        if query == QUERY_GT_TOPOLOGY:
+            # one GT: geometry and compute DSS masks, then the EU-per-DSS mask (Xe2: SIMD16);
+            # the kernel omits L3_BANK when it cannot read it, and so does the model
+            dss = (1 << DSS_COUNT) - 1
+            eus = (1 << EUS_PER_DSS) - 1
+            out = b""
+            for kind, mask, size in ((_uapi.DRM_XE_TOPO_DSS_GEOMETRY, dss, DSS_MASK_BYTES),
+                                     (_uapi.DRM_XE_TOPO_DSS_COMPUTE, dss, DSS_MASK_BYTES),
+                                     (_uapi.DRM_XE_TOPO_SIMD16_EU_PER_DSS, eus, EU_MASK_BYTES)):
+                out += struct.pack("<HHI", 0, kind, size) + mask.to_bytes(size, "little")
+            return out
         return None
 
     def _device_query(self, file: DeviceFile, caller: Caller, k: bytearray) -> int:
@@ -1281,7 +1333,7 @@ class Kernel:
                 raise _fail(E.EFAULT, "VM_BIND: user fence address")
             if fence is not None:
                 raise _fail(E.EINVAL, "VM_BIND: more than one user fence")
-            fence = UserFence(int(caller.pid), s_addr, s_value)
+            fence = UserFence(procmem.task_of(int(caller.pid)), s_addr, s_value)
         if sync_fault:
             raise _fail(sync_fault, "VM_BIND: syncs")
         if out_syncs:                              # binds complete at once: signalled now
@@ -1292,13 +1344,16 @@ class Kernel:
         if num_binds == 0:
             return self._fence_now(fence)          # "nothing to do": fences signalled, success
         # execute the ops
+        binder = procmem.task_of(int(caller.pid)) if any(o[5] == OP_MAP_USERPTR for o in ops) else None
         did_something = False
         op_events: list[tuple[int, int, int, list[tuple[int, int]]]] = []  # (flags, addr, range, attach)
         for (obj, _pat, obj_offset, rng, addr, op, flags, _region, _c), bo, attach in zip(ops, bos, attach_lists):
             if op == OP_MAP or op == OP_MAP_USERPTR:
                 self._unmap_range(vm, addr, addr + rng)
                 kind = "null" if flags & BIND_FLAG_NULL else ("userptr" if op == OP_MAP_USERPTR else "bo")
-                self._insert_vma(vm, Vma(addr, addr + rng, kind, bo, obj_offset, list(attach)))
+                # a userptr maps the binder's memory, whoever opened the DRM file
+                task = binder if kind == "userptr" else None
+                self._insert_vma(vm, Vma(addr, addr + rng, kind, bo, obj_offset, list(attach), task))
                 if bo is not None:
                     bo.refs += 1
                 did_something = True
@@ -1370,12 +1425,12 @@ class Kernel:
                 continue
             changed = True
             if v.start < start:
-                out.append(Vma(v.start, start, v.kind, v.bo, v.offset, list(v.attach)))
+                out.append(Vma(v.start, start, v.kind, v.bo, v.offset, list(v.attach), v.task))
                 if v.bo is not None:
                     v.bo.refs += 1
             if v.end > end:
                 out.append(Vma(end, v.end, v.kind, v.bo, v.offset + (end - v.start) if v.kind != "null" else 0,
-                               list(v.attach)))
+                               list(v.attach), v.task))
                 if v.bo is not None:
                     v.bo.refs += 1
             if v.bo is not None:
@@ -1416,10 +1471,11 @@ class Kernel:
             deadline = start + timeout
         want = value & mask
         err = 0
+        me = procmem.task_of(int(caller.pid))
         while True:
             with self._lock:
                 gen = self._fence_gen
-                pending = self._pending_fence_writes.pop(int(caller.pid), None)
+                pending = self._pending_fence_writes.pop(me, None)
             for p_addr, data in pending or ():
                 try:
                     caller.write(p_addr, data)
@@ -1441,9 +1497,12 @@ class Kernel:
             if deadline is not None and now >= deadline:
                 err = E.ETIME
                 break
-            wait = 1.0 if deadline is None else min(1.0, (deadline - now) / 1e9)
+            wait = CALLER_CHECK if deadline is None else min(CALLER_CHECK, (deadline - now) / 1e9)
+            if _caller_gone(caller):               # killed while it sleeps: the call ends now
+                err = E.EINTR
+                break
             with self._lock:
-                if self._fence_gen == gen and not self._pending_fence_writes.get(int(caller.pid)):
+                if self._fence_gen == gen and not self._pending_fence_writes.get(me):
                     self._fence_cv.wait(wait)
         if not flags & UFENCE_FLAG_ABSTIME:
             left = max(0, timeout - (time.monotonic_ns() - start))
@@ -1617,7 +1676,10 @@ class Kernel:
             target = tgid[0]
             if not self._may_access(int(caller.pid), target, target_status or {}):
                 raise _fail(E.EACCES, "EUDEBUG_CONNECT: no ptrace access")
-            if any(c.target == target for c in dev.conns):
+            ttask = procmem.task_of(target)
+            if ttask.fd < 0:                      # gone since its status was read (a zombie is
+                raise _fail(E.ENOENT, "EUDEBUG_CONNECT: no such process")  # still there)
+            if any(c.target_task is ttask for c in dev.conns):
                 raise _fail(E.EBUSY, "EUDEBUG_CONNECT: target already debugged")
             conn = Connection(self, dev, target)
             dfile = DebuggerFile(conn)
@@ -1648,10 +1710,14 @@ class Kernel:
             return True
         cu, cg = _ids(cstatus, "Uid"), _ids(cstatus, "Gid")
         tu, tg = _ids(tstatus, "Uid"), _ids(tstatus, "Gid")
-        if cu and cg and len(tu) >= 3 and len(tg) >= 3:
-            if all(x == cu[0] for x in tu[:3]) and all(x == cg[0] for x in tg[:3]):
-                return True
-        return _has_cap(cstatus, CAP_SYS_PTRACE)
+        privileged = _has_cap(cstatus, CAP_SYS_PTRACE)
+        same_ids = bool(cu and cg and len(tu) >= 3 and len(tg) >= 3
+                        and all(x == cu[0] for x in tu[:3]) and all(x == cg[0] for x in tg[:3]))
+        if not same_ids and not privileged:
+            return False
+        # ptrace refuses a target that is not dumpable (setuid programs, prctl(PR_SET_DUMPABLE, 0),
+        # a changed uid) unless the caller has CAP_SYS_PTRACE.
+        return privileged or _dumpable(target, tstatus)
 
     def _discovery(self, conn: Connection) -> None:
         dev = conn.device
@@ -1674,7 +1740,7 @@ class Kernel:
         for file in list(conn.device.files):
             if conn.status != 1:
                 return
-            if file.released or file.owner != conn.target:
+            if file.released or file.owner_task is not conn.target_task:
                 continue
             if not self._client_event(conn, file, True):
                 return
@@ -1723,7 +1789,7 @@ class Kernel:
         dev = file.device
         with self._reading(dev):
             for conn in list(dev.conns):
-                if conn.target == file.owner and conn.discovery_done:
+                if conn.target_task is file.owner_task and conn.discovery_done:
                     self._client_event(conn, file, False)
             if file in dev.files:
                 dev.files.remove(file)
@@ -1759,7 +1825,9 @@ class Kernel:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         break
-                    conn.cv.wait(left)
+                    conn.cv.wait(min(left, CALLER_CHECK))
+                    if _caller_gone(caller):       # killed while it sleeps: the call ends now
+                        raise _fail(E.EINTR, "READ_EVENT: caller killed")
             if conn.fifo:
                 head = conn.fifo[0]
                 need = len(head)
@@ -1901,11 +1969,12 @@ class Kernel:
                         else:
                             os.pwrite(vma.bo.memfd, data[done:done + n], off)
                     else:
-                        pid = vm.file.owner
+                        # the binder's memory, reached only while that process lives
+                        task = vma.task if vma.task is not None else vm.file.owner_task
                         if data is None:
-                            out.append(procmem.read(pid, off, n))
+                            out.append(task.read(off, n))
                         else:
-                            procmem.write(pid, off, data[done:done + n])
+                            task.write(off, data[done:done + n])
                 except OSError as exc:
                     err = E.EFAULT if exc.errno in (E.EFAULT, E.ESRCH, E.EPERM) else (exc.errno or E.EIO)
                     break

@@ -66,8 +66,9 @@ OP_GET_ENABLED = 10  # fd (device)                               -> a = 0/1
 OP_SET_ENABLED = 11  # fd (device); a = value                    -> a = previous
 OP_CLONE = 12        #                                           -> a new control connection fd
 OP_INFO = 13         #                                           -> payload JSON
-OP_FILE_INFO = 14    # fd                                        -> a = device index, b = kind
-MAX_OP = OP_FILE_INFO
+OP_FILE_INFO = 14    # fd                                        -> a = device index, c = kind
+OP_DEVICE_ENABLED = 15  # no fd; a = device index, b = 1 to set, c = value -> a = value before
+MAX_OP = OP_DEVICE_ENABLED
 
 IOCTL_ARG_UNREADABLE = 1
 
@@ -91,6 +92,10 @@ KIND_VM = 3
 KIND_OTHER = 4
 
 _FDS_ANC = socket.CMSG_SPACE(4 * array.array("i").itemsize)
+_CREDS_ANC = _FDS_ANC + socket.CMSG_SPACE(12)  # SCM_CREDENTIALS: struct ucred {pid, uid, gid}
+_SCM_CREDENTIALS = int(socket.SCM_CREDENTIALS)
+_UCRED = struct.Struct("=iII")
+RECV_CHUNK = 1 << 20  # a message's buffer grows by at most this much per piece received
 # Plain ints: the enum members of the socket module are slow in hot paths.
 _SOL_SOCKET = int(socket.SOL_SOCKET)
 _SCM_RIGHTS = int(socket.SCM_RIGHTS)
@@ -244,6 +249,11 @@ class ProtocolError(Exception):
     """A peer sent bytes that are not a valid message."""
 
 
+class FdsDropped(ProtocolError):
+    """A whole message arrived but the file descriptors sent with it could not be received (the
+    receiver's fd table is full): the message is consumed, the connection stays usable."""
+
+
 def send_msg(sock: socket.socket, kind: int, flags: int = 0, a: int = 0, b: int = 0, c: int = 0,
              payload: bytes | bytearray | memoryview = b"", fd: int = -1) -> None:
     """Send one message (one sendmsg call in the common case)."""
@@ -302,38 +312,73 @@ def _fds_of(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
     return fds
 
 
-def recv_msg(sock: socket.socket, buf: bytearray, flags: int = _MSG_CMSG_CLOEXEC
-             ) -> tuple[int, int, int, int, int, bytes, list[int]] | None:
-    """Receive one message into `buf` (grown as needed). None on a clean end of file.
+def _creds_of(ancdata: list[tuple[int, int, bytes]]) -> tuple[int, int, int]:
+    for level, ctype, cdata in ancdata:
+        if level == _SOL_SOCKET and ctype == _SCM_CREDENTIALS and len(cdata) >= _UCRED.size:
+            return _UCRED.unpack_from(cdata)
+    return (0, 0, 0)
+
+
+def recv_msg(sock: socket.socket, buf: bytearray, flags: int = _MSG_CMSG_CLOEXEC,
+             creds: list[int] | None = None) -> tuple[int, int, int, int, int, bytes, list[int]] | None:
+    """Receive one message into `buf` (grown as data arrives). None on a clean end of file.
+
+    `creds`: on a socket with SO_PASSCRED, a list that receives [pid, uid, gid] of the process
+    that sent the message, as the kernel attached them (pid 0: none attached); every piece of
+    the message must come from that process.
 
     Raises ProtocolError on a truncated or oversized message; received fds are returned (the
     caller owns them) or closed when the message is malformed.
     """
-    nbytes, ancdata, msg_flags, _ = sock.recvmsg_into([buf], _FDS_ANC, flags)
+    nbytes, ancdata, msg_flags, _ = sock.recvmsg_into([buf], _FDS_ANC if creds is None else _CREDS_ANC, flags)
     fds = _fds_of(ancdata) if ancdata else []
+    dropped = False
+    if creds is not None:
+        creds[:] = _creds_of(ancdata)
     if msg_flags & _MSG_CTRUNC:
         _close_fds(fds)
-        raise ProtocolError("control data truncated")
+        fds = []
+        dropped = True  # read the message all the same, then say so (FdsDropped)
     if nbytes == 0:
         _close_fds(fds)
         return None
     if nbytes >= HEADER_SIZE:
         length, kind, mflags, a, b, c = _unpack_header(buf)
         if nbytes == HEADER_SIZE + length:  # the common case: the whole message at once
+            if dropped:
+                raise FdsDropped("file descriptors of a message dropped (fd table full)")
             return kind, mflags, a, b, c, bytes(buf[HEADER_SIZE:nbytes]) if length else b"", fds
     try:
-        return _recv_rest(sock, buf, nbytes, fds)
+        msg = _recv_rest(sock, buf, nbytes, fds, creds)
     except BaseException:
         _close_fds(fds)
         raise
+    if dropped:
+        raise FdsDropped("file descriptors of a message dropped (fd table full)")
+    return msg
 
 
-def _recv_rest(sock: socket.socket, buf: bytearray, nbytes: int, fds: list[int]
-               ) -> tuple[int, int, int, int, int, bytes, list[int]]:
+def _recv_into(sock: socket.socket, view: memoryview, creds: list[int] | None) -> int:
+    if creds is None:
+        return sock.recv_into(view)
+    got, ancdata, msg_flags, _ = sock.recvmsg_into([view], _CREDS_ANC)
+    fds = _fds_of(ancdata) if ancdata else []
+    if fds or msg_flags & _MSG_CTRUNC:
+        _close_fds(fds)
+        raise ProtocolError("file descriptors inside a message")
+    if got and list(_creds_of(ancdata)) != creds:
+        raise ProtocolError("a message written by two processes")
+    return got
+
+
+def _recv_rest(sock: socket.socket, buf: bytearray, nbytes: int, fds: list[int],
+               creds: list[int] | None = None) -> tuple[int, int, int, int, int, bytes, list[int]]:
+    if len(buf) < HEADER_SIZE:
+        buf.extend(bytes(HEADER_SIZE - len(buf)))
     view = memoryview(buf)
     try:
         while nbytes < HEADER_SIZE:
-            got = sock.recv_into(view[nbytes:HEADER_SIZE])
+            got = _recv_into(sock, view[nbytes:HEADER_SIZE], creds)
             if got == 0:
                 raise ProtocolError("end of file inside a message header")
             nbytes += got
@@ -343,18 +388,21 @@ def _recv_rest(sock: socket.socket, buf: bytearray, nbytes: int, fds: list[int]
         total = HEADER_SIZE + length
         if nbytes > total:
             raise ProtocolError("unexpected bytes after a message")
-        if total > len(buf):
-            view.release()
-            buf.extend(bytes(total - len(buf)))
-            view = memoryview(buf)
         while nbytes < total:
-            got = sock.recv_into(view[nbytes:total])
+            if nbytes == len(buf):
+                # grow with the data, never by what a header merely announces
+                view.release()
+                buf.extend(bytes(min(total - len(buf), max(RECV_CHUNK, len(buf)))))
+                view = memoryview(buf)
+            got = _recv_into(sock, view[nbytes:min(total, len(buf))], creds)
             if got == 0:
                 raise ProtocolError("end of file inside a message")
             nbytes += got
         payload = bytes(view[HEADER_SIZE:total]) if length else b""
     finally:
         view.release()
+    if len(buf) > 4 * RECV_CHUNK:
+        del buf[RECV_CHUNK:]  # a large message does not pin its buffer for the connection's life
     return kind, mflags, a, b, c, payload, fds
 
 
@@ -665,6 +713,9 @@ class _Link:
                 self.drop_thread_conn()
                 raise SimulatorConnectionLost(os.strerror(exc.errno or 0)) from None
             raise
+        except FdsDropped:
+            # the reply's new fd did not fit in this process's fd table, as open(2) would say
+            raise OSError(_errno.EMFILE, os.strerror(_errno.EMFILE)) from None
         except ProtocolError as exc:
             self.drop_thread_conn()
             raise OSError(_errno.EPROTO, f"xe_eudebug simulator protocol error: {exc}") from None
@@ -683,8 +734,20 @@ def _path_connect(path: str, timeout: float = CONNECT_TIMEOUT) -> tuple[socket.s
     """Connect to a server socket; returns the socket and the server's pid."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
-        sock.settimeout(timeout)
-        sock.connect(path)
+        deadline = time.monotonic() + timeout
+        pause = 0.001
+        while True:
+            sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            try:
+                sock.connect(path)
+                break
+            except BlockingIOError:
+                # The listen backlog is full (a burst of connects): the server is busy, not
+                # gone.  Retry until the caller's deadline.
+                if time.monotonic() + pause > deadline:
+                    raise OSError(_errno.ETIMEDOUT, f"{path}: listen backlog full for {timeout:.1f} s") from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.05)
         sock.settimeout(None)
         pid = peer_pid(sock.fileno())
         if pid <= 0:
@@ -960,6 +1023,15 @@ def get_enabled(fd: int) -> bool:
 
 def set_enabled(fd: int, value: bool) -> bool:
     _f, a, _c, _p, fds = _link_or_ebadf(fd).call(OP_SET_ENABLED, fd, a=1 if value else 0)
+    _close_fds(fds)
+    return bool(a)
+
+
+def device_enabled(index: int, value: bool | None = None, socket_path: str | None = None) -> bool:
+    """Device `index`'s enable_eudebug toggle without a device file (what sysfs gives): read it,
+    or set it to `value`; returns the value before the call."""
+    _f, a, _c, _p, fds = connect(socket_path).call(
+        OP_DEVICE_ENABLED, a=to_u64(index), b=0 if value is None else 1, c=1 if value else 0)
     _close_fds(fds)
     return bool(a)
 

@@ -31,8 +31,9 @@ from collections import deque
 from typing import Any
 
 from . import port as wire
+from . import procmem
 from .config import SimConfig, default_socket_dir, default_socket_path
-from .port import (F_CLOEXEC, F_FD, KIND_DEBUGGER, KIND_DEVICE, KIND_OTHER, KIND_VM, M_DATA, M_DONE,
+from .port import (OP_DEVICE_ENABLED, F_CLOEXEC, F_FD, KIND_DEBUGGER, KIND_DEVICE, KIND_OTHER, KIND_VM, M_DATA, M_DONE,
                    OP_CLONE, OP_FILE_INFO, OP_FSYNC, OP_GET_ENABLED, OP_INFO, OP_IOCTL, OP_LSEEK, OP_MMAP,
                    OP_OPEN, OP_POLL, OP_PREAD, OP_PWRITE, OP_READ, OP_SET_ENABLED, R_MEMREAD, R_MEMWRITE,
                    R_REPLY, ProtocolError, epoll_ready, file_key, recv_msg, send_byte, send_msg, status_flags, to_s64, to_u64,
@@ -56,6 +57,8 @@ RELEASE_SYNC_WAIT = 10.0   # seconds a call waits for releases of files closed b
 RELEASE_BLOCKED_CHECK = 0.005  # seconds between checks whether such a release blocks on a full fifo
 OWN_RELEASE_WAIT = 60.0    # seconds a process's call waits for the release of a file it opened, even
 #                            one blocked in the kernel (close(2) would still be blocked in it)
+_GONE_EVENTS = select.POLLHUP | select.POLLERR | getattr(select, "POLLRDHUP", 0x2000)
+MEMORY_CHUNK = 1 << 20  # bytes of caller memory copied (or asked for) at a time
 MEMORY_ANSWER_TIMEOUT = 30.0  # seconds a caller may take to answer a memory request
 _MAX_RW = wire._MAX_RW  # largest read served in one call (short counts beyond, like the VFS)
 # Diagnostics: a directory in XE_EUDEBUG_SIM_PROFILE gets one cProfile dump per control
@@ -77,12 +80,14 @@ def load_kernel_class(spec: str) -> type:
 
 
 class _Conn:
-    """One control connection; identity (pid) is that of the process that opened the path
-    connection, shared by its clones."""
+    """One control connection.  `pid`/`uid`/`gid` (SO_PEERCRED of the path connection, shared by
+    its clones) only name it in logs: a call's identity is `creds`, the SCM_CREDENTIALS the
+    kernel attached to the call's message (SO_PASSCRED), whoever holds the connection."""
 
-    __slots__ = ("sock", "buf", "pid", "uid", "gid", "direct", "dead", "held")
+    __slots__ = ("sock", "buf", "pid", "uid", "gid", "direct", "dead", "held", "creds")
 
     def __init__(self, sock: socket.socket, pid: int, uid: int, gid: int, direct: bool) -> None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         self.sock = sock
         self.buf = bytearray(65536 + wire.HEADER_SIZE)
         self.pid = pid
@@ -91,6 +96,7 @@ class _Conn:
         self.direct = direct
         self.dead = False
         self.held: list[int] = []  # fds received with the call being served
+        self.creds: list[int] = [0, 0, 0]  # [pid, uid, gid] of the sender of the call being served
 
 
 class Caller:
@@ -101,15 +107,26 @@ class Caller:
     def __init__(self, conn: _Conn, error_class: type, arg_addr: int = 0, nonblock: bool = False) -> None:
         self._conn = conn
         self._error = error_class
-        self.pid = conn.pid
-        self.uid = conn.uid
-        self.gid = conn.gid
+        # the process that sent this call, as the kernel vouches for it (never the process that
+        # opened the connection: a connection handed to another process acts as that process)
+        self.pid, self.uid, self.gid = conn.creds
         self.arg_addr = arg_addr
         self.nonblock = nonblock
         self.on_return: bytes | None = None  # bytes the caller writes at arg_addr as the call returns
 
     def _fault(self) -> Exception:
         return _make_error(self._error, _errno.EFAULT)
+
+    def gone(self) -> bool:
+        """The process blocked in this call is gone (its end of the connection closed): the
+        kernel's fatal-signal check for a sleeping call."""
+        conn = self._conn
+        if conn.dead:
+            return True
+        waiter = select.poll()
+        waiter.register(conn.sock.fileno(), _GONE_EVENTS)
+        events = waiter.poll(0)
+        return bool(events and events[0][1] & _GONE_EVENTS)
 
     def read(self, addr: int, size: int) -> bytes:
         addr = int(addr)
@@ -118,10 +135,20 @@ class Caller:
             raise self._fault()
         if size == 0:
             return b""
+        if size <= MEMORY_CHUNK:
+            return self._read(addr, size)
+        # Copied piece by piece: memory grows only with what was really read, a bad range
+        # faults at its first bad piece, and no answer of the caller's side exceeds the cap.
+        out = bytearray()
+        for off in range(0, size, MEMORY_CHUNK):
+            out += self._read(addr + off, min(MEMORY_CHUNK, size - off))
+        return bytes(out)
+
+    def _read(self, addr: int, size: int) -> bytes:
         conn = self._conn
         if conn.direct:
             try:
-                return vm_read(conn.pid, addr, size)
+                return vm_read(self.pid, addr, size)
             except OSError as exc:
                 if exc.errno == _errno.EFAULT:
                     raise self._fault() from None
@@ -135,10 +162,18 @@ class Caller:
             raise self._fault()
         if size == 0:
             return
+        if size > MEMORY_CHUNK:
+            view = memoryview(data)
+            for off in range(0, size, MEMORY_CHUNK):
+                self._write(addr + off, view[off:off + MEMORY_CHUNK])
+            return
+        self._write(addr, data)
+
+    def _write(self, addr: int, data: bytes | memoryview) -> None:
         conn = self._conn
         if conn.direct:
             try:
-                vm_write(conn.pid, addr, data)
+                vm_write(self.pid, addr, data)
                 return
             except OSError as exc:
                 if exc.errno == _errno.EFAULT:
@@ -170,11 +205,15 @@ class Caller:
             waiter.register(conn.sock.fileno(), select.POLLIN)
             if not waiter.poll(MEMORY_ANSWER_TIMEOUT * 1000):
                 raise ProtocolError(f"no answer to a memory request within {MEMORY_ANSWER_TIMEOUT:.0f} s")
-            msg = recv_msg(conn.sock, conn.buf)
+            creds = [0, 0, 0]
+            msg = recv_msg(conn.sock, conn.buf, creds=creds)
             if msg is None:
                 raise ProtocolError("end of file during a memory request")
             got, _flags, err, _b, _c, reply, fds = msg
             wire._close_fds(fds)
+            if creds[0] != self.pid:
+                # only the process blocked in the call may hand over its memory
+                raise ProtocolError(f"memory answer from pid {creds[0]} for a call of pid {self.pid}")
             if got != answer or (not err and answer == M_DATA and len(reply) != size):
                 raise ProtocolError("bad answer to a memory request")
         except (OSError, ProtocolError) as exc:
@@ -283,18 +322,32 @@ class Server:
         directory = os.path.dirname(path)
         if not os.path.isdir(directory):
             os.makedirs(directory, mode=0o700, exist_ok=True)
-        if os.path.exists(path) or os.path.islink(path):
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            st = None
+        if st is not None:
+            # Only a stale socket of ours (our uid, nobody listening) is ever removed; a busy
+            # server (full backlog: EAGAIN) is a live one.
+            if not stat.S_ISSOCK(st.st_mode):
+                raise OSError(_errno.EEXIST, f"{path} exists and is not a socket; not removing it")
+            if st.st_uid != os.geteuid():
+                raise OSError(_errno.EADDRINUSE, f"{path} is a socket of uid {st.st_uid}; not removing it")
             probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             probe.settimeout(1.0)
             try:
                 probe.connect(path)
-            except OSError:
+            except ConnectionRefusedError:
                 os.unlink(path)  # stale socket of a dead server
+            except OSError as exc:
+                raise OSError(_errno.EADDRINUSE, f"{path} is in use ({exc.strerror or exc}); not removing it") from None
             else:
                 raise OSError(_errno.EADDRINUSE, f"an xe_eudebug simulator is already running on {path}")
             finally:
                 probe.close()
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        # inherited by accepted connections: credentials on messages sent before accept() too
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         old = os.umask(0o177)
         try:
             listener.bind(path)
@@ -305,7 +358,7 @@ class Server:
         if gid is not None:  # the devices' group, as a render node's (see SimConfig.group)
             os.chown(path, -1, gid)
             os.chmod(path, 0o660)
-        listener.listen(64)
+        listener.listen(socket.SOMAXCONN)  # connect bursts queue rather than fail
         listener.settimeout(0.2)
         self.listener = listener
         self._listener_ino = os.stat(path).st_ino
@@ -343,6 +396,12 @@ class Server:
                     self._start_conn(sock)
                     idle_since = None
                     continue
+                housekeeping = getattr(self.kernel, "housekeeping", None)
+                if housekeeping is not None:
+                    try:
+                        housekeeping()
+                    except Exception:
+                        log.exception("kernel model failed in housekeeping")
                 idle_exit = self.config.idle_exit
                 if self.owner_pid and not _alive(self.owner_pid):
                     # the process that started this private instance is gone (killed without
@@ -410,11 +469,18 @@ class Server:
     def _serve_conn_loop(self, conn: _Conn) -> None:
         try:
             while not conn.dead:
-                msg = recv_msg(conn.sock, conn.buf)
+                try:
+                    msg = recv_msg(conn.sock, conn.buf, creds=conn.creds)
+                except wire.FdsDropped:
+                    # the fd of the call could not be received: the server's fd table is full
+                    self._reply(conn, err=_errno.EMFILE)
+                    continue
                 if msg is None:
                     break
                 kind, flags, a, b, c, payload, fds = msg
                 conn.held = fds
+                if conn.creds[0] <= 0 and kind != OP_CLONE and kind != OP_INFO:
+                    raise ProtocolError(f"request {kind} without sender credentials")
                 try:
                     self._dispatch(conn, kind, a, b, c, payload, fds)
                 finally:
@@ -454,12 +520,21 @@ class Server:
         if self.detached or epoll_ready(self._epfd):
             self._check_closed(self.epoll.poll(0))
         if self.releases_pending:
-            self._wait_releases(conn.pid, fds[0] if len(fds) == 1 and kind >= OP_IOCTL else -1)
+            self._wait_releases(conn.creds[0], fds[0] if len(fds) == 1 and kind >= OP_IOCTL else -1)
+        if kind == OP_DEVICE_ENABLED:  # the sysfs toggle: needs no file of the device
+            if fds or payload:
+                raise ProtocolError(f"request {kind} carries unexpected data")
+            self._device_enabled(conn, to_s64(a), b, c)
+            return
         if kind == OP_CLONE or kind == OP_INFO or kind == OP_OPEN:
             if fds or payload:
                 raise ProtocolError(f"request {kind} carries unexpected data")
             if kind == OP_CLONE:
-                mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+                try:
+                    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+                except OSError as exc:
+                    self._reply(conn, err=exc.errno or _errno.EMFILE)
+                    return
                 self._spawn_conn(_Conn(mine, conn.pid, conn.uid, conn.gid, conn.direct))
                 try:
                     self._reply(conn, fd=theirs.fileno())
@@ -503,12 +578,35 @@ class Server:
             self._finish_dirty(None)
             self._reply(conn, err=self._errno_of(exc, "open"))
             return
-        entry, client = self._new_entry(file, index, KIND_DEVICE)
+        try:
+            entry, client = self._new_entry(file, index, KIND_DEVICE)
+        except OSError as exc:
+            self._undo_file(file)
+            self._finish_dirty(None)
+            self._reply(conn, err=exc.errno or _errno.EMFILE)
+            return
         self._finish_dirty(None)
         try:
             self._reply(conn, fd=client.fileno(), flags=F_CLOEXEC)
         finally:
             client.close()
+
+    def _device_enabled(self, conn: _Conn, index: int, write: int, value: int) -> None:
+        self.tls.dirty = set()
+        try:
+            if write:
+                # enable_eudebug is a root-owned 0644 sysfs file: opening it to write is EACCES
+                if not procmem.may_write_root_file(conn.creds[0]):
+                    raise _make_error(self.error_class, _errno.EACCES)
+                result = self.kernel.set_enabled(index, bool(value))
+            else:
+                result = self.kernel.get_enabled(index)
+        except Exception as exc:
+            self._finish_dirty(None)
+            self._reply(conn, err=self._errno_of(exc, "enable_eudebug"))
+            return
+        self._finish_dirty(None)
+        self._reply(conn, result=int(bool(result)))
 
     def _errno_of(self, exc: Exception, what: str) -> int:
         err = getattr(exc, "errno", None)
@@ -562,7 +660,12 @@ class Server:
             else:
                 kind, cloexec = KIND_OTHER, True
             cloexec = bool(getattr(result, "cloexec", cloexec))
-            new = self._new_entry(result, entry.device, kind)
+            try:
+                new = self._new_entry(result, entry.device, kind)
+            except OSError as exc:
+                # no fd for the new file (EMFILE): the call fails and leaves nothing behind
+                self._undo_file(result)
+                err = exc.errno or _errno.EMFILE
             flags = 0 if not cloexec else F_CLOEXEC
         drain = self._finish_dirty(entry)
         if new is None:
@@ -600,6 +703,9 @@ class Server:
             elif kind == OP_GET_ENABLED:
                 result = int(bool(kernel.get_enabled(entry.device)))
             elif kind == OP_SET_ENABLED:
+                # enable_eudebug is a root-owned 0644 sysfs file: opening it to write is EACCES
+                if not procmem.may_write_root_file(caller.pid):
+                    raise _make_error(self.error_class, _errno.EACCES)
                 result = int(bool(kernel.set_enabled(entry.device, bool(a))))
             else:
                 raise ProtocolError(f"unknown request kind {kind}")
@@ -613,6 +719,13 @@ class Server:
         self._reply(conn, result, 0, drain, data, fd_out)
 
     # -- files --------------------------------------------------------------------------------
+    def _undo_file(self, file: Any) -> None:
+        """Release a file the kernel created for a call that then failed."""
+        try:
+            self.kernel.release(file)
+        except Exception:
+            log.exception("kernel model failed in release")
+
     def _new_entry(self, file: Any, device: int, kind: int) -> tuple[_Entry, socket.socket]:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         key = file_key(theirs.fileno())
@@ -721,12 +834,15 @@ class Server:
                 self.by_fd.pop(entry.fd, None)
                 self.detached.discard(entry)
             self.releases_pending.add(entry)
+            # Out of the epoll set before the release worker can close the socket (it takes the
+            # entry from release_queue): once closed, its fd number may serve a new file whose
+            # registration this must not remove.
+            try:
+                self.epoll.unregister(entry.fd)
+            except (OSError, ValueError):
+                pass
             self.release_queue.append(entry)
             self.release_cv.notify_all()
-        try:
-            self.epoll.unregister(entry.fd)
-        except (OSError, ValueError):
-            pass
 
     def _release_worker(self) -> None:
         """Run releases in the order their last closes were seen.  A release that blocks (an
@@ -927,7 +1043,7 @@ def _runtime_base() -> str:
 
 
 def start_server(config: SimConfig | None = None, socket: str | None = None, *,
-                 kernel: str | None = None, verbose: bool = False, timeout: float = 15.0) -> ServerHandle:
+                 kernel: str | None = None, verbose: bool | int = False, timeout: float = 15.0) -> ServerHandle:
     """Start a private simulator instance in a child process and wait until it accepts calls.
 
     `socket`: path to listen on (default: a fresh private directory).  `config`: its settings
@@ -954,7 +1070,7 @@ def start_server(config: SimConfig | None = None, socket: str | None = None, *,
     if kernel:
         argv += ["--kernel", kernel]
     if verbose:
-        argv.append("-v")
+        argv.append("-" + "v" * int(verbose))
     logdir = directory or os.path.dirname(socket)
     logfile = os.path.join(logdir, "server.log") if os.path.isdir(logdir) else None
     out = open(logfile, "ab") if logfile else subprocess.DEVNULL
@@ -1014,7 +1130,8 @@ def main(argv: list[str] | None = None, prog: str = "python3 -m xe_eudebug.sim")
     parser.add_argument("--kernel", default=os.environ.get(KERNEL_ENV) or DEFAULT_KERNEL, help=argparse.SUPPRESS)
     parser.add_argument("--owner-pid", type=int, default=0,
                         help="a private instance: once this process is gone, exit when idle for 1 s")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="log calls (repeat for more)")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="log every call like strace (-vv: with decoded structs)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")
@@ -1034,6 +1151,10 @@ def main(argv: list[str] | None = None, prog: str = "python3 -m xe_eudebug.sim")
         wire._ensure_private_dir(default_socket_dir())
     server = Server(path, config, kernel_spec=args.kernel)
     server.owner_pid = args.owner_pid
+    if args.verbose:
+        from .trace import install
+
+        install(server, args.verbose)
     try:
         server.bind()
     except OSError as exc:
