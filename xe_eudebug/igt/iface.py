@@ -128,9 +128,9 @@ def _connect_user_case(app_user: pwd.struct_passwd | None, dbg_user: pwd.struct_
         target = int.from_bytes(os.read(pid_r, 8), "little")
         try:
             dfd = open_node()
+            ret = connect(dfd, target)
         finally:
-            os.write(rel_w, b"x")  # release the app first, whatever happens
-        ret = connect(dfd, target)
+            os.write(rel_w, b"x")  # then release the app, whatever happened (IGT: after CONNECT)
         if ret >= 0:
             os.close(ret)
             ret = 0
