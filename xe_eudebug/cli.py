@@ -8,6 +8,8 @@
         attach to a running process and print its eudebug events live (xe_eudebug.monitor)
     xe-eudebug log print FILE... | log compare A B
         print or compare saved event logs (xe_eudebug.logcmd)
+    xe-eudebug igt [--list-subtests] [--run-subtest GLOB] [--device DEV] [--results F] [--junit F]
+        list and run the ported IGT subtests the way an IGT binary does
     xe-eudebug run [--devices N] [--enable] [--device-id 0xNNNN] -- CMD [ARGS...]
         run an unmodified C program on the simulator (docs/c-programs.md)
 
@@ -84,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("sim", help="run the simulated Xe driver in the foreground", add_help=False)
     sub.add_parser("devices", help="list Xe devices (render nodes and the simulator)")
+    sub.add_parser("igt", help="list and run the ported IGT subtests", add_help=False)
     from . import logcmd, monitor
 
     monitor.add_parser(sub)
@@ -102,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
         from .sim.server import main as sim_main
 
         return sim_main(argv[1:], prog="xe-eudebug sim")
+    if argv and argv[0] == "igt":
+        from .igt.runner import main as igt_main
+
+        return igt_main(argv[1:], prog="xe-eudebug igt")
     args = parser.parse_args(argv)
     if args.command == "devices":
         return _devices(args)

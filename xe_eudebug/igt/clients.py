@@ -2,7 +2,7 @@
 
 Constants, device helpers, the client building blocks (basic client, VM bind clients, bind
 lists, discovery client) and the test drivers (basic sessions, client with trigger, basic
-discovery) of ``spec/subtests.md`` §2.  The ``tests/test_igt_*.py`` files import them.
+discovery) of ``spec/subtests.md`` §2.  The subtest modules of ``xe_eudebug.igt`` import them.
 
 Time-only scale factors (documented in ``docs/subtests.md``) are the module constants marked
 "scaled".
@@ -20,9 +20,7 @@ import struct
 import sys
 import time
 import traceback
-from typing import Any, Callable, Iterable, Iterator
-
-import pytest
+from typing import Any, Callable, Iterable
 
 from xe_eudebug import ioctl as seam
 from xe_eudebug import uapi
@@ -500,20 +498,6 @@ def run_basic_discovery(fd: int, flags: int, match_opposite: bool = True) -> Non
 
 # ------------------------------------------------------------------------------------------------
 # Device fixture helper and forked helpers
-
-@pytest.fixture
-def fd() -> Iterator[int]:
-    """IGT's main fixture: the device with eudebug enabled (skips the test if the toggle is
-    unusable), restored afterwards.  Test modules import it by name."""
-    try:
-        dev, key = open_enabled_device()
-    except OSError as exc:
-        pytest.skip(f"eudebug cannot be enabled on the device: {exc}")
-    try:
-        yield dev
-    finally:
-        close_enabled_device(dev, key)
-
 
 def open_enabled_device(device: str | None = None) -> tuple[int, str]:
     """Open the device and enable eudebug for the caller; (fd, key for restore_eudebug)."""

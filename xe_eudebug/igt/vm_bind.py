@@ -12,10 +12,8 @@ import struct
 import time
 from typing import Any
 
-import pytest
-
-import igt_clients as ic
-from igt_clients import fd  # noqa: F401  (the device fixture)
+from . import clients as ic
+from .registry import Skip, subtest
 from xe_eudebug import ioctl as seam
 from xe_eudebug import uapi
 from xe_eudebug.client import Client, user_fence_sync
@@ -23,8 +21,6 @@ from xe_eudebug.debugger import Debugger
 from xe_eudebug.events import Event, EventFlags, EventType, FILTER_ALL, filter_mask
 from xe_eudebug.session import Session
 
-if not os.environ.get("XE_EUDEBUG_DEVICE", "").startswith("/"):
-    pytest.importorskip("xe_eudebug.sim.kernel", reason="the simulator's kernel model is not available")
 
 #: scaled: the client's user-fence wait in basic-vm-bind-ufence-delay-ack (IGT 60 s) and the
 #: debugger's ack delay, kept at IGT's 4/5 of it (IGT 48 s).
@@ -34,47 +30,51 @@ DELAY_ACK_S = DELAY_ACK_FENCE_WAIT_S * 4 / 5
 
 
 
-FAULTABLE = [pytest.param(0, id="plain"), pytest.param(ic.TEST_FAULTABLE, id="faultable")]
-
-
 def _need_faults(fd: int, flags: int) -> None:
     if flags & ic.TEST_FAULTABLE and not ic.supports_faults(fd):
-        pytest.skip("the device does not support fault-mode VMs")
+        raise Skip("the device does not support fault-mode VMs")
 
 
 # ------------------------------------------------------------------------------------------------
 # Event chains
 
+@subtest("basic-vm-bind")
 def test_basic_vm_bind(fd: int) -> None:
     """IGT basic-vm-bind: the bind/unbind event chain."""
     ic.run_basic_sessions(fd, ic.VM_BIND, 1, True)
 
 
+@subtest("basic-vm-bind-discovery")
 def test_basic_vm_bind_discovery(fd: int) -> None:
     """IGT basic-vm-bind-discovery: a bind made before attach is replayed by discovery."""
     ic.run_basic_discovery(fd, ic.VM_BIND, True)
 
 
+@subtest("basic-vm-bind-metadata-discovery")
 def test_basic_vm_bind_metadata_discovery(fd: int) -> None:
     """IGT basic-vm-bind-metadata-discovery: metadata and bind-op metadata are replayed."""
     ic.run_basic_discovery(fd, ic.VM_BIND_METADATA, True)
 
 
+@subtest("basic-vm-bind-vm-destroy")
 def test_basic_vm_bind_vm_destroy(fd: int) -> None:
     """IGT basic-vm-bind-vm-destroy: destroying a VM with a live bind emits no unbind."""
     ic.run_basic_sessions(fd, ic.VM_BIND_VM_DESTROY, 1, False)
 
 
+@subtest("basic-vm-bind-vm-destroy-discovery")
 def test_basic_vm_bind_vm_destroy_discovery(fd: int) -> None:
     """IGT basic-vm-bind-vm-destroy-discovery: a destroyed VM is not replayed."""
     ic.run_basic_discovery(fd, ic.VM_BIND_VM_DESTROY, False)
 
 
+@subtest("basic-vm-bind-extended")
 def test_basic_vm_bind_extended(fd: int) -> None:
     """IGT basic-vm-bind-extended: partial unbind, rebind, bind array, unbind-all."""
     ic.run_basic_sessions(fd, ic.VM_BIND_EXTENDED, 1, True)
 
 
+@subtest("basic-vm-bind-extended-discovery")
 def test_basic_vm_bind_extended_discovery(fd: int) -> None:
     """IGT basic-vm-bind-extended-discovery: discovery replays the current VMAs as one VM_BIND."""
     ic.run_basic_discovery(fd, ic.VM_BIND_EXTENDED, True)
@@ -182,14 +182,6 @@ def vm_access_parameters_trigger(d: Debugger, e: Event) -> None:
         d.signal_stage(addr)
 
 
-VM_ACCESS_VARIANTS = [
-    pytest.param(0, id="bo"),
-    pytest.param(ic.VM_BIND_OP_MAP_USERPTR, id="userptr"),
-    pytest.param(ic.TEST_FAULTABLE, id="faultable"),
-    pytest.param(ic.VM_BIND_OP_MAP_USERPTR | ic.TEST_FAULTABLE, id="userptr-faultable"),
-]
-
-
 def _run_vm_access(fd: int, flags: int, trigger: Any) -> None:
     _need_faults(fd, flags)
     from xe_eudebug.client import eudebug_engines
@@ -203,14 +195,20 @@ def _run_vm_access(fd: int, flags: int, trigger: Any) -> None:
             filter=filter_mask(EventType.VM_BIND_OP, EventType.VM_BIND_UFENCE))
 
 
-@pytest.mark.parametrize("flags", VM_ACCESS_VARIANTS)
+@subtest("basic-vm-access", flags=0)
+@subtest("basic-vm-access-userptr", flags=ic.VM_BIND_OP_MAP_USERPTR)
+@subtest("basic-vm-access-faultable", flags=ic.TEST_FAULTABLE)
+@subtest("basic-vm-access-userptr-faultable", flags=ic.VM_BIND_OP_MAP_USERPTR | ic.TEST_FAULTABLE)
 def test_basic_vm_access(fd: int, flags: int) -> None:
     """IGT basic-vm-access, -userptr, -faultable, -userptr-faultable: VM_OPEN + pread/pwrite
     on bound memory while the bind's user fence is held."""
     _run_vm_access(fd, flags, vm_access_trigger)
 
 
-@pytest.mark.parametrize("flags", VM_ACCESS_VARIANTS)
+@subtest("basic-vm-access-parameters", flags=0)
+@subtest("basic-vm-access-parameters-userptr", flags=ic.VM_BIND_OP_MAP_USERPTR)
+@subtest("basic-vm-access-parameters-faultable", flags=ic.TEST_FAULTABLE)
+@subtest("basic-vm-access-parameters-userptr-faultable", flags=ic.VM_BIND_OP_MAP_USERPTR | ic.TEST_FAULTABLE)
 def test_basic_vm_access_parameters(fd: int, flags: int) -> None:
     """IGT basic-vm-access-parameters, -userptr, -faultable, -userptr-faultable: VM_OPEN and
     VM-fd pread/pwrite argument errors and clamping."""
@@ -219,14 +217,6 @@ def test_basic_vm_access_parameters(fd: int, flags: int) -> None:
 
 # ------------------------------------------------------------------------------------------------
 # User fences (3.17)
-
-UFENCE_VARIANTS = [
-    pytest.param(0, id="plain"),
-    pytest.param(ic.VM_BIND_DELAY_UFENCE_ACK, id="delay-ack"),
-    pytest.param(ic.VM_BIND_UFENCE_RECONNECT, id="reconnect"),
-    pytest.param(ic.VM_BIND_UFENCE_SIGINT_CLIENT, id="sigint-client"),
-]
-
 
 def _ufence_client(c: Client) -> None:
     fd = c.open_driver()
@@ -269,7 +259,10 @@ def _store_ufence_trigger(store: list[Event]) -> Any:
     return basic_ufence_trigger
 
 
-@pytest.mark.parametrize("flags", UFENCE_VARIANTS)
+@subtest("basic-vm-bind-ufence", flags=0)
+@subtest("basic-vm-bind-ufence-delay-ack", flags=ic.VM_BIND_DELAY_UFENCE_ACK)
+@subtest("basic-vm-bind-ufence-reconnect", flags=ic.VM_BIND_UFENCE_RECONNECT)
+@subtest("basic-vm-bind-ufence-sigint-client", flags=ic.VM_BIND_UFENCE_SIGINT_CLIENT)
 def test_basic_vm_bind_ufence(fd: int, flags: int) -> None:
     """IGT basic-vm-bind-ufence, -delay-ack, -reconnect, -sigint-client: a user fence is held
     until the debugger acks it (or disconnects); a killed client causes no hang."""
@@ -343,7 +336,8 @@ def _vma_ufence_client(c: Client) -> None:
     c.close_driver(fd)
 
 
-@pytest.mark.parametrize("flags", FAULTABLE)
+@subtest("vma-ufence", flags=0)
+@subtest("vma-ufence-faultable", flags=ic.TEST_FAULTABLE)
 def test_vma_ufence(fd: int, flags: int) -> None:
     """IGT vma-ufence, vma-ufence-faultable: the debugger writes client memory while the bind's
     user fence is held; the client sees the write after the ack."""

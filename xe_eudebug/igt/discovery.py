@@ -13,10 +13,8 @@ import threading
 import time
 from typing import Callable
 
-import pytest
-
-import igt_clients as ic
-from igt_clients import fd  # noqa: F401  (the device fixture)
+from . import clients as ic
+from .registry import Skip, subtest
 from xe_eudebug.client import Client
 from xe_eudebug.debugger import Debugger
 from xe_eudebug.device import driver_name, list_devices, open_device
@@ -24,8 +22,6 @@ from xe_eudebug.events import EventType, filter_mask
 from xe_eudebug.log import EventLog
 from xe_eudebug.session import Session
 
-if not os.environ.get("XE_EUDEBUG_DEVICE", "").startswith("/"):
-    pytest.importorskip("xe_eudebug.sim.kernel", reason="the simulator's kernel model is not available")
 
 #: scaled: attach tries per race thread (IGT 100).  A thread stops early once one of its own
 #: tries read the whole discovery; a thread whose tries never do runs them all, so this bounds
@@ -166,14 +162,9 @@ def _race_routine(rc: RaceClient, d: Debugger, flags: int, st: RaceStats) -> Non
         d.detach()
 
 
-RACE_VARIANTS = [
-    pytest.param(4, 0, id="race"),
-    pytest.param(4, ic.DISCOVERY_VM_BIND, id="race-vmbind"),
-    pytest.param(1, ic.DISCOVERY_SIGINT, id="race-sigint"),
-]
-
-
-@pytest.mark.parametrize("clients,flags", RACE_VARIANTS)
+@subtest("discovery-race", clients=4, flags=0)
+@subtest("discovery-race-vmbind", clients=4, flags=ic.DISCOVERY_VM_BIND)
+@subtest("discovery-race-sigint", clients=1, flags=ic.DISCOVERY_SIGINT)
 def test_discovery_race(fd: int, clients: int, flags: int) -> None:
     """IGT discovery-race, discovery-race-vmbind, discovery-race-sigint: three debuggers per
     client race attach/detach against live resource creation; discovery is complete, ordered,
@@ -241,10 +232,8 @@ def test_discovery_race(fd: int, clients: int, flags: int) -> None:
 # ------------------------------------------------------------------------------------------------
 # discovery-empty (3.26)
 
-@pytest.mark.parametrize("flags,expected", [
-    pytest.param(ic.DISCOVERY_CLOSE_CLIENT, 0, id="empty"),
-    pytest.param(ic.DISCOVERY_DESTROY_RESOURCES, ic.RESOURCE_COUNT, id="empty-clients"),
-])
+@subtest("discovery-empty", flags=ic.DISCOVERY_CLOSE_CLIENT, expected=0)
+@subtest("discovery-empty-clients", flags=ic.DISCOVERY_DESTROY_RESOURCES, expected=ic.RESOURCE_COUNT)
 def test_discovery_empty(fd: int, flags: int, expected: int) -> None:
     """IGT discovery-empty, discovery-empty-clients: discovery reports neither closed clients
     nor destroyed resources, after attach/detach storms during their creation."""
@@ -302,13 +291,14 @@ def _gpu_openers(sim_server: Callable[..., object]) -> list[Callable[[], int]]:
     if os.environ.get("XE_EUDEBUG_DEVICE", "").startswith("/"):
         nodes = [e["device"] for e in list_devices(include_simulator=False) if e.get("driver") == "xe"]
         if len(nodes) < 2:
-            pytest.skip(f"needs at least two Xe GPUs, found {len(nodes)}")
+            raise Skip(f"needs at least two Xe GPUs, found {len(nodes)}")
         return [lambda node=node: open_device(node) for node in nodes]
     handle = sim_server(devices=2)
     return [lambda i=i: handle.open_device(i) for i in range(2)]  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("count", [pytest.param(1, id="basic-client"), pytest.param(4, id="basic-client-many")])
+@subtest("multigpu-basic-client", count=1)
+@subtest("multigpu-basic-client-many", count=4)
 def test_multigpu(sim_server: Callable[..., object], count: int) -> None:
     """IGT multigpu-basic-client, multigpu-basic-client-many: basic-client sessions (1 or 4 per
     GPU) on every GPU in parallel, one process per GPU."""

@@ -20,10 +20,8 @@ import threading
 import time
 from typing import Any
 
-import pytest
-
-import igt_clients as ic
-from igt_clients import fd  # noqa: F401  (the device fixture)
+from . import clients as ic
+from .registry import Skip, subtest
 from xe_eudebug import uapi
 from xe_eudebug.client import Client, eudebug_engines, exec_queue_args, user_fence_sync
 from xe_eudebug.debugger import Debugger
@@ -192,13 +190,13 @@ def _triggers(shared: Shared):
     return clear_trigger
 
 
-@pytest.mark.parametrize("flags", [pytest.param(0, id="plain"),
-                                   pytest.param(ic.TEST_FAULTABLE, id="faultable")])
+@subtest("vm-bind-clear", flags=0)
+@subtest("vm-bind-clear-faultable", flags=ic.TEST_FAULTABLE)
 def test_vm_bind_clear(fd: int, flags: int) -> None:
     """IGT vm-bind-clear / vm-bind-clear-faultable (which requires fault-mode VMs: IGT's
     ``xe_supports_faults`` returns 0, the ioctl's result, when they are supported)."""
     if flags & ic.TEST_FAULTABLE and not ic.supports_faults(fd):
-        pytest.skip("the device does not support fault-mode VMs")
+        raise Skip("the device does not support fault-mode VMs")
     shared = Shared()
     clear_trigger = _triggers(shared)
     with Session(_client(shared), flags, device=fd) as s:

@@ -1,0 +1,116 @@
+"""The registry of ported IGT subtests: names, the fixtures a subtest takes, skips and matching.
+
+A subtest is a function registered with :func:`subtest` under its IGT name (dashes).  Its
+parameters name what it needs: ``fd`` (the device with eudebug enabled, IGT's main fixture) and
+``sim_server`` (a factory of private simulator instances); any other parameter takes the value
+given to :func:`subtest`, so one function can register several IGT subtests (the ``-faultable``
+variants, for example).  A subtest that cannot run raises :class:`Skip` (IGT's ``igt_require``);
+a failed check raises ``AssertionError`` or any other exception.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import inspect
+from typing import Any, Callable, Iterable
+
+#: The subtests of IGT's ``tests/intel/xe_eudebug.c``, in the order IGT lists them.
+IGT_ORDER = (
+    "sysfs-toggle", "basic-connect", "connect-user", "basic-close", "basic-read-event",
+    "basic-client", "basic-client-th",
+    "basic-vm-access", "basic-vm-access-userptr", "basic-vm-access-parameters",
+    "basic-vm-access-parameters-userptr", "vma-ufence", "vm-bind-clear",
+    "basic-vm-access-faultable", "basic-vm-access-userptr-faultable",
+    "basic-vm-access-parameters-faultable", "basic-vm-access-parameters-userptr-faultable",
+    "vma-ufence-faultable", "vm-bind-clear-faultable",
+    "multiple-sessions", "basic-vms", "basic-exec-queues-enable", "basic-exec-queues",
+    "basic-vm-bind", "basic-vm-bind-ufence", "basic-vm-bind-ufence-delay-ack",
+    "basic-vm-bind-ufence-reconnect", "basic-vm-bind-ufence-sigint-client",
+    "basic-vm-bind-discovery", "basic-vm-bind-metadata-discovery", "basic-vm-bind-vm-destroy",
+    "basic-vm-bind-vm-destroy-discovery", "basic-vm-bind-extended", "basic-vm-bind-extended-discovery",
+    "read-metadata", "attach-debug-metadata",
+    "discovery-race", "discovery-race-vmbind", "discovery-race-sigint",
+    "discovery-empty", "discovery-empty-clients", "multigpu-basic-client", "multigpu-basic-client-many",
+)
+
+#: Parameters a subtest function receives from the runner instead of from its registration.
+FIXTURES = ("fd", "sim_server")
+
+
+class Skip(Exception):
+    """The subtest cannot run here (IGT's ``igt_require`` / ``igt_skip``); the message says why."""
+
+
+def skip(reason: str) -> None:
+    raise Skip(reason)
+
+
+def require(condition: object, reason: str) -> None:
+    """IGT's ``igt_require``: skip with ``reason`` unless ``condition`` holds."""
+    if not condition:
+        raise Skip(reason)
+
+
+@dataclasses.dataclass(frozen=True)
+class Subtest:
+    name: str
+    func: Callable[..., None]
+    args: dict[str, Any]
+    fixtures: tuple[str, ...]
+
+    @property
+    def doc(self) -> str:
+        return (inspect.getdoc(self.func) or "").split("\n\n")[0]
+
+
+_REGISTRY: dict[str, Subtest] = {}
+
+
+def subtest(name: str, /, **args: Any) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Register the decorated function as IGT subtest ``name``; ``args`` fill its other
+    parameters.  Stack the decorator to register one function under several names."""
+
+    def register(func: Callable[..., None]) -> Callable[..., None]:
+        if name in _REGISTRY:
+            raise ValueError(f"IGT subtest {name!r} is registered twice")
+        params = inspect.signature(func).parameters
+        fixtures = tuple(p for p in params if p in FIXTURES)
+        missing = [p for p in params if p not in FIXTURES and p not in args]
+        if missing:
+            raise TypeError(f"subtest {name!r}: no value for parameter(s) {missing}")
+        _REGISTRY[name] = Subtest(name, func, dict(args), fixtures)
+        return func
+
+    return register
+
+
+def load() -> None:
+    """Import the modules that register the ported subtests."""
+    from . import discovery, iface, metadata, vm_bind, vm_bind_clear  # noqa: F401
+
+
+def subtests() -> list[Subtest]:
+    """Every registered subtest, in IGT's order (then any others, in registration order)."""
+    load()
+    order = {name: i for i, name in enumerate(IGT_ORDER)}
+    return sorted(_REGISTRY.values(), key=lambda s: order.get(s.name, len(order)))
+
+
+def wildmat(name: str, pattern: str) -> bool:
+    """IGT's ``--run-subtest`` matching (uwildmat, RFC 3977 wildmat): ``pattern`` is a comma
+    list of shell globs (``*``, ``?``, ``[...]``); one starting with ``!`` excludes; the last
+    glob that matches decides."""
+    matched = False
+    for part in pattern.split(","):
+        negate = part.startswith("!")
+        glob = part[1:] if negate else part
+        if fnmatch.fnmatchcase(name, glob):
+            matched = not negate
+    return matched
+
+
+def select(patterns: Iterable[str] | None) -> list[Subtest]:
+    """The subtests any of ``patterns`` matches (all without patterns), in IGT's order."""
+    patterns = list(patterns or [])
+    return [s for s in subtests() if not patterns or any(wildmat(s.name, p) for p in patterns)]
