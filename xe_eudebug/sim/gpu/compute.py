@@ -241,6 +241,7 @@ class EuScheduler:
     def _threads(self, w: Walker, space: _Space, state: ComputeState,
                  fault: type[Exception]) -> Iterator[HwThread]:
         full = (1 << w.simd) - 1
+        decoded: dict = {}                      # one decode cache for the walker's threads
         gx, gy, gz = w.groups
         sx, sy, sz = w.start
         for z in range(sz, sz + gz):
@@ -251,7 +252,8 @@ class EuScheduler:
                         mem = _ThreadMemory(space, state, w.binding_table, fault)
                         eu = EuThread(mem, state.instruction_base, w.kernel, state.sip,
                                       exec_mask=(w.exec_mask or full) if last else full,
-                                      illegal_opcode_exception=w.illegal_opcode_exception)
+                                      illegal_opcode_exception=w.illegal_opcode_exception,
+                                      decode_cache=decoded)
                         r0 = [0] * 16
                         r0[1], r0[6], r0[7] = x, y, z
                         r0[2] = i               # thread index within the group (r0.2 7:0)
