@@ -212,6 +212,18 @@ def test_a_fault_in_a_shader_send_bans_the_queue():
         assert c.exec(q, GPU_BATCH) == ERR["ECANCELED"]
 
 
+def test_an_illegal_instruction_without_a_system_routine_fails_the_job_and_bans_the_queue():
+    with GpuClient() as c:
+        vm, bo, target, q = _exec_setup(c)
+        c.write(bo, 0, gpgpu_batch(GPU_BATCH, Target(GPU_TARGET, WIDTH, HEIGHT), 1, 1, _illegal_shader(),
+                                   illegal_opcode_exception=False))
+        c.write(bo, FENCE_OFF, bytes(8))
+        assert c.exec(q, GPU_BATCH, [user_fence(GPU_BATCH + FENCE_OFF, 1)]) == 0
+        assert c.wait_ufence(c.bo_addr(bo, FENCE_OFF), 1, 30 * NSEC, q) == ERR["EIO"]
+        assert c.read32(target, 0) == 1 and c.read32(target, 4 * WIDTH * 2) == CANARY
+        assert c.exec(q, GPU_BATCH) == ERR["ECANCELED"]
+
+
 def test_a_shader_that_never_ends_hits_the_job_timeout(sim_server):
     s = GpgpuShader()
     s.label(0)
