@@ -12,7 +12,12 @@ The reference is eu_interp's "store" workload on one EuThread over a FlatMemory,
 before and after each walker run.  Prints medians over --repeat runs and the ratio walker /
 bare interpreter (instructions/s).  Times are this process's CPU time.  Nothing asserts a time.
 
-    python3 bench/eu_walker.py [--groups 16] [--iterations 2000] [--repeat 5]
+With --exec, the same two workloads also run through DRM_IOCTL_XE_EXEC on a private simulator
+(raw ioctls, tests/gpuexec.py): the batch in a BO, memory through the driver's VM view; those
+figures are wall time from EXEC to the user fence (the simulator is another process), so load
+on the machine shows in them.
+
+    python3 bench/eu_walker.py [--groups 16] [--iterations 2000] [--repeat 5] [--exec]
 """
 
 from __future__ import annotations
@@ -70,11 +75,30 @@ def run_walker(shader: GpgpuShader, x_dim: int, y_dim: int) -> tuple[int, int, f
     return result.threads, result.instructions, elapsed
 
 
+def run_exec(client, shader: GpgpuShader, x_dim: int, y_dim: int) -> tuple[int, float]:
+    from gpuexec import NSEC, user_fence
+
+    vm = client.vm()
+    bo, target = client.bo(), client.bo()
+    client.bind(vm, bo, BATCH)
+    client.bind(vm, target, TARGET)
+    q = client.queue(vm, U.DRM_XE_ENGINE_CLASS_COMPUTE)
+    client.write(bo, 0, gpgpu_batch(BATCH, Target(TARGET, 64, 64), x_dim, y_dim, shader))
+    client.write(bo, 0xF000, bytes(8))
+    start = time.monotonic()
+    assert client.exec(q, BATCH, [user_fence(BATCH + 0xF000, 1)]) == 0
+    assert client.wait_ufence(client.bo_addr(bo, 0xF000), 1, 600 * NSEC, q) == 0
+    elapsed = time.monotonic() - start
+    client.queue_destroy(q)
+    return x_dim * y_dim, elapsed
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--groups", type=int, default=16, help="fill: thread groups along X (x16 rows)")
     ap.add_argument("--iterations", type=int, default=2000, help="loop: iterations per thread")
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--exec", action="store_true", help="also run through EXEC on a simulator")
     args = ap.parse_args()
     fill = GpgpuShader()
     fill.write_dword(0x12345678, 0)
@@ -95,6 +119,27 @@ def main() -> None:
               f"{statistics.median(ips):9.0f} instructions/s   bare interpreter "
               f"{statistics.median(bases):9.0f} instructions/s   ratio {statistics.median(ratios):.3f}"
               f"   ({threads} threads, {instructions} instructions per run)")
+        if not args.exec:
+            continue
+        from xe_eudebug.sim import SimConfig, start_server
+        sys.path.insert(0, os.path.join(ROOT, "tests"))
+        from gpuexec import GpuClient
+        handle = start_server(SimConfig(idle_exit=0))
+        try:
+            with GpuClient(fd=handle.open_device(0)) as client:
+                walls, ratios = [], []
+                for _ in range(args.repeat):
+                    before = eu_interp.run_interp("store", args.iterations)
+                    count, wall = run_exec(client, shader, *dims)
+                    after = eu_interp.run_interp("store", args.iterations)
+                    base = (before[0] + after[0]) / (before[1] + after[1])
+                    walls.append(wall)
+                    ratios.append(instructions / wall / base)
+                wall = statistics.median(walls)
+                print(f"{name} through EXEC: {count / wall:8.0f} threads/s {instructions / wall:9.0f} "
+                      f"instructions/s (wall)   ratio {statistics.median(ratios):.3f}")
+        finally:
+            handle.stop()
 
 
 if __name__ == "__main__":
