@@ -3,7 +3,7 @@
 EU interpreter of bench/eu_interp.py measured in the same run.
 
 Workloads (batches from xe_eudebug.gpgpu, executed by the engine's command streamer over an
-in-process address space, so the driver's VM lookup and the socket are not part of the figure):
+in-process address space (tests/test_sim_gpu.Space), so the driver's VM lookup and the socket are not part of the figure):
   * fill: --groups x 16 thread groups of one thread each running IGT's write_dword + eot
     (dispatch cost per thread: payload, binding table and surface state lookups, one store);
   * loop: 4 threads each running eu_interp's "store" loop (--iterations iterations of a typed
@@ -32,35 +32,16 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "bench"))
+sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 import eu_interp  # noqa: E402
 from xe_eudebug import uapi as U  # noqa: E402
 from xe_eudebug.gpgpu import Target, gpgpu_batch  # noqa: E402
 from xe_eudebug.isa.gpgpu import GpgpuShader  # noqa: E402
-from xe_eudebug.sim.gpu import CommandStreamer, Context, EngineInfo, GpuFault  # noqa: E402
+from xe_eudebug.sim.gpu import CommandStreamer, Context, EngineInfo  # noqa: E402
+from test_sim_gpu import Space  # noqa: E402
 
-BATCH, TARGET = 0x100000, 0x200000
-
-
-class Space:
-    """A batch window and a target window; anything else faults."""
-
-    def __init__(self) -> None:
-        self.mem = {BATCH: bytearray(0x10000), TARGET: bytearray(0x10000)}
-
-    def _find(self, va: int, size: int, write: bool) -> tuple[bytearray, int]:
-        for base, buf in self.mem.items():
-            if base <= va and va + size <= base + len(buf):
-                return buf, va - base
-        raise GpuFault(va, write)
-
-    def read(self, va: int, size: int) -> bytes:
-        buf, off = self._find(va, size, False)
-        return bytes(buf[off:off + size])
-
-    def write(self, va: int, data: bytes) -> None:
-        buf, off = self._find(va, len(data), True)
-        buf[off:off + len(data)] = data
+BATCH, TARGET = 0x10000, 0x40000        # the two 64 KiB windows of tests/test_sim_gpu.Space
 
 
 def run_walker(shader: GpgpuShader, x_dim: int, y_dim: int) -> tuple[int, int, float]:
@@ -122,7 +103,6 @@ def main() -> None:
         if not args.exec:
             continue
         from xe_eudebug.sim import SimConfig, start_server
-        sys.path.insert(0, os.path.join(ROOT, "tests"))
         from gpuexec import GpuClient
         handle = start_server(SimConfig(idle_exit=0))
         try:
