@@ -97,6 +97,37 @@ def test_threads_get_their_group_ids_in_r0_and_the_inline_data_in_r1():
     assert _target(space) == _expect(3, 5, value=lambda x, y: HEIGHT << 24 | 64 << 16 | y << 8 | x)
 
 
+INDEX_SHADER = """
+(W) mov (8|M0) r4.0<1>:ud 0x0:ud
+(W) mul (1|M0) r4.5<1>:ud r0.1<0;1,0>:ud 0xc:ud
+(W) shl (1|M0) r6.0<1>:ud r0.2<0;1,0>:ud 0x2:ud
+(W) add (1|M0) r4.5<1>:ud r4.5<0;1,0>:ud r6.0<0;1,0>:ud
+(W) mov (1|M0) r4.6<1>:ud r0.6<0;1,0>:ud
+(W) mov (1|M0) r4.7<1>:ud 0x3:ud
+(W) add (1|M0) r5.0<1>:ud r0.2<0;1,0>:ud 0x100:ud
+(W) send.tgm (1|M0) null r4 null:0 0x0 0x64000007 {I@1, $0}
+(W) mov (8|M0) r112.0<1>:ud r0.0<8;8,1>:ud
+(W) send.gtwy (8|M0) null r112 null:0 0x0 0x02000000 {I@1, $0, EOT}
+"""
+
+
+def test_every_thread_of_a_group_runs_with_its_index_in_r0_2():
+    """Three threads per group (the interface descriptor's thread count): thread i of group
+    (x, y) writes 0x100 + i at dword 3x + i of row y."""
+    d = assemble_dwords(INDEX_SHADER)
+    batch = bytearray(gpgpu_batch(BATCH, Target(TARGET, WIDTH, HEIGHT), 4, 2,
+                                  struct.pack(f"<{len(d)}I", *d)))
+    walker = batch.index(struct.pack("<I", 0x72080026))           # COMPUTE_WALKER header
+    struct.pack_into("<I", batch, walker + 4 * (19 + 5), 3)        # IDD dw5: 3 threads/group
+    space = _space_with_target()
+    result = _run(bytes(batch), space)
+    assert result.status == "completed" and result.threads == 24, result.reason
+    expected = _expect(0, 0)
+    for y in range(2):
+        expected[y][:12] = [0x100 + i for _x in range(4) for i in range(3)]
+    assert _target(space) == expected
+
+
 def _illegal_shader() -> GpgpuShader:
     s = GpgpuShader(illegal_opcode_exception_enable=True)
     s.write_dword(1, 0)
