@@ -251,7 +251,7 @@ class EuScheduler:
                         last = i == w.threads_per_group - 1
                         mem = _ThreadMemory(space, state, w.binding_table, fault)
                         eu = EuThread(mem, state.instruction_base, w.kernel, state.sip,
-                                      exec_mask=(w.exec_mask or full) if last else full,
+                                      exec_mask=w.exec_mask if last else full,
                                       illegal_opcode_exception=w.illegal_opcode_exception,
                                       decode_cache=decoded)
                         r0 = [0] * 16
