@@ -255,6 +255,30 @@ def test_an_illegal_instruction_without_a_system_routine_fails_the_job_and_bans_
         assert c.exec(q, GPU_BATCH) == ERR["ECANCELED"]
 
 
+def test_destroying_a_queue_ends_its_halted_threads():
+    """Threads halted in sync.host on an LR queue (no job timeout) go when the queue is
+    destroyed; the engine then runs the next walker."""
+    halt = GpgpuShader()
+    halt.wait()
+    halt.write_dword(0xDEAD, 0)
+    halt.eot()
+    fill = GpgpuShader()
+    fill.write_dword(0x600D, 0)
+    fill.eot()
+    with GpuClient() as c:
+        vm, bo, target, q = _exec_setup(c)
+        c.write(bo, 0, gpgpu_batch(GPU_BATCH, Target(GPU_TARGET, WIDTH, HEIGHT), 2, 1, halt))
+        assert c.exec(q, GPU_BATCH) == 0
+        time.sleep(0.2)
+        c.queue_destroy(q)
+        q2 = c.queue(vm, U.DRM_XE_ENGINE_CLASS_COMPUTE)
+        c.write(bo, 0, gpgpu_batch(GPU_BATCH, Target(GPU_TARGET, WIDTH, HEIGHT), 2, 1, fill))
+        c.write(bo, FENCE_OFF, bytes(8))
+        assert c.exec(q2, GPU_BATCH, [user_fence(GPU_BATCH + FENCE_OFF, 1)]) == 0
+        assert c.wait_ufence(c.bo_addr(bo, FENCE_OFF), 1, 30 * NSEC, q2) == 0
+        assert [c.read32(target, 4 * x) for x in range(3)] == [0x600D, 0x600D, CANARY]
+
+
 def test_a_shader_that_never_ends_hits_the_job_timeout(sim_server):
     s = GpgpuShader()
     s.label(0)
