@@ -195,6 +195,35 @@ def test_live_threads_are_listed_halt_pause_and_resume():
     assert cs.threads == [] and _target(space)[0][:4] == [7] * 4
 
 
+def test_an_interrupted_thread_runs_the_system_routine_and_goes_on():
+    """A thread spinning until a dword of the target changes ends only when an interrupt sends
+    it to the SIP, which writes that dword and returns."""
+    s = GpgpuShader()
+    s.label(0)
+    s.jump_neq(0, 3, 0xCAFE)              # loop while dword 0 of row 3 != 0xCAFE
+    s.write_dword(1, 0)
+    s.eot()
+    sip = GpgpuShader()
+    sip.write_dword(0xCAFE, 3)
+    sip.end_system_routine(False)
+    space = _space_with_target()
+    space.write(BATCH, gpgpu_batch(BATCH, Target(TARGET, WIDTH, HEIGHT), 1, 1, s, sip))
+    cs = CommandStreamer(EngineInfo(U.DRM_XE_ENGINE_CLASS_COMPUTE, 0))
+    deadline = time.monotonic() + 30
+    results = []
+    job = threading.Thread(target=lambda: results.append(
+        cs.run(ring_for(BATCH), space, Context(), lambda: "timeout" if time.monotonic() > deadline else None)))
+    job.start()
+    while not cs.threads or cs.threads[0].eu.executed < 50:
+        assert time.monotonic() < deadline and job.is_alive(), results
+        time.sleep(0.01)
+    assert _target(space)[0][0] == CANARY and job.is_alive()
+    cs.threads[0].interrupt()
+    job.join(30)
+    assert results and results[0].status == "completed", results
+    assert _target(space)[3][0] == 0xCAFE and _target(space)[0][0] == 1
+
+
 # ------------------------------------------------------------------------------------------------
 # through DRM_IOCTL_XE_EXEC on the simulator
 

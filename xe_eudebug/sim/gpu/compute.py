@@ -210,6 +210,10 @@ class HwThread:
         self.paused = False
         self.eu.resume()
 
+    def interrupt(self) -> None:
+        """Send the thread to its system routine at its next instruction boundary."""
+        self.eu.interrupt()
+
     def __repr__(self) -> str:
         return f"<HwThread {self.slot} group {self.group}.{self.index} {self.state.value} " \
                f"ip {self.eu.ip:#x}>"
