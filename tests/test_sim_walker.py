@@ -158,6 +158,18 @@ def test_illegal_opcode_without_the_exception_enabled_fails_the_job():
     assert _target(space)[0][0] == 1 and _target(space)[2][:2] == [CANARY, CANARY]
 
 
+def _start_job(space: Space):
+    """Run the batch at BATCH on a job thread (stopped after 30 s): engine, thread, results,
+    deadline."""
+    cs = CommandStreamer(EngineInfo(U.DRM_XE_ENGINE_CLASS_COMPUTE, 0))
+    deadline = time.monotonic() + 30
+    results: list = []
+    job = threading.Thread(target=lambda: results.append(
+        cs.run(ring_for(BATCH), space, Context(), lambda: "timeout" if time.monotonic() > deadline else None)))
+    job.start()
+    return cs, job, results, deadline
+
+
 def test_live_threads_are_listed_halt_pause_and_resume():
     """Threads halted in sync.host stay on the engine's list; the job ends when the last one,
     resumed, sends EOT; a paused thread gets no instructions."""
@@ -167,12 +179,7 @@ def test_live_threads_are_listed_halt_pause_and_resume():
     s.eot()
     space = _space_with_target()
     space.write(BATCH, gpgpu_batch(BATCH, Target(TARGET, WIDTH, HEIGHT), 4, 1, s))
-    cs = CommandStreamer(EngineInfo(U.DRM_XE_ENGINE_CLASS_COMPUTE, 0))
-    deadline = time.monotonic() + 30
-    results = []
-    job = threading.Thread(target=lambda: results.append(
-        cs.run(ring_for(BATCH), space, Context(), lambda: "timeout" if time.monotonic() > deadline else None)))
-    job.start()
+    cs, job, results, deadline = _start_job(space)
     while len(cs.threads) < 4 or any(t.state is not ThreadState.HALTED for t in cs.threads):
         assert time.monotonic() < deadline, cs.threads
         time.sleep(0.01)
@@ -208,12 +215,7 @@ def test_an_interrupted_thread_runs_the_system_routine_and_goes_on():
     sip.end_system_routine(False)
     space = _space_with_target()
     space.write(BATCH, gpgpu_batch(BATCH, Target(TARGET, WIDTH, HEIGHT), 1, 1, s, sip))
-    cs = CommandStreamer(EngineInfo(U.DRM_XE_ENGINE_CLASS_COMPUTE, 0))
-    deadline = time.monotonic() + 30
-    results = []
-    job = threading.Thread(target=lambda: results.append(
-        cs.run(ring_for(BATCH), space, Context(), lambda: "timeout" if time.monotonic() > deadline else None)))
-    job.start()
+    cs, job, results, deadline = _start_job(space)
     while not cs.threads or cs.threads[0].eu.executed < 50:
         assert time.monotonic() < deadline and job.is_alive(), results
         time.sleep(0.01)
