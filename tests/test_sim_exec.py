@@ -171,17 +171,16 @@ def test_flush_dw_and_pipe_control_post_sync_writes(c):
     assert c.read64(bo, DATA_OFF + 0x28) == 0xBBBB0002BBBB0001
 
 
-def test_gpgpu_state_commands_are_accepted_and_no_walker_result_is_faked(c):
-    """The commands gpgpu_shader_exec emits on graphics version 20 run through; COMPUTE_WALKER
-    dispatches no thread, so the shader's output stays untouched."""
+def test_gpgpu_state_commands_are_accepted(c):
+    """The state commands gpgpu_shader_exec emits on graphics version 20 run through (the
+    walker itself: tests/test_sim_walker.py)."""
     vm, bo, q = setup(c)
     state = [mi.gfx(1, 1, 4, 1) | 3 << 8 | 2,                 # PIPELINE_SELECT GPGPU
              mi.gfx(0, 1, 1, 22), *[0] * 21,                 # STATE_BASE_ADDRESS
              mi.gfx(0, 1, 5, 3), 0, 0,                       # STATE_COMPUTE_MODE
              mi.gfx(3, 1, 0x19, 4), 0, 0, 0,                 # 3DSTATE_BINDING_TABLE_POOL_ALLOC
              mi.gfx(2, 2, 0, 6), *[0] * 5,                   # CFE_STATE
-             mi.gfx(0, 1, 2, 3), 0x2000, 0,                  # STATE_SIP
-             mi.gfx(2, 2, 2, 40), *[0] * 39]                 # COMPUTE_WALKER
+             mi.gfx(0, 1, 2, 3), 0x2000, 0]                  # STATE_SIP
     c.write(bo, DATA_OFF + 0x100, b"\x5a" * 16)
     assert run(c, q, bo, pack(state, sdi(DATA + 0x40, 0x600D), MI_BATCH_BUFFER_END)) == 0
     assert c.read32(bo, DATA_OFF + 0x40) == 0x600D

@@ -139,15 +139,15 @@ def test_a_spinning_batch_stops_when_asked():
     assert (result.status, result.reason) == ("stopped", "queue killed")
 
 
-def test_compute_walker_is_recorded_and_runs_no_thread(caplog):
+def test_compute_walker_without_a_simd_size_is_a_bad_command():
+    """SIMD Size 0 does not exist on graphics version 20: the walker fails, it is not skipped."""
     walker = [mi.gfx(2, 2, 2, 40)] + [0] * 39
     sip = [mi.gfx(0, 1, 2, 3), 0x3000, 0]
-    with caplog.at_level(logging.WARNING, logger="xe_eudebug.sim.gpu.engine"):
-        result, _ = run(pack(sip, walker, MI_BATCH_BUFFER_END))
-    assert result.status == "completed" and result.walkers == 1
+    result, _ = run(pack(sip, walker, MI_BATCH_BUFFER_END))
+    assert (result.status, result.address) == ("bad-command", 0x1000C)
+    assert "SIMD Size 0" in result.reason and result.walkers == 0
     assert [(name, at) for name, at, _dw in result.state] == [("STATE_SIP", 0x10000), ("COMPUTE_WALKER", 0x1000C)]
     assert result.state[0][2][1] == 0x3000
-    assert "no EU thread model" in caplog.text
 
 
 def test_unknown_command_is_logged_by_the_driver_with_dword_and_address(caplog):

@@ -302,6 +302,9 @@ class XeExec:
             log.warning("%s: unknown command %#010x at %#x; job %d failed, queue banned",
                         name, result.dword, result.address, job.seqno)
             err = -E.EIO
+        elif result.status == "eu-error":
+            log.warning("%s: %s; job %d failed, queue banned", name, result.reason, job.seqno)
+            err = -E.EIO
         else:
             log.warning("%s: job %d %s; engine reset, queue banned", name, job.seqno, result.reason)
             err = -E.ETIME

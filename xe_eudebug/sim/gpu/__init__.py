@@ -1,4 +1,4 @@
-"""The simulated GPU hardware: engines and their command streamers (EU threads come later).
+"""The simulated GPU hardware: engines, their command streamers and EU threads.
 
 A pure model: no sockets, no driver state.  The driver side (`sim/xe_exec.py`) hands an engine a
 job (a ring of commands and an `AddressSpace` view of the queue's VM) and gets back a `JobResult`

@@ -21,6 +21,7 @@ from typing import Callable, Protocol
 
 from ... import uapi as _uapi
 from . import mi
+from .compute import ComputeState, EuScheduler, HwThread, ThreadError, ThreadFault, Walker, WalkerError
 
 log = logging.getLogger(__name__)
 
@@ -75,17 +76,20 @@ class Context:
     """The state an LRC saves: the engine's register file (32-bit registers by MMIO address)."""
 
     registers: dict[int, int] = field(default_factory=dict)
+    compute: ComputeState = field(default_factory=ComputeState)
 
 
 @dataclass
 class JobResult:
-    status: str                               # "completed", "fault", "bad-command", "stopped"
+    status: str                   # "completed", "fault", "bad-command", "eu-error", "stopped"
     address: int = 0                          # where the streamer was (fault: the faulting VA)
     dword: int = 0                            # the unknown command's header
     reason: str = ""
     state: list[tuple[str, int, tuple[int, ...]]] = field(default_factory=list)
-    walkers: int = 0                          # COMPUTE_WALKERs parsed (no threads dispatched)
+    walkers: int = 0                          # COMPUTE_WALKERs executed
     commands: int = 0
+    threads: int = 0                          # EU threads dispatched
+    instructions: int = 0                     # EU instructions executed
 
 
 class _Ring:
@@ -117,6 +121,12 @@ class CommandStreamer:
     def __init__(self, info: EngineInfo) -> None:
         self.info = info
         self.base = info.mmio_base
+        self.dispatches: list[EuScheduler] = []       # one per walker running on this engine
+
+    @property
+    def threads(self) -> list[HwThread]:
+        """The live EU threads of this engine (every running walker's)."""
+        return [t for d in list(self.dispatches) for t in list(d.live)]
 
     # -- registers --------------------------------------------------------------------------------
     def _reg(self, offset: int, cs_relative: bool) -> int:
@@ -136,9 +146,14 @@ class CommandStreamer:
         except GpuFault as exc:
             result.status, result.address = "fault", exc.va
             result.reason = str(exc)
+        except ThreadFault as exc:
+            result.status, result.address = "fault", exc.address
+            result.reason = str(exc)
         except _BadCommand as exc:
             result.status, result.address, result.dword = "bad-command", exc.address, exc.dword
             result.reason = str(exc)
+        except ThreadError as exc:
+            result.status, result.reason = "eu-error", str(exc)
         except _Stopped as exc:
             result.status, result.reason = "stopped", str(exc)
         return result
@@ -170,7 +185,7 @@ class CommandStreamer:
             at = ip
             ip += 4 * length
             if mi.command_type(header) == 3:
-                self._gfx(name, at, dw, space, result)
+                self._gfx(name, at, dw, space, ctx, stop, result)
                 continue
             op = mi.mi_opcode(header)
             if op == mi.MI_BATCH_BUFFER_END:
@@ -252,16 +267,40 @@ class CommandStreamer:
             self._check_stop(stop)
             time.sleep(SEMAPHORE_POLL_S)
 
-    def _gfx(self, name: str, at: int, dw: tuple[int, ...], space: AddressSpace, result: JobResult) -> None:
+    def _gfx(self, name: str, at: int, dw: tuple[int, ...], space: AddressSpace, ctx: Context,
+             stop: Callable[[], str | None], result: JobResult) -> None:
         if name == "PIPE_CONTROL":
             if len(dw) >= 6:
                 op = (dw[1] >> mi.PIPE_CONTROL_POST_SYNC_SHIFT) & 3
                 self._post_sync(op, dw[2] & ~3, dw[3], dw[4:6], space)
             return
         result.state.append((name, at, dw))
-        if name == "COMPUTE_WALKER":
+        if name == "STATE_BASE_ADDRESS":
+            ctx.compute.state_base_address(dw)
+        elif name == "STATE_SIP":
+            ctx.compute.state_sip(dw)
+        elif name == "3DSTATE_BINDING_TABLE_POOL_ALLOC":
+            ctx.compute.bt_pool(dw)
+        elif name == "COMPUTE_WALKER":
+            self._walker(at, dw, space, ctx, stop, result)
+
+    def _walker(self, at: int, dw: tuple[int, ...], space: AddressSpace, ctx: Context,
+                stop: Callable[[], str | None], result: JobResult) -> None:
+        try:
+            walker = Walker.parse(at, dw)
+        except WalkerError as exc:
+            raise _BadCommand(dw[0], at, str(exc)) from None
+        sched = EuScheduler()
+        self.dispatches.append(sched)
+        try:
+            sched.run(walker, space, ctx.compute, GpuFault, lambda: self._check_stop(stop))
+        finally:
+            self.dispatches.remove(sched)
             result.walkers += 1
-            log.warning("COMPUTE_WALKER at %#x: the simulator has no EU thread model; no thread runs", at)
+            result.threads += sched.dispatched
+            result.instructions += sched.instructions
+        post = walker.postsync                 # POSTSYNC_DATA: after every thread has ended
+        self._post_sync(post[0] & 3, post[1] & ~7, post[2], post[3:5], space)
 
 
 def _compare(op: int, sad: int, sdd: int) -> bool:

@@ -102,7 +102,8 @@ class EuThread:
 
     def __init__(self, memory: EuMemory, ibase: int, start: int, sip: int | None = None,
                  *, exec_mask: int = 0xFFFFFFFF, breakpoints_enabled: bool = False,
-                 illegal_opcode_exception: bool = False):
+                 illegal_opcode_exception: bool = False,
+                 decode_cache: dict[bytes, Instruction] | None = None):
         self.memory = memory
         self.ibase = ibase
         self.ip = start
@@ -120,7 +121,9 @@ class EuThread:
         self._interrupt = False
         self._step_pending = False
         self._return_to: int | None = None
-        self._decoded: dict[bytes, Instruction] = {}
+        # decodes by their 16 bytes; threads of one dispatch may share one (decoding is a pure
+        # function of the bytes, and fetch still reads memory on every step)
+        self._decoded: dict[bytes, Instruction] = {} if decode_cache is None else decode_cache
         self._checked: set[int] = set()
 
     # -- register access --
