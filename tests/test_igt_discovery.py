@@ -113,7 +113,7 @@ def _race_routine(rc: RaceClient, d: Debugger, flags: int) -> None:
                 ic.wait_until(lambda: d.event_count > 0 or rc.done.is_set(), 30.0, 0.1 if sigint else 0.05)
                 if not rc.done.is_set():
                     assert d.event_count > 0, "nothing discovered within 30 s"
-            d.stop_worker(1.0, drain=False)  # IGT's stop: the race cuts discovery short
+            d.stop_worker(1.0)
             if not rc.done.is_set():
                 _check_race_log(d, bool(flags & ic.DISCOVERY_VM_BIND))
                 if d.event_count >= FULL_DISCOVERY:

@@ -778,15 +778,18 @@ def test_orphaned_private_instance_removes_its_directory(tmp_path):
     code = (
         "import time\n"
         "from xe_eudebug.sim import SimConfig, start_server\n"
-        "h = start_server(SimConfig(idle_exit=0))\n"
+        "h = start_server(SimConfig(idle_exit=0), timeout=120)\n"
         "print(h.pid, h.directory, flush=True)\n"
         "time.sleep(60)\n"
     )
     env = dict(os.environ, TMPDIR=str(tmp_path))
     env.pop("XDG_RUNTIME_DIR", None)
-    owner = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, env=env, text=True)
+    owner = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             env=env, text=True)
     try:
-        pid_text, directory = owner.stdout.readline().split()
+        line = owner.stdout.readline()
+        assert line, f"the owner printed nothing: {owner.stderr.read() if owner.poll() is not None else ''}"
+        pid_text, directory = line.split()
         assert os.path.basename(directory).startswith("xe_eudebug-sim-") and os.path.isdir(directory)
     finally:
         owner.kill()
