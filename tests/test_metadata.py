@@ -437,7 +437,11 @@ def test_failing_script_exits_1_with_mismatch_and_both_logs(faulty_server: Any) 
     proc = _run_script("--subtest", "attach-debug-metadata", env=env)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     out = proc.stdout
-    assert VERDICT.findall(out) == [("attach-debug-metadata", "FAIL", "1", "23", "23")]
+    # The failed trigger ends the session; the client's log is complete when the client got to
+    # send it before it was stopped, and empty otherwise (on a loaded machine).
+    verdicts = VERDICT.findall(out)
+    assert verdicts in ([("attach-debug-metadata", "FAIL", "1", "23", "23")],
+                        [("attach-debug-metadata", "FAIL", "1", "0", "23")]), out
     assert "logs of 1 session(s) not compared: the run failed first" in out
     assert "metadata type 2: byte 8193 is 0xfc, expected 0x03 (igt pattern)" in out
     # both logs, in IGT's text form
@@ -470,7 +474,7 @@ def test_failure_output_is_bounded(faulty_server: Any) -> None:
     proc = _run_script("--subtest", "read-metadata", "--clients", "8", env=env)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     out = proc.stdout
-    assert VERDICT.findall(out) == [("read-metadata", "FAIL", "8", "184", "184")]
+    assert [v[:3] for v in VERDICT.findall(out)] == [("read-metadata", "FAIL", "8")], out
     assert out.count("TriggerError") == 5
     assert "... and 3 more failed session(s) (-v prints every log)" in out
     assert out.count("event log 'client'") == 2 and out.count("event log 'debugger'") == 2

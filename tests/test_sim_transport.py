@@ -769,7 +769,7 @@ def test_private_instance_exits_when_its_owner_is_killed():
         raise AssertionError("the orphaned simulator is still running 10 s after its owner was killed")
 
 
-def test_orphaned_private_instance_removes_its_directory(tmp_path):
+def test_orphaned_private_instance_removes_its_directory():
     """A private instance whose owner was killed exits and removes the private directory made
     for it (nobody else knows it), so killed test runs leave nothing in the temp dir."""
     import subprocess
@@ -778,18 +778,32 @@ def test_orphaned_private_instance_removes_its_directory(tmp_path):
     code = (
         "import time\n"
         "from xe_eudebug.sim import SimConfig, start_server\n"
-        "h = start_server(SimConfig(idle_exit=0))\n"
+        "h = start_server(SimConfig(idle_exit=0), timeout=120)\n"
         "print(h.pid, h.directory, flush=True)\n"
         "time.sleep(60)\n"
     )
-    env = dict(os.environ, TMPDIR=str(tmp_path))
-    env.pop("XDG_RUNTIME_DIR", None)
-    owner = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, env=env, text=True)
+    import pathlib
+    import shutil
+    import tempfile
+
+    # a short base directory: pytest's tmp_path can make the socket path too long for AF_UNIX
+    tmp_path = pathlib.Path(tempfile.mkdtemp(prefix="orphan-"))
     try:
-        pid_text, directory = owner.stdout.readline().split()
-        assert os.path.basename(directory).startswith("xe_eudebug-sim-") and os.path.isdir(directory)
+        env = dict(os.environ, TMPDIR=str(tmp_path))
+        env.pop("XDG_RUNTIME_DIR", None)
+        owner = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 env=env, text=True)
+        try:
+            line = owner.stdout.readline()
+            if not line:
+                owner.wait(30)
+                raise AssertionError(f"the owner exited with {owner.returncode} and printed nothing: {owner.stderr.read()}")
+            pid_text, directory = line.split()
+            assert os.path.basename(directory).startswith("xe_eudebug-sim-") and os.path.isdir(directory)
+        finally:
+            owner.kill()
+            owner.wait(10)
+        wait_for(lambda: not os.path.exists(directory), timeout=15, what="removal of the orphan's directory")
+        assert not any(p.name.startswith("xe_eudebug-sim-") for p in tmp_path.iterdir())
     finally:
-        owner.kill()
-        owner.wait(10)
-    wait_for(lambda: not os.path.exists(directory), timeout=15, what="removal of the orphan's directory")
-    assert not any(p.name.startswith("xe_eudebug-sim-") for p in tmp_path.iterdir())
+        shutil.rmtree(tmp_path, ignore_errors=True)

@@ -27,7 +27,7 @@ import traceback
 from typing import Any, Callable
 
 from .client import DEFAULT_TIMEOUT, Client
-from .debugger import STOP_TIMEOUT, Debugger
+from .debugger import STOP_TIMEOUT, Debugger, TriggerError
 from .device import device_name, enable_eudebug, open_device
 
 __all__ = ["Session", "enable_eudebug_for", "restore_eudebug", "open_device_elsewhere"]
@@ -177,8 +177,18 @@ class Session:
         c.start()
         try:
             c.wait_done()
-        finally:
+        except TriggerError as first:
+            # The first trigger failure is what the run reports: failures recorded while the
+            # worker stops are added to it, not raised in its place.
+            try:
+                d.stop_worker(STOP_TIMEOUT)
+            except TriggerError as later:
+                first.failures.extend(later.failures)
+            raise
+        except BaseException:
             d.stop_worker(STOP_TIMEOUT)
+            raise
+        d.stop_worker(STOP_TIMEOUT)
         d.log.print(debug=True)
         c.log.print(debug=True)
 

@@ -142,7 +142,7 @@ def _race_routine(rc: RaceClient, d: Debugger, flags: int, st: RaceStats) -> Non
                         break
                 st.dwells.append(time.monotonic() - t0)
                 assert d.event_count > 0, f"nothing discovered within {RACE_MAX_DWELLS} waits of {dwell:g} s"
-            d.stop_worker(1.0, drain=False)  # IGT's stop: the race cuts discovery short
+            d.stop_worker(1.0)  # drains: a full read ends this thread's race early
             if not rc.client.done:
                 _check_race_log(d, bool(flags & ic.DISCOVERY_VM_BIND))
             if d.event_count >= FULL_DISCOVERY:
