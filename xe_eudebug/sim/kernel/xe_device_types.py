@@ -270,7 +270,7 @@ class DeviceFile(File):
         self.queues: dict[int, ExecQueue] = {}
         self.bos: dict[int, Bo] = {}
         self.metadata: dict[int, Metadata] = {}
-        self.syncobjs: dict[int, Any] = {}         # drm_syncobj handles (sim/drm_syncobj.py)
+        self.syncobjs: dict[int, Any] = {}         # drm_syncobj handles (kernel/drm_syncobj.py)
 
 
 class HandleMap:
