@@ -96,7 +96,7 @@ class Syncobj:
 
 
 def _fail(errno: int, what: str) -> Exception:
-    from .xe_device_types import KernelError           # the kernel's error type (import here: no cycle)
+    from .xe_device_types import KernelError   # the kernel's error type (here: no import cycle)
     return KernelError(errno, None, what)
 
 

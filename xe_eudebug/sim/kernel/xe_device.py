@@ -45,7 +45,8 @@ if TYPE_CHECKING:
 # ------------------------------------------------------------------------------------------------
 # The kernel
 
-class Kernel(XeBoMixin, XeQueryMixin, XeVmMixin, XeWaitUserFenceMixin, XeExecQueueMixin, XeDebugMetadataMixin, XeEudebugMixin, XeEudebugVmMixin):
+class Kernel(XeBoMixin, XeQueryMixin, XeVmMixin, XeWaitUserFenceMixin,
+             XeExecQueueMixin, XeDebugMetadataMixin, XeEudebugMixin, XeEudebugVmMixin):
     """The simulated Xe driver (see module docstring).  `config`: a SimConfig or any object with
     devices, read_event_timeout, fifo_timeout, fifo_retry, enable_default (and fifo_capacity)."""
 
