@@ -1,6 +1,6 @@
 """Configuration of the simulated Xe driver.
 
-`SimConfig` is shared by the kernel model (`sim/kernel.py`) and the transport (`sim/server.py`).
+`SimConfig` is shared by the kernel model (`sim/kernel/`) and the transport (`sim/server.py`).
 Every field has an environment variable (`XE_EUDEBUG_SIM_<FIELD>` in upper case) so a server
 started on first use, or by a test harness, can be configured without code.  The defaults are the
 kernel's own values, so the simulator behaves like the driver unless told otherwise.

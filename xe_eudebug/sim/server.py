@@ -1,6 +1,6 @@
 """The simulator server: hosts the kernel model behind real file descriptors.
 
-One process holds the whole simulated driver state (`sim/kernel.py`).  Clients reach it through
+One process holds the whole simulated driver state (`sim/kernel/`).  Clients reach it through
 control connections on a Unix socket (one per thread, see `sim/port.py`).  Every file the kernel
 model creates (device, debugger, VM) is handed out as the client's end of a socketpair; the server
 keeps the other end, identifies the file of a call by the inode of the fd passed with the call, and

@@ -1,0 +1,118 @@
+"""GEM buffer objects (the driver's xe_bo.c, DRM core's GEM_CLOSE)."""
+
+from __future__ import annotations
+
+import errno as E
+import os
+import struct
+import time
+from typing import TYPE_CHECKING
+
+from .xe_device_types import (
+    CPU_CACHING_WB, CPU_CACHING_WC, GEM_CREATE_FLAG_NEEDS_VISIBLE_VRAM, GEM_CREATE_FLAG_SCANOUT,
+    GEM_FLAGS, MMAP_OFFSET_FLAG_PCI_BARRIER, PAGE, PCI_BARRIER_MMAP_OFFSET, _fail, _lowest_free,
+)
+from .xe_query import _phys_mem
+
+if TYPE_CHECKING:
+    from .xe_device_types import Caller, DeviceFile
+    from .xe_vm import Vm
+
+
+class Bo:
+    def __init__(self, file: DeviceFile, size: int, memfd: int, vm: "Vm | None") -> None:
+        self.file = file
+        self.size = size
+        self.memfd = memfd
+        self.vm = vm
+        self.mmap_offset = 0
+        self.handle_open = True
+        self.refs = 0                              # VMAs backed by it
+
+
+class XeBoMixin:
+    """The `Kernel` methods of xe_bo.py (mixed into `Kernel` in xe_device.py)."""
+
+    def _gem_close(self, file: DeviceFile, caller: Caller, k: bytearray) -> int:
+        handle = struct.unpack_from("<I", k, 0)[0]
+        with self._lock:
+            bo = file.bos.pop(handle, None)
+            if bo is None:
+                raise _fail(E.EINVAL, "DRM_IOCTL_GEM_CLOSE: unknown handle")
+            bo.handle_open = False
+            self._bo_put(bo)
+        return 0
+
+    def _bo_put(self, bo: Bo) -> None:
+        if not bo.handle_open and bo.refs == 0 and bo.memfd >= 0:
+            # Closed a little later: an mmap served concurrently may still be sending it.
+            self._dead_fds.append((time.monotonic(), bo.memfd))
+            bo.memfd = -1
+        self._reap_fds()
+
+    def _gem_create(self, file: DeviceFile, caller: Caller, k: bytearray) -> int:
+        ext, size, placement, flags, vm_id, handle, caching = struct.unpack_from("<QQIIIIH", k, 0)
+        pad = k[34:40]
+        r0, r1 = struct.unpack_from("<QQ", k, 40)
+        if ext:
+            raise _fail(E.EINVAL, "GEM_CREATE: extensions are not modelled")
+        if any(pad) or r0 or r1:
+            raise _fail(E.EINVAL, "GEM_CREATE: pad/reserved")
+        if not placement or placement & ~1:
+            raise _fail(E.EINVAL, "GEM_CREATE: placement (system memory only)")
+        if flags & ~GEM_FLAGS:
+            raise _fail(E.EINVAL, "GEM_CREATE: flags")
+        if handle:
+            raise _fail(E.EINVAL, "GEM_CREATE: handle must be 0")
+        if not size or size & (PAGE - 1):
+            raise _fail(E.EINVAL, "GEM_CREATE: size")
+        if flags & GEM_CREATE_FLAG_NEEDS_VISIBLE_VRAM:
+            raise _fail(E.EINVAL, "GEM_CREATE: NEEDS_VISIBLE_VRAM without VRAM")
+        if not caching or caching > CPU_CACHING_WC:
+            raise _fail(E.EINVAL, "GEM_CREATE: cpu_caching")
+        if flags & GEM_CREATE_FLAG_SCANOUT and caching == CPU_CACHING_WB:
+            raise _fail(E.EINVAL, "GEM_CREATE: scanout with WB caching")
+        with self._lock:
+            vm = None
+            if vm_id:
+                vm = file.vms.get(vm_id)
+                if vm is None:
+                    raise _fail(E.ENOENT, "GEM_CREATE: vm_id")
+            if size > _phys_mem():
+                raise _fail(E.ENOMEM, "GEM_CREATE: larger than system memory")
+            try:
+                memfd = os.memfd_create(f"xe-bo-{file.index}", os.MFD_CLOEXEC)
+            except OSError as exc:
+                raise _fail(exc.errno or E.ENOMEM, "GEM_CREATE") from None
+            try:
+                os.ftruncate(memfd, size)
+            except OSError:
+                os.close(memfd)
+                raise _fail(E.ENOMEM, "GEM_CREATE") from None
+            h = _lowest_free(file.bos)
+            file.bos[h] = Bo(file, size, memfd, vm)
+            struct.pack_into("<I", k, 28, h)
+            self._reap_fds()
+        return 0
+
+    def _gem_mmap_offset(self, file: DeviceFile, caller: Caller, k: bytearray) -> int:
+        ext, handle, flags, _off, r0, r1 = struct.unpack_from("<QIIQQQ", k, 0)
+        if ext or r0 or r1:
+            raise _fail(E.EINVAL, "GEM_MMAP_OFFSET: extensions/reserved")
+        if flags & ~MMAP_OFFSET_FLAG_PCI_BARRIER:
+            raise _fail(E.EINVAL, "GEM_MMAP_OFFSET: flags")
+        if flags:
+            if handle:
+                raise _fail(E.EINVAL, "GEM_MMAP_OFFSET: PCI barrier with a handle")
+            struct.pack_into("<Q", k, 16, PCI_BARRIER_MMAP_OFFSET)
+            return 0
+        with self._lock:
+            bo = file.bos.get(handle)
+            if bo is None:
+                raise _fail(E.ENOENT, "GEM_MMAP_OFFSET: handle")
+            if not bo.mmap_offset:
+                dev = file.device
+                bo.mmap_offset = dev.next_mmap_offset
+                dev.next_mmap_offset += bo.size
+            struct.pack_into("<Q", k, 16, bo.mmap_offset)
+        return 0
