@@ -154,7 +154,7 @@ def test_unknown_command_is_logged_by_the_driver_with_dword_and_address(caplog):
     """The driver side logs a failed job's command dword and address, and bans the queue."""
     from types import SimpleNamespace
     from xe_eudebug.sim.gpu import JobResult
-    from xe_eudebug.sim.xe_exec import Job, QueueSched, XeExec
+    from xe_eudebug.sim.kernel.xe_exec import Job, QueueSched, XeExec
 
     kernel = SimpleNamespace(_lock=threading.RLock(), config=None)
     q = SimpleNamespace(id=3, engine_class=0, width=1, file=SimpleNamespace(owner=99),
@@ -162,7 +162,7 @@ def test_unknown_command_is_logged_by_the_driver_with_dword_and_address(caplog):
     exe = XeExec(kernel)
     s = QueueSched(q)
     job = Job(b"", [], 1)
-    with caplog.at_level(logging.WARNING, logger="xe_eudebug.sim.xe_exec"):
+    with caplog.at_level(logging.WARNING, logger="xe_eudebug.sim.kernel.xe_exec"):
         exe._complete(s, job, JobResult("bad-command", address=0x1A0008, dword=0x1F800000))
     assert "0x1f800000" in caplog.text and "0x1a0008" in caplog.text
     assert s.banned and job.fence.signaled and job.fence.error == -5
