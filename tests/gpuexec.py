@@ -13,7 +13,7 @@ from typing import Any
 from xe_eudebug import ioctl as seam
 from xe_eudebug import uapi as U
 from xe_eudebug.device import open_device
-from xe_eudebug.sim.gpu import mi
+from xe_eudebug.isa import mi
 
 LR = U.DRM_XE_VM_CREATE_FLAG_LR_MODE
 FAULT = U.DRM_XE_VM_CREATE_FLAG_FAULT_MODE

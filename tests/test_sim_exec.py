@@ -19,7 +19,7 @@ import pytest
 from gpuexec import (CS_GPR, ERR, LR, MI_ARB_CHECK, MI_BATCH_BUFFER_END, MI_NOOP,
                      NSEC, GpuClient, U, bbs, lri, lrm, lrr, pack, sdi, semaphore_wait, srm, syncobj_sync,
                      user_fence)
-from xe_eudebug.sim.gpu import mi
+from xe_eudebug.isa import mi
 
 SIM = not os.environ.get("XE_EUDEBUG_DEVICE", "").startswith("/")
 BATCH = 0x1A0000            # GPU VA of the batch BO

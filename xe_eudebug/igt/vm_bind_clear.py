@@ -28,7 +28,7 @@ from xe_eudebug.debugger import Debugger
 from xe_eudebug.events import Event, EventFlags, EventType
 from xe_eudebug.session import Session
 from xe_eudebug import ioctl as seam
-from xe_eudebug.sim.gpu import mi
+from xe_eudebug.isa import mi
 
 LOOP_S = 2.0                           # IGT: igt_until_timeout(5)
 UFENCE_VALUE = 1337

@@ -1,4 +1,5 @@
-"""The Xe2 (graphics version 20) instruction set as data: encoding, disassembler, assembler.
+"""The Xe2 (graphics version 20) instruction set as data: encoding, disassembler, assembler;
+and `mi`, the command streamer's command formats.
 
 A low layer like `xe_eudebug.uapi`: it imports nothing from the rest of the package.
 See docs/eu-isa.md.

@@ -8,7 +8,7 @@ engine a job (a ring of commands and an `AddressSpace` view of the queue's VM) a
 
 from .engine import (AddressSpace, CommandStreamer, Context, EngineInfo, GpuFault, JobResult,
                      ENGINE_MMIO_BASE)
-from . import mi
+from ...isa import mi  # the command formats live with the ISA (a low layer)
 
 __all__ = ["AddressSpace", "CommandStreamer", "Context", "EngineInfo", "GpuFault", "JobResult",
            "ENGINE_MMIO_BASE", "mi"]

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 from ... import uapi as _uapi
-from . import mi
+from ...isa import mi
 from .compute import ComputeState, EuScheduler, HwThread, ThreadError, ThreadFault, Walker, WalkerError
 
 log = logging.getLogger(__name__)
