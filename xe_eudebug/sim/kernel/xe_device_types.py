@@ -5,10 +5,10 @@ files, handle maps and the small helpers every part uses.
 
 from __future__ import annotations
 
+import ctypes
 import errno as E
 import heapq
 import os
-import struct
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol
 
 from ... import uapi as _uapi
@@ -71,7 +71,26 @@ F_DESTROY = _uapi.DRM_XE_EUDEBUG_EVENT_DESTROY
 F_STATE_CHANGE = _uapi.DRM_XE_EUDEBUG_EVENT_STATE_CHANGE
 F_NEED_ACK = _uapi.DRM_XE_EUDEBUG_EVENT_NEED_ACK
 VM_BIND_FLAG_UFENCE = _uapi.DRM_XE_EUDEBUG_EVENT_VM_BIND_FLAG_UFENCE
-EVENT_HEADER = struct.Struct("<IHHQQ")
+EVENT_HEADER = _uapi.layout(_uapi.drm_xe_eudebug_event)
+
+
+def _event_payload(ev: type) -> _uapi.Layout:
+    """The layout of an event struct's fields after its header (`base`)."""
+    return _uapi.layout(ev, *(name for name, *_ in ev._fields_ if name != "base"))
+
+
+# event payloads, as the model packs them behind EVENT_HEADER
+EV_CLIENT_PAYLOAD = _event_payload(_uapi.drm_xe_eudebug_event_client)
+EV_VM_PAYLOAD = _event_payload(_uapi.drm_xe_eudebug_event_vm)
+EV_EXEC_QUEUE_PAYLOAD = _event_payload(_uapi.drm_xe_eudebug_event_exec_queue)
+EV_VM_BIND_PAYLOAD = _event_payload(_uapi.drm_xe_eudebug_event_vm_bind)
+EV_VM_BIND_OP_PAYLOAD = _event_payload(_uapi.drm_xe_eudebug_event_vm_bind_op)
+EV_VM_BIND_UFENCE_PAYLOAD = _event_payload(_uapi.drm_xe_eudebug_event_vm_bind_ufence)
+EV_METADATA_PAYLOAD = _event_payload(_uapi.drm_xe_eudebug_event_metadata)
+EV_VM_BIND_OP_METADATA_PAYLOAD = _event_payload(_uapi.drm_xe_eudebug_event_vm_bind_op_metadata)
+# user extensions: the common header and its size
+USER_EXTENSION = _uapi.layout(_uapi.drm_xe_user_extension)
+USER_EXTENSION_SIZE = ctypes.sizeof(_uapi.drm_xe_user_extension)
 
 EUDEBUG_VERSION = _uapi.DRM_XE_EUDEBUG_VERSION
 VM_SYNC_MAX_TIMEOUT_NSECS = _uapi.DRM_XE_EUDEBUG_VM_SYNC_MAX_TIMEOUT_NSECS
@@ -390,7 +409,7 @@ def _read_chain(caller: Caller, first: int, ext_size: int,
         if depth >= MAX_USER_EXTENSIONS:
             return out, E.E2BIG
         try:
-            base = caller.read(addr, 16)
+            base = caller.read(addr, USER_EXTENSION_SIZE)
         except KernelError as exc:
             return out, exc.errno
         err = check(base)
@@ -401,13 +420,13 @@ def _read_chain(caller: Caller, first: int, ext_size: int,
         except KernelError as exc:
             return out, exc.errno
         out.append(ext)
-        addr = struct.unpack_from("<Q", ext, 0)[0]
+        addr = USER_EXTENSION.unpack_from(ext)[0]
         depth += 1
     return out, 0
 
 
 def _check_base(base: bytes) -> int:
-    _next, name, pad = struct.unpack_from("<QII", base, 0)
+    _next, name, pad = USER_EXTENSION.unpack_from(base)
     if pad or name >= 1:
         return E.EINVAL
     return 0
