@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno as E
 import os
-import struct
 from typing import TYPE_CHECKING
 
 from ... import uapi as _uapi
@@ -17,6 +17,9 @@ from .xe_device_types import (
 if TYPE_CHECKING:
     from .xe_device_types import Caller, DeviceFile
 
+
+_DEVICE_QUERY = _uapi.layout(_uapi.drm_xe_device_query)
+_DEVICE_QUERY_SIZE = _uapi.layout(_uapi.drm_xe_device_query, "size")
 
 _PHYS: list[int] = []
 
@@ -36,19 +39,23 @@ class XeQueryMixin:
     # -- xe: queries and BOs ------------------------------------------------------------------------------
     def _query_data(self, query: int) -> bytes | None:
         if query == QUERY_ENGINES:
-            out = struct.pack("<II", len(ENGINES), 0)
+            out = bytes(_uapi.drm_xe_query_engines(num_engines=len(ENGINES)))
             for cls, inst in ENGINES:
-                out += struct.pack("<HHHH", cls, inst, 0, 0) + bytes(24)
+                out += bytes(_uapi.drm_xe_engine(
+                    instance=_uapi.drm_xe_engine_class_instance(engine_class=cls, engine_instance=inst)))
             return out
         if query == QUERY_MEM_REGIONS:
             total = _phys_mem()
-            return struct.pack("<II", 1, 0) + struct.pack("<HHIQQQQ", 0, 0, PAGE, total, 0, 0, 0) + bytes(48)
+            return (bytes(_uapi.drm_xe_query_mem_regions(num_mem_regions=1))
+                    + bytes(_uapi.drm_xe_mem_region(mem_class=_uapi.DRM_XE_MEM_REGION_CLASS_SYSMEM, instance=0,
+                                                    min_page_size=PAGE, total_size=total)))
         if query == QUERY_CONFIG:
             info = (int(_cfg(self.config, "device_id")) | REVISION << 16, 0, PAGE, VA_BITS, 2)
-            return struct.pack("<II", len(info), 0) + struct.pack(f"<{len(info)}Q", *info)
+            return bytes(_uapi.drm_xe_query_config(num_params=len(info))) + bytes((ctypes.c_uint64 * len(info))(*info))
         if query == QUERY_GT_LIST:
-            gt = struct.pack("<HHH6sIQQHHHH", 0, 0, 0, b"", 19_200_000, 1, 0, 20, 4, 0, 0) + bytes(56)
-            return struct.pack("<II", 1, 0) + gt
+            gt = _uapi.drm_xe_gt(type=_uapi.DRM_XE_QUERY_GT_TYPE_MAIN, tile_id=0, gt_id=0, reference_clock=19_200_000,
+                                 near_mem_regions=1, far_mem_regions=0, ip_ver_major=20, ip_ver_minor=4, ip_ver_rev=0)
+            return bytes(_uapi.drm_xe_query_gt_list(num_gt=1)) + bytes(gt)
         if query == QUERY_HWCONFIG:
             return b""  # no GuC hwconfig table: a valid, empty answer
         if query == QUERY_GT_TOPOLOGY:
@@ -60,19 +67,20 @@ class XeQueryMixin:
             for kind, mask, size in ((_uapi.DRM_XE_TOPO_DSS_GEOMETRY, dss, DSS_MASK_BYTES),
                                      (_uapi.DRM_XE_TOPO_DSS_COMPUTE, dss, DSS_MASK_BYTES),
                                      (_uapi.DRM_XE_TOPO_SIMD16_EU_PER_DSS, eus, EU_MASK_BYTES)):
-                out += struct.pack("<HHI", 0, kind, size) + mask.to_bytes(size, "little")
+                out += bytes(_uapi.drm_xe_query_topology_mask(gt_id=0, type=kind, num_bytes=size))
+                out += mask.to_bytes(size, "little")
             return out
         return None
 
     def _device_query(self, file: DeviceFile, caller: Caller, k: bytearray) -> int:
-        ext, query, size, data, r0, r1 = struct.unpack_from("<QIIQQQ", k, 0)
+        ext, query, size, data, r0, r1 = _DEVICE_QUERY.unpack_from(k)
         if ext or r0 or r1:
             raise _fail(E.EINVAL, "DEVICE_QUERY: extensions/reserved")
         payload = self._query_data(query)
         if payload is None:
             raise _fail(E.EINVAL, f"DEVICE_QUERY: query {query} not modelled")
         if size == 0:
-            struct.pack_into("<I", k, 12, len(payload))
+            _DEVICE_QUERY_SIZE.pack_into(k, _DEVICE_QUERY_SIZE.offset, len(payload))
             return 0
         if size != len(payload):
             raise _fail(E.EINVAL, "DEVICE_QUERY: size mismatch")
