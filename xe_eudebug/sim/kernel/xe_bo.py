@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import errno as E
 import os
-import struct
 import time
 from typing import TYPE_CHECKING
 
+from ... import uapi as _uapi
 from .xe_device_types import (
     CPU_CACHING_WB, CPU_CACHING_WC, GEM_CREATE_FLAG_NEEDS_VISIBLE_VRAM, GEM_CREATE_FLAG_SCANOUT,
     GEM_FLAGS, MMAP_OFFSET_FLAG_PCI_BARRIER, PAGE, PCI_BARRIER_MMAP_OFFSET, _fail, _lowest_free,
 )
 from .xe_query import _phys_mem
+
+_GEM_CLOSE = _uapi.layout(_uapi.drm_gem_close, "handle")
+_GEM_CREATE = _uapi.layout(_uapi.drm_xe_gem_create, "extensions", "size", "placement", "flags", "vm_id", "handle",
+                           "cpu_caching")
+_GEM_CREATE_RESERVED = _uapi.layout(_uapi.drm_xe_gem_create, "reserved")
+_GEM_CREATE_HANDLE = _uapi.layout(_uapi.drm_xe_gem_create, "handle")
+_MMAP_OFFSET = _uapi.layout(_uapi.drm_xe_gem_mmap_offset)
+_MMAP_OFFSET_OFFSET = _uapi.layout(_uapi.drm_xe_gem_mmap_offset, "offset")
 
 if TYPE_CHECKING:
     from .xe_device_types import Caller, DeviceFile
@@ -34,7 +42,7 @@ class XeBoMixin:
     """The `Kernel` methods of xe_bo.py (mixed into `Kernel` in xe_device.py)."""
 
     def _gem_close(self, file: DeviceFile, caller: Caller, k: bytearray) -> int:
-        handle = struct.unpack_from("<I", k, 0)[0]
+        handle = _GEM_CLOSE.unpack_from(k)[0]
         with self._lock:
             bo = file.bos.pop(handle, None)
             if bo is None:
@@ -51,9 +59,9 @@ class XeBoMixin:
         self._reap_fds()
 
     def _gem_create(self, file: DeviceFile, caller: Caller, k: bytearray) -> int:
-        ext, size, placement, flags, vm_id, handle, caching = struct.unpack_from("<QQIIIIH", k, 0)
+        ext, size, placement, flags, vm_id, handle, caching = _GEM_CREATE.unpack_from(k)
         pad = k[34:40]
-        r0, r1 = struct.unpack_from("<QQ", k, 40)
+        r0, r1 = _GEM_CREATE_RESERVED.unpack_from(k, _GEM_CREATE_RESERVED.offset)
         if ext:
             raise _fail(E.EINVAL, "GEM_CREATE: extensions are not modelled")
         if any(pad) or r0 or r1:
@@ -91,12 +99,12 @@ class XeBoMixin:
                 raise _fail(E.ENOMEM, "GEM_CREATE") from None
             h = _lowest_free(file.bos)
             file.bos[h] = Bo(file, size, memfd, vm)
-            struct.pack_into("<I", k, 28, h)
+            _GEM_CREATE_HANDLE.pack_into(k, _GEM_CREATE_HANDLE.offset, h)
             self._reap_fds()
         return 0
 
     def _gem_mmap_offset(self, file: DeviceFile, caller: Caller, k: bytearray) -> int:
-        ext, handle, flags, _off, r0, r1 = struct.unpack_from("<QIIQQQ", k, 0)
+        ext, handle, flags, _off, r0, r1 = _MMAP_OFFSET.unpack_from(k)
         if ext or r0 or r1:
             raise _fail(E.EINVAL, "GEM_MMAP_OFFSET: extensions/reserved")
         if flags & ~MMAP_OFFSET_FLAG_PCI_BARRIER:
@@ -104,7 +112,7 @@ class XeBoMixin:
         if flags:
             if handle:
                 raise _fail(E.EINVAL, "GEM_MMAP_OFFSET: PCI barrier with a handle")
-            struct.pack_into("<Q", k, 16, PCI_BARRIER_MMAP_OFFSET)
+            _MMAP_OFFSET_OFFSET.pack_into(k, _MMAP_OFFSET_OFFSET.offset, PCI_BARRIER_MMAP_OFFSET)
             return 0
         with self._lock:
             bo = file.bos.get(handle)
@@ -114,5 +122,5 @@ class XeBoMixin:
                 dev = file.device
                 bo.mmap_offset = dev.next_mmap_offset
                 dev.next_mmap_offset += bo.size
-            struct.pack_into("<Q", k, 16, bo.mmap_offset)
+            _MMAP_OFFSET_OFFSET.pack_into(k, _MMAP_OFFSET_OFFSET.offset, bo.mmap_offset)
         return 0
