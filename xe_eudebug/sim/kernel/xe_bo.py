@@ -17,6 +17,7 @@ from .xe_query import _phys_mem
 _GEM_CLOSE = _uapi.layout(_uapi.drm_gem_close, "handle")
 _GEM_CREATE = _uapi.layout(_uapi.drm_xe_gem_create, "extensions", "size", "placement", "flags", "vm_id", "handle",
                            "cpu_caching")
+_GEM_CREATE_PAD = _uapi.layout(_uapi.drm_xe_gem_create, "pad")
 _GEM_CREATE_RESERVED = _uapi.layout(_uapi.drm_xe_gem_create, "reserved")
 _GEM_CREATE_HANDLE = _uapi.layout(_uapi.drm_xe_gem_create, "handle")
 _MMAP_OFFSET = _uapi.layout(_uapi.drm_xe_gem_mmap_offset)
@@ -60,7 +61,7 @@ class XeBoMixin:
 
     def _gem_create(self, file: DeviceFile, caller: Caller, k: bytearray) -> int:
         ext, size, placement, flags, vm_id, handle, caching = _GEM_CREATE.unpack_from(k)
-        pad = k[34:40]
+        pad = _GEM_CREATE_PAD.unpack_from(k, _GEM_CREATE_PAD.offset)
         r0, r1 = _GEM_CREATE_RESERVED.unpack_from(k, _GEM_CREATE_RESERVED.offset)
         if ext:
             raise _fail(E.EINVAL, "GEM_CREATE: extensions are not modelled")
