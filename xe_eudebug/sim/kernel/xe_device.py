@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import errno as E
 import os
-import struct
 import threading
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable
 
+from ... import uapi as _uapi
 from .. import procmem
 from .drm_syncobj import DrmSyncobj
 from .xe_exec import XeExec
@@ -272,12 +272,14 @@ class Kernel(XeBoMixin, XeQueryMixin, XeVmMixin, XeWaitUserFenceMixin,
 
     # -- DRM core ---------------------------------------------------------------------------------------
     def _version(self, file: DeviceFile, caller: Caller, k: bytearray) -> int:
-        struct.pack_into("<iii", k, 0, *DRIVER_VERSION)
+        v = _uapi.drm_version.from_buffer(k)
+        v.version_major, v.version_minor, v.version_patchlevel = DRIVER_VERSION
         err = 0
-        for off, value in ((16, DRIVER_NAME), (32, DRIVER_DATE), (48, DRIVER_DESC)):
-            buf_len, ptr = struct.unpack_from("<QQ", k, off)
+        for len_field, ptr_field, value in (("name_len", "name", DRIVER_NAME), ("date_len", "date", DRIVER_DATE),
+                                            ("desc_len", "desc", DRIVER_DESC)):
+            buf_len, ptr = getattr(v, len_field), getattr(v, ptr_field)
             n = min(len(value), buf_len)
-            struct.pack_into("<Q", k, off, len(value))
+            setattr(v, len_field, len(value))
             if n and ptr and not err:
                 try:
                     caller.write(ptr, value[:n])
