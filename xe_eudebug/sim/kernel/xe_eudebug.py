@@ -12,7 +12,12 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING
 
+from ... import uapi as _uapi
 from .. import procmem
+from .xe_device_types import (
+    EV_CLIENT_PAYLOAD, EV_EXEC_QUEUE_PAYLOAD, EV_METADATA_PAYLOAD, EV_VM_BIND_OP_METADATA_PAYLOAD,
+    EV_VM_BIND_OP_PAYLOAD, EV_VM_BIND_PAYLOAD, EV_VM_PAYLOAD,
+)
 from .xe_device_types import (
     CALLER_CHECK, CAP_SYS_PTRACE, EUDEBUG_VERSION, EU_BITMASK_SIZE, EU_CONTROL_INTERRUPT_ALL,
     EU_CONTROL_RESUME, EU_CONTROL_STOPPED, EVENT_HEADER, EV_EXEC_QUEUE, EV_MAX, EV_METADATA,
@@ -30,6 +35,13 @@ if TYPE_CHECKING:
     from .xe_wait_user_fence import UserFence
 
 log = logging.getLogger(__name__)
+
+_CONNECT = _uapi.layout(_uapi.drm_xe_eudebug_connect)
+_CONNECT_VERSION = _uapi.layout(_uapi.drm_xe_eudebug_connect, "version")
+_EVENT_LEN = _uapi.layout(_uapi.drm_xe_eudebug_event, "len")
+_ACK_EVENT = _uapi.layout(_uapi.drm_xe_eudebug_ack_event)
+_READ_METADATA = _uapi.layout(_uapi.drm_xe_eudebug_read_metadata)
+_EU_CONTROL = _uapi.layout(_uapi.drm_xe_eudebug_eu_control)
 
 
 class Connection:
@@ -170,13 +182,13 @@ class XeEudebugMixin:
             h = conn.clients.add(file)
             if h is None:
                 return True
-            return self._emit(conn, EV_OPEN, F_CREATE, struct.pack("<Q", h))
+            return self._emit(conn, EV_OPEN, F_CREATE, EV_CLIENT_PAYLOAD.pack(h))
         h = conn.clients.find(file)
         if h is None or conn.status != 1:
             return True
         seqno = conn.next_seqno()
         conn.clients.remove(file)
-        return self._emit(conn, EV_OPEN, F_DESTROY, struct.pack("<Q", h), seqno)
+        return self._emit(conn, EV_OPEN, F_DESTROY, EV_CLIENT_PAYLOAD.pack(h), seqno)
 
     def _vm_event(self, conn: Connection, vm: Vm, create: bool) -> bool:
         ch = conn.clients.find(vm.file)
@@ -187,13 +199,13 @@ class XeEudebugMixin:
             h = conn.vms.add(vm)
             if h is None:
                 return True
-            return self._emit(conn, EV_VM, F_CREATE, struct.pack("<QQ", ch, h))
+            return self._emit(conn, EV_VM, F_CREATE, EV_VM_PAYLOAD.pack(ch, h))
         h = conn.vms.find(vm)
         if h is None or conn.status != 1:
             return True
         seqno = conn.next_seqno()
         conn.vms.remove(vm)
-        return self._emit(conn, EV_VM, F_DESTROY, struct.pack("<QQ", ch, h), seqno)
+        return self._emit(conn, EV_VM, F_DESTROY, EV_VM_PAYLOAD.pack(ch, h), seqno)
 
     def _queue_event(self, conn: Connection, q: ExecQueue, create: bool) -> bool:
         ch = conn.clients.find(q.file)
@@ -219,7 +231,7 @@ class XeEudebugMixin:
         handles = struct.pack(f"<{q.width}Q", *lrcs)
         if _cfg(self.config, "fidelity_lrc_truncation"):
             handles = handles[:q.width].ljust(8 * q.width, b"\0")
-        payload = struct.pack("<QQQII", ch, vh, h, q.engine_class, q.width) + handles
+        payload = EV_EXEC_QUEUE_PAYLOAD.pack(ch, vh, h, q.engine_class, q.width) + handles
         return self._emit(conn, EV_EXEC_QUEUE, flags, payload)
 
     def _metadata_event(self, conn: Connection, md: Metadata, create: bool) -> bool:
@@ -240,7 +252,7 @@ class XeEudebugMixin:
             seqno = conn.next_seqno()
             conn.metadata.remove(md)
             flags = F_DESTROY
-        return self._emit(conn, EV_METADATA, flags, struct.pack("<QQQQ", ch, h, md.type, len(md.data)), seqno)
+        return self._emit(conn, EV_METADATA, flags, EV_METADATA_PAYLOAD.pack(ch, h, md.type, len(md.data)), seqno)
 
     # -- CONNECT and discovery ---------------------------------------------------------------------
     def _connect(self, file: DeviceFile, caller: Caller, k: bytearray) -> DebuggerFile:
@@ -248,7 +260,7 @@ class XeEudebugMixin:
         with self._reading(dev):
             if not dev.enabled:
                 raise _fail(E.ENODEV, "EUDEBUG_CONNECT: debugging disabled")
-            ext, pid, flags, version = struct.unpack_from("<QQII", k, 0)
+            ext, pid, flags, version = _CONNECT.unpack_from(k)
             if ext:
                 raise _fail(E.EINVAL, "EUDEBUG_CONNECT: extensions")
             if pid == 0:
@@ -257,7 +269,7 @@ class XeEudebugMixin:
                 raise _fail(E.EINVAL, "EUDEBUG_CONNECT: flags")
             if version not in (0, EUDEBUG_VERSION):
                 raise _fail(E.EINVAL, "EUDEBUG_CONNECT: version")
-            struct.pack_into("<I", k, 20, EUDEBUG_VERSION)
+            _CONNECT_VERSION.pack_into(k, _CONNECT_VERSION.offset, EUDEBUG_VERSION)
             pid32 = pid & 0xFFFFFFFF
             if pid32 & 0x80000000:
                 raise _fail(E.ENOENT, "EUDEBUG_CONNECT: no such process")
@@ -358,13 +370,13 @@ class XeEudebugMixin:
         ch, vh = conn.clients.find(file), conn.vms.find(vm)
         bind_seqno = conn.next_seqno()
         if not self._queue(conn, _event(EV_VM_BIND, F_STATE_CHANGE, bind_seqno,
-                                        struct.pack("<QQII", ch, vh, 0, len(vm.vmas)))):
+                                        EV_VM_BIND_PAYLOAD.pack(ch, vh, 0, len(vm.vmas)))):
             return False
         for vma in vm.vmas:
             op_seqno = conn.next_seqno()
             if not self._queue(conn, _event(EV_VM_BIND_OP, F_CREATE, op_seqno,
-                                            struct.pack("<QQQQ", bind_seqno, len(vma.attach), vma.start,
-                                                        vma.end - vma.start))):
+                                            EV_VM_BIND_OP_PAYLOAD.pack(bind_seqno, len(vma.attach), vma.start,
+                                                                       vma.end - vma.start))):
                 return False
             for md_id, cookie in vma.attach:
                 md = file.metadata.get(md_id)
@@ -372,7 +384,8 @@ class XeEudebugMixin:
                 if mh is None:
                     self._detach(conn, -E.ENOENT)  # the mapping names destroyed metadata
                     return False
-                if not self._emit(conn, EV_VM_BIND_OP_METADATA, F_CREATE, struct.pack("<QQQ", op_seqno, mh, cookie)):
+                if not self._emit(conn, EV_VM_BIND_OP_METADATA, F_CREATE,
+                                  EV_VM_BIND_OP_METADATA_PAYLOAD.pack(op_seqno, mh, cookie)):
                     return False
         return True
 
@@ -414,7 +427,7 @@ class XeEudebugMixin:
             else:
                 raise _fail(E.ENOENT, "READ_EVENT: timed out")
         if event is None:
-            caller.write(addr, struct.pack("<I", need))
+            caller.write(addr + _EVENT_LEN.offset, _EVENT_LEN.pack(need))
             raise _fail(E.EMSGSIZE, "READ_EVENT: buffer too small")
         # A fault here loses the event, as in the kernel; nothing follows the copy.
         write = getattr(caller, "write_on_return", None) or caller.write
@@ -422,7 +435,7 @@ class XeEudebugMixin:
         return 0, b""
 
     def _ack_event(self, conn: Connection, caller: Caller, arg: bytes) -> tuple[int, bytes]:
-        _type, flags, seqno = struct.unpack_from("<IIQ", arg, 0)
+        _type, flags, seqno = _ACK_EVENT.unpack_from(arg)
         if flags:
             raise _fail(E.EINVAL, "ACK_EVENT: flags")
         with self._lock:
@@ -435,7 +448,7 @@ class XeEudebugMixin:
         return 0, b""
 
     def _read_metadata(self, conn: Connection, caller: Caller, arg: bytes) -> tuple[int, bytes]:
-        ch, mh, flags, reserved, ptr, size = struct.unpack_from("<QQIIQQ", arg, 0)
+        ch, mh, flags, reserved, ptr, size = _READ_METADATA.unpack_from(arg)
         if flags:
             raise _fail(E.EINVAL, "READ_METADATA: flags")
         if not _access_ok(ptr, size):
@@ -454,10 +467,10 @@ class XeEudebugMixin:
             raise _fail(E.EINVAL, "READ_METADATA: size smaller than the metadata")
         if size:
             caller.write(ptr, data)
-        return 0, struct.pack("<QQIIQQ", ch, mh, flags, reserved, ptr, len(data))
+        return 0, _READ_METADATA.pack(ch, mh, flags, reserved, ptr, len(data))
 
     def _eu_control(self, conn: Connection, caller: Caller, arg: bytes) -> tuple[int, bytes]:
-        ch, cmd, flags, _seqno, qh, lh, _reserved, bsize, bptr = struct.unpack_from("<QIIQQQIIQ", arg, 0)
+        ch, cmd, flags, _seqno, qh, lh, _reserved, bsize, bptr = _EU_CONTROL.unpack_from(arg)
         if flags:
             raise _fail(E.EINVAL, "EU_CONTROL: flags")
         if not _access_ok(bptr, bsize):
