@@ -9,10 +9,10 @@ numbers, event type values, the exec-queue property) come from
 """
 
 from . import drm as _drm, xe_drm as _xe_drm, xe_drm_eudebug as _xe_drm_eudebug
-from ._base import Layout, layout  # noqa: F401
+from ._base import Layout, layout, struct_code  # noqa: F401
 from .drm import *  # noqa: F401,F403
 from .generations import ACTIVE as GENERATION, Generation  # noqa: F401
 from .xe_drm import *  # noqa: F401,F403
 from .xe_drm_eudebug import *  # noqa: F401,F403
 
-__all__ = [*_drm.__all__, *_xe_drm.__all__, *_xe_drm_eudebug.__all__, "GENERATION", "Generation", "Layout", "layout"]
+__all__ = [*_drm.__all__, *_xe_drm.__all__, *_xe_drm_eudebug.__all__, "GENERATION", "Generation", "Layout", "layout", "struct_code"]

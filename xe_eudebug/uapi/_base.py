@@ -75,6 +75,14 @@ _CODES = {
 }
 
 
+def struct_code(ctype: type) -> str:
+    """The ``struct`` format code of a ctypes scalar type of the uapi (``u64`` -> ``"Q"``)."""
+    try:
+        return _CODES[ctype]
+    except KeyError:
+        raise TypeError(f"no struct code for ctypes type {ctype.__name__}") from None
+
+
 class Layout(struct.Struct):
     """A ``struct.Struct`` built from a ctypes layout of this package by :func:`layout`.
 
@@ -113,7 +121,7 @@ def _scalars(ctype: type) -> list[tuple[int, str]]:
         return _scalars(ctype._fields_[0][1])
     if issubclass(ctype, ctypes.Structure):
         return [(getattr(ctype, n).offset + o, c) for n, t, *_ in ctype._fields_ for o, c in _scalars(t)]
-    raise TypeError(f"no struct code for ctypes type {ctype.__name__}")
+    return [(0, struct_code(ctype))]     # not a uapi scalar: TypeError
 
 
 def layout(ctype: type, *names: str) -> Layout:
