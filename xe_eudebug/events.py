@@ -48,7 +48,7 @@ from __future__ import annotations
 import ctypes
 import struct
 from enum import IntEnum, IntFlag
-from typing import Any, Callable, ClassVar, Iterable, NamedTuple, Sequence
+from typing import Any, Callable, ClassVar, Iterable, NamedTuple
 
 from xe_eudebug import uapi as _uapi
 
