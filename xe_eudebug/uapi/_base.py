@@ -89,6 +89,7 @@ class Layout(struct.Struct):
     ``offset`` is where its first field sits in the C struct (pass it to ``unpack_from`` /
     ``pack_into``), ``names`` the fields it covers in order, ``ctype`` the C struct."""
 
+    __slots__ = ("offset", "names", "ctype")
     offset: int
     names: tuple[str, ...]
     ctype: type
