@@ -92,7 +92,7 @@ def test_fields_out_of_order_or_unknown_are_refused():
         layout(uapi.drm_xe_vm_create, "vm_id", "flags")
     with pytest.raises(ValueError):
         layout(uapi.drm_xe_sync, "handle", "addr")      # two members of one union overlap
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError, match="drm_xe_vm_create: no field no_such_field"):
         layout(uapi.drm_xe_vm_create, "no_such_field")
 
 

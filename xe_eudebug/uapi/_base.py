@@ -141,7 +141,10 @@ def layout(ctype: type, *names: str) -> Layout:
     for name in names:
         off, t = 0, ctype
         for part in name.split("."):
-            o, t = _member(t, part)
+            try:
+                o, t = _member(t, part)
+            except KeyError:
+                raise KeyError(f"layout of {ctype.__name__}: no field {name}") from None
             off += o
         if start is None:
             start = end = off
