@@ -220,3 +220,41 @@ def test_umockdev_description_names_every_node() -> None:
     for name, minor in (("card0", 0), ("renderD128", 128), ("card1", 1), ("renderD129", 129)):
         assert f"E: DEVNAME=/dev/dri/{name}" in text and f"E: MINOR={minor}" in text
     assert text.count("E: PCI_ID=8086:64A0") == 2 and text.count("A: enable_eudebug=0") == 2
+    assert text.count("A: tile0/gt0/engines/ccs/job_timeout_ms=") == 2 and "tile1/" not in text
+    two = umockdev_description(1, 0xE20B, tiles=2)
+    assert "A: tile1/gt1/engines/rcs/.defaults/preempt_timeout_us=" in two
+
+
+@pytest.mark.skipif(shutil.which("umockdev-run") is None, reason="umockdev-run not installed: no sysfs for C programs")
+def test_c_program_reads_and_writes_job_timeout_ms(sim_server, probe: str) -> None:
+    """IGT's route (xe_sysfs_engine_open + openat): the simulator's value, a write it honours,
+    the default beside it, and the kernel's bounds."""
+    two = sim_server(devices=1, tiles=2, job_timeout_ms=700)
+    out = run(two, probe, "engine", "1", "ccs").stdout
+    assert "job_timeout_ms 700" in out and "default 700" in out
+    out = run(two, probe, "engine", "1", "ccs", "1234").stdout
+    assert "write 1234 ok" in out and "job_timeout_ms 1234" in out and "default 700" in out
+    assert port.sysfs(0, "tile1/gt1/engines/ccs/job_timeout_ms", socket_path=two.socket) == b"1234\n"
+    assert port.sysfs(0, "tile0/gt0/engines/ccs/job_timeout_ms", socket_path=two.socket) == b"700\n"
+    out = run(two, probe, "engine", "0", "rcs", "0").stdout                   # below job_timeout_min
+    assert "write 0 Invalid argument" in out and "job_timeout_ms 700" in out
+
+
+def test_c_program_sees_the_vram_of_a_discrete_device(sim_server, probe: str) -> None:
+    dgfx = sim_server(devices=1, discrete=True, tiles=2, vram_size=1 << 30)
+    out = run(dgfx, probe, "regions").stdout
+    assert "region 0 class 0" in out
+    assert f"region 1 class 1 size {1 << 30} visible {1 << 30}" in out
+    assert f"region 2 class 1 size {1 << 30} visible {1 << 30}" in out
+    assert "devid 0xe20b flags 1" in out
+    proc = run(dgfx, probe, "exit", "0", run_args=("--tiles", "1"), check=False)
+    assert proc.returncode == 2 and "--tiles" in proc.stderr
+
+
+def test_run_starts_a_discrete_private_instance(probe: str) -> None:
+    env = _env("")
+    env.pop(SOCKET_ENV)
+    proc = subprocess.run([sys.executable, "-m", "xe_eudebug", "run", "--discrete", "--", probe, "regions"],
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "region 1 class 1" in proc.stdout and "devid 0xe20b flags 1" in proc.stdout
