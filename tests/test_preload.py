@@ -258,3 +258,29 @@ def test_run_starts_a_discrete_private_instance(probe: str) -> None:
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "region 1 class 1" in proc.stdout and "devid 0xe20b flags 1" in proc.stdout
+
+
+def test_c_program_resets_a_gt_through_debugfs(sim_server, probe: str) -> None:
+    """IGT's xe_force_gt_reset_async: debugfs looks mounted, dri/<minor>/gtN/force_reset exists, and
+    the write resets that GT: its running LR job stops and its queue is banned; GT 0's runs on."""
+    from gpuexec import ERR, GpuClient, MI_ARB_CHECK, bbs, pack
+
+    two = sim_server(devices=1, tiles=2)
+    batch = 0x1A0000
+    with GpuClient(fd=two.open_device(0)) as c:
+        vm = c.vm()                                                     # LR: no job timeout
+        bo = c.bo()
+        c.bind(vm, bo, batch)
+        c.write(bo, 0, pack(MI_ARB_CHECK, bbs(batch)))                 # jumps to itself forever
+        on_gt1 = c.queue(vm, engine_class=uapi.DRM_XE_ENGINE_CLASS_COMPUTE, gt=1)
+        on_gt0 = c.queue(vm, engine_class=uapi.DRM_XE_ENGINE_CLASS_COMPUTE, gt=0)
+        assert c.exec(on_gt1, batch) == 0 and c.exec(on_gt0, batch) == 0
+        out = run(two, probe, "reset", "/dev/dri/card0", "1").stdout
+        assert "mountpoint 1" in out and "reset ok" in out
+        deadline = time.monotonic() + 30
+        while c.exec(on_gt1, batch) == 0:                              # queued behind the loop until banned
+            assert time.monotonic() < deadline, "GT 1's queue was not banned by the reset"
+            time.sleep(0.1)
+        assert c.exec(on_gt1, batch) == ERR["ECANCELED"]
+        assert c.exec(on_gt0, batch) == 0                               # GT 0 was not reset
+        c.queue_destroy(on_gt0)
