@@ -288,6 +288,17 @@ def _query(fd: int, query: int) -> bytes:
     return buf.raw[: int(q.size)]
 
 
+def _query_list(fd: int, query: int, item: Any) -> list[Any]:
+    """A query answered as a u32 count, a u32 pad and `count` structs of type `item`."""
+    data = _query(fd, query)
+    if len(data) < 8:
+        return []
+    count = int.from_bytes(data[0:4], "little")
+    stride = ctypes.sizeof(item)
+    return [item.from_buffer_copy(data, 8 + i * stride) for i in range(count)
+            if 8 + (i + 1) * stride <= len(data)]
+
+
 def query_engines(fd: int) -> list[Any]:
     """The device's engines as ``drm_xe_engine_class_instance`` structs."""
     data = _query(fd, _xe.DRM_XE_DEVICE_QUERY_ENGINES)
@@ -341,13 +352,7 @@ def device_id(fd: int) -> int:
 
 def query_gts(fd: int) -> list[Any]:
     """The device's GTs as ``drm_xe_gt`` structs (``DRM_XE_DEVICE_QUERY_GT_LIST``)."""
-    data = _query(fd, _xe.DRM_XE_DEVICE_QUERY_GT_LIST)
-    if len(data) < 8:
-        return []
-    count = int.from_bytes(data[0:4], "little")
-    stride = ctypes.sizeof(_xe.drm_xe_gt)
-    return [_xe.drm_xe_gt.from_buffer_copy(data, 8 + i * stride) for i in range(count)
-            if 8 + (i + 1) * stride <= len(data)]
+    return _query_list(fd, _xe.DRM_XE_DEVICE_QUERY_GT_LIST, _xe.drm_xe_gt)
 
 
 def graphics_version(fd: int) -> tuple[int, int, int]:
@@ -364,13 +369,7 @@ def graphics_version(fd: int) -> tuple[int, int, int]:
 def query_mem_regions(fd: int) -> list[Any]:
     """The device's memory regions as ``drm_xe_mem_region`` structs (``QUERY_MEM_REGIONS``):
     system memory first, then each tile's VRAM on a discrete device."""
-    data = _query(fd, _xe.DRM_XE_DEVICE_QUERY_MEM_REGIONS)
-    if len(data) < 8:
-        return []
-    count = int.from_bytes(data[0:4], "little")
-    stride = ctypes.sizeof(_xe.drm_xe_mem_region)
-    return [_xe.drm_xe_mem_region.from_buffer_copy(data, 8 + i * stride) for i in range(count)
-            if 8 + (i + 1) * stride <= len(data)]
+    return _query_list(fd, _xe.DRM_XE_DEVICE_QUERY_MEM_REGIONS, _xe.drm_xe_mem_region)
 
 
 def has_vram(fd: int) -> bool:
