@@ -7,16 +7,16 @@ belong to a queue without the EUDEBUG property.
 from __future__ import annotations
 
 import struct
-import threading
 import time
 
 from gpuexec import LR, NSEC, ERR, GpuClient, user_fence
 from kbhelpers import enable_eudebug
-from test_sim_gpu import Space, ring_for
+from test_sim_gpu import Space
+from test_sim_walker import _start_job
 from xe_eudebug import uapi as U
 from xe_eudebug.gpgpu import Target, gpgpu_batch
 from xe_eudebug.isa.gpgpu import GpgpuShader
-from xe_eudebug.sim.gpu import CommandStreamer, Context, EngineInfo, EuArray, Topology
+from xe_eudebug.sim.gpu import EuArray, Topology
 from xe_eudebug.sim.gpu.gt import (TD_CTL_BREAKPOINT_ENABLE, TD_CTL_EUDEBUG,
                                    TD_CTL_FEH_AND_FEE_ENABLE, TD_CTL_FORCE_EXTERNAL_HALT)
 
@@ -57,12 +57,7 @@ def _start(gt: EuArray, shader: GpgpuShader, x: int, y: int):
     space = Space()
     space.write(TARGET, bytes(4 * WIDTH * HEIGHT))
     space.write(BATCH, gpgpu_batch(BATCH, Target(TARGET, WIDTH, HEIGHT), x, y, shader, _sip()))
-    cs = CommandStreamer(EngineInfo(U.DRM_XE_ENGINE_CLASS_COMPUTE, 0), gt)
-    deadline = time.monotonic() + 30
-    results: list = []
-    job = threading.Thread(target=lambda: results.append(
-        cs.run(ring_for(BATCH), space, Context(), lambda: "timeout" if time.monotonic() > deadline else None)))
-    job.start()
+    _cs, job, results, deadline = _start_job(space, gt)
     return space, job, results, deadline
 
 

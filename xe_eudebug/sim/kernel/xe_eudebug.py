@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 from ... import uapi as _uapi
 from .. import procmem
 from .xe_device_types import (
-    CALLER_CHECK, CAP_SYS_PTRACE, EUDEBUG_VERSION, EU_BITMASK_SIZE, EU_CONTROL_INTERRUPT_ALL,
-    EU_CONTROL_RESUME, EU_CONTROL_STOPPED, EVENT_HEADER, EV_EXEC_QUEUE, EV_MAX, EV_METADATA,
+    CALLER_CHECK, CAP_SYS_PTRACE, EUDEBUG_VERSION, EU_BITMASK_SIZE,
+    EVENT_HEADER, EV_EXEC_QUEUE, EV_MAX, EV_METADATA,
     EV_NONE, EV_OPEN, EV_READ, EV_VM, EV_VM_BIND, EV_VM_BIND_OP, EV_VM_BIND_OP_METADATA,
     F_CREATE, F_DESTROY, F_STATE_CHANGE, File, HandleMap, _Reading, _access_ok, _caller_gone,
     _cfg, _dumpable, _fail, _has_cap, _ids, _proc_status,
