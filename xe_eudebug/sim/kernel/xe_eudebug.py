@@ -484,9 +484,12 @@ class XeEudebugMixin:
         effective = min(bsize, EU_BITMASK_SIZE)
         bits = caller.read(bptr, effective) if effective else b""
         with self._gt(q.file.device).quiescent(), self._lock:
+            if conn.status != 1:
+                raise _fail(E.ENOTCONN, "EU_CONTROL: detached")
             out = self._eu_control_cmd(conn, q, lrc, cmd, bits)
             seqno = conn.next_seqno()
-        a = _uapi.drm_xe_eudebug_eu_control.from_buffer_copy(arg[:ctypes.sizeof(_uapi.drm_xe_eudebug_eu_control)])
+        layout = _uapi.drm_xe_eudebug_eu_control
+        a = layout.from_buffer_copy(arg[:ctypes.sizeof(layout)])
         a.seqno = seqno
         if effective:
             caller.write(bptr, out)
