@@ -17,6 +17,7 @@ without it, or without umockdev-run or a C compiler, the tests skip and say why.
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import shutil
@@ -138,7 +139,9 @@ def _private_allocator_key() -> list[str]:
         if unshare:
             try:
                 open(ALLOCATOR_KEY, "a").close()
-                key = os.path.join(tempfile.mkdtemp(prefix="igt-key-"), "allocator.key")
+                where = tempfile.mkdtemp(prefix="igt-key-")
+                atexit.register(shutil.rmtree, where, True)
+                key = os.path.join(where, "allocator.key")
                 open(key, "w").close()
                 script = f'mount --bind "{key}" "{ALLOCATOR_KEY}" && exec "$@"'
                 probe = subprocess.run([unshare, "-m", "--propagation", "private", "sh", "-c",
