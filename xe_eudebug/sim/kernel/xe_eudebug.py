@@ -4,6 +4,7 @@ the debugger fd's ioctls (READ_EVENT, ACK_EVENT, READ_METADATA, EU_CONTROL).
 
 from __future__ import annotations
 
+import ctypes
 import errno as E
 import logging
 import struct
@@ -19,8 +20,8 @@ from .xe_device_types import (
     EV_VM_BIND_OP_PAYLOAD, EV_VM_BIND_PAYLOAD, EV_VM_PAYLOAD,
 )
 from .xe_device_types import (
-    CALLER_CHECK, CAP_SYS_PTRACE, EUDEBUG_VERSION, EU_BITMASK_SIZE, EU_CONTROL_INTERRUPT_ALL,
-    EU_CONTROL_RESUME, EU_CONTROL_STOPPED, EVENT_HEADER, EV_EXEC_QUEUE, EV_MAX, EV_METADATA,
+    CALLER_CHECK, CAP_SYS_PTRACE, EUDEBUG_VERSION, EU_BITMASK_SIZE,
+    EVENT_HEADER, EV_EXEC_QUEUE, EV_MAX, EV_METADATA,
     EV_NONE, EV_OPEN, EV_READ, EV_VM, EV_VM_BIND, EV_VM_BIND_OP, EV_VM_BIND_OP_METADATA,
     F_CREATE, F_DESTROY, F_STATE_CHANGE, File, HandleMap, _Reading, _access_ok, _caller_gone,
     _cfg, _dumpable, _fail, _has_cap, _ids, _proc_status,
@@ -302,6 +303,9 @@ class XeEudebugMixin:
                 conn.status = -E.ENOMEM
                 self._gate_cv.notify_all()
             raise _fail(E.ENOMEM, "EUDEBUG_CONNECT: no discovery worker") from None
+        with self._lock:
+            if self._scan_thread is not None:     # attention_scan_flush (the scan runs while
+                self._attention_scan_start()      # jobs run: xe_eudebug_hw.py)
         return dfile
 
     @staticmethod
@@ -490,13 +494,17 @@ class XeEudebugMixin:
             if lrc is None or not lrc.queue.alive:
                 raise _fail(E.EINVAL, "EU_CONTROL: lrc_handle")
         effective = min(bsize, EU_BITMASK_SIZE)
+        bits = caller.read(bptr, effective) if effective else b""
+        with self._gt(q.file.device).quiescent(), self._lock:
+            if conn.status != 1:
+                raise _fail(E.ENOTCONN, "EU_CONTROL: detached")
+            out = self._eu_control_cmd(conn, q, lrc, cmd, bits)
+            seqno = conn.next_seqno()
+        layout = _uapi.drm_xe_eudebug_eu_control
+        a = layout.from_buffer_copy(arg[:ctypes.sizeof(layout)])
+        a.seqno = seqno
         if effective:
-            caller.read(bptr, effective)
-        # No EU threads run in the simulator: there is never a running run-alone context.
-        if cmd == EU_CONTROL_INTERRUPT_ALL:
-            if bsize:
-                raise _fail(E.EINVAL, "EU_CONTROL: INTERRUPT_ALL with a bitmask")
-            raise _fail(E.EINVAL, "EU_CONTROL: INTERRUPT_ALL: no such engine running (no EU model)")
-        if cmd in (EU_CONTROL_STOPPED, EU_CONTROL_RESUME):
-            raise _fail(E.ENOENT, "EU_CONTROL: no running context (no EU model)")
-        raise _fail(E.EINVAL, "EU_CONTROL: cmd")
+            caller.write(bptr, out)
+        if bsize != EU_BITMASK_SIZE:
+            a.bitmask_size = EU_BITMASK_SIZE
+        return 0, a.to_bytes()

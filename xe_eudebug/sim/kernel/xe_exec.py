@@ -127,6 +127,8 @@ class QueueSched:
         self.last_fence: DmaFence = signaled_stub()
         self.contexts = [Context() for _ in range(q.width)]
         self.seqno = 0
+        self.running = False          # a job of the queue is on its engine
+        self.reset = False            # a GT reset stops the running job (xe_eudebug_hw.py)
 
 
 class XeExec:
@@ -269,8 +271,12 @@ class XeExec:
         key = (q.file.index, int(getattr(q, "gt_id", 0))) + engine     # each GT has its own engines
         cs = self._engines.get(key)
         if cs is None:
-            cs = self._engines[key] = CommandStreamer(EngineInfo(*engine))
+            cs = self._engines[key] = CommandStreamer(EngineInfo(*engine), self.kernel._gt(q.file.device))
         return cs
+
+    def running(self) -> list[QueueSched]:
+        """The queues with a job on their engine (kernel lock held)."""
+        return [s for s in self._sched.values() if s.running]
 
     def _run_queue(self, s: QueueSched) -> None:
         lock, cv = self._lock, self.kernel._fence_cv
@@ -299,7 +305,15 @@ class XeExec:
                     return f"job timeout ({timeout * 1000:.0f} ms)"
                 return None
 
-            result = self._engine(q).run(job.ring, VmView(lock, q.vm), s.contexts[0], stop)
+            with lock:
+                engine = self._engine(q)             # the device's EU array is made under the lock
+                s.running, s.reset = True, False     # a reset stops the job it was asked for
+                self.kernel._attention_scan_start()
+            try:
+                result = engine.run(job.ring, VmView(lock, q.vm), s.contexts[0], stop)
+            finally:
+                with lock:
+                    s.running = False
             with lock:
                 if s.jobs and s.jobs[0] is job:
                     s.jobs.popleft()
@@ -328,6 +342,9 @@ class XeExec:
         elif result.status == "bad-command":
             log.warning("%s: unknown command %#010x at %#x; job %d failed, queue banned",
                         name, result.dword, result.address, job.seqno)
+            err = -E.EIO
+        elif result.status == "stopped" and s.reset:
+            log.warning("%s: job %d stopped by a GT reset; queue banned", name, job.seqno)
             err = -E.EIO
         elif result.status == "eu-error":
             log.warning("%s: %s; job %d failed, queue banned", name, result.reason, job.seqno)
