@@ -34,6 +34,7 @@ from .xe_debug_metadata import XeDebugMetadataMixin
 from .xe_eudebug import DebuggerFile, XeEudebugMixin
 from .xe_eudebug_vm import VmFile, XeEudebugVmMixin
 from .xe_exec_queue import XeExecQueueMixin
+from .xe_eudebug_hw import XeEudebugHwMixin
 from .xe_query import XeQueryMixin
 from .xe_vm import XeVmMixin
 from .xe_wait_user_fence import XeWaitUserFenceMixin
@@ -46,7 +47,8 @@ if TYPE_CHECKING:
 # The kernel
 
 class Kernel(XeBoMixin, XeQueryMixin, XeVmMixin, XeWaitUserFenceMixin,
-             XeExecQueueMixin, XeDebugMetadataMixin, XeEudebugMixin, XeEudebugVmMixin):
+             XeExecQueueMixin, XeDebugMetadataMixin, XeEudebugMixin, XeEudebugVmMixin,
+             XeEudebugHwMixin):
     """The simulated Xe driver (see module docstring).  `config`: a SimConfig or any object with
     devices, read_event_timeout, fifo_timeout, fifo_retry, enable_default (and fifo_capacity)."""
 
@@ -88,6 +90,7 @@ class Kernel(XeBoMixin, XeQueryMixin, XeVmMixin, XeWaitUserFenceMixin,
         self.syncobj = DrmSyncobj(self._lock, self._fence_cv, self._fences_written)
         self._drm_table.update(self.syncobj.table())
         self.xe_exec = XeExec(self)
+        self._eudebug_hw_init()
         self._debugger_table: dict[int, Callable[..., Any]] = {
             DRM_XE_EUDEBUG_IOCTL_READ_EVENT: self._read_event,
             DRM_XE_EUDEBUG_IOCTL_VM_OPEN: self._vm_open,
@@ -239,6 +242,8 @@ class Kernel(XeBoMixin, XeQueryMixin, XeVmMixin, XeWaitUserFenceMixin,
             if previous and not value and dev.conns:
                 raise _fail(E.EBUSY, "enable_eudebug: a debugger is attached")
             dev.enabled = bool(value)
+            if dev.enabled != previous:
+                self._eudebug_hw_enable(dev, dev.enabled)
             return previous
 
     # -- DRM dispatcher --------------------------------------------------------------------------------

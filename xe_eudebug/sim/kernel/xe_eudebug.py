@@ -4,6 +4,7 @@ the debugger fd's ioctls (READ_EVENT, ACK_EVENT, READ_METADATA, EU_CONTROL).
 
 from __future__ import annotations
 
+import ctypes
 import errno as E
 import logging
 import struct
@@ -12,6 +13,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING
 
+from ... import uapi as _uapi
 from .. import procmem
 from .xe_device_types import (
     CALLER_CHECK, CAP_SYS_PTRACE, EUDEBUG_VERSION, EU_BITMASK_SIZE, EU_CONTROL_INTERRUPT_ALL,
@@ -290,6 +292,9 @@ class XeEudebugMixin:
                 conn.status = -E.ENOMEM
                 self._gate_cv.notify_all()
             raise _fail(E.ENOMEM, "EUDEBUG_CONNECT: no discovery worker") from None
+        with self._lock:
+            if self._scan_thread is not None:     # attention_scan_flush (the scan runs while
+                self._attention_scan_start()      # jobs run: xe_eudebug_hw.py)
         return dfile
 
     @staticmethod
@@ -477,13 +482,14 @@ class XeEudebugMixin:
             if lrc is None or not lrc.queue.alive:
                 raise _fail(E.EINVAL, "EU_CONTROL: lrc_handle")
         effective = min(bsize, EU_BITMASK_SIZE)
+        bits = caller.read(bptr, effective) if effective else b""
+        with self._gt(q.file.device).quiescent(), self._lock:
+            out = self._eu_control_cmd(conn, q, lrc, cmd, bits)
+            seqno = conn.next_seqno()
+        a = _uapi.drm_xe_eudebug_eu_control.from_buffer_copy(arg[:ctypes.sizeof(_uapi.drm_xe_eudebug_eu_control)])
+        a.seqno = seqno
         if effective:
-            caller.read(bptr, effective)
-        # No EU threads run in the simulator: there is never a running run-alone context.
-        if cmd == EU_CONTROL_INTERRUPT_ALL:
-            if bsize:
-                raise _fail(E.EINVAL, "EU_CONTROL: INTERRUPT_ALL with a bitmask")
-            raise _fail(E.EINVAL, "EU_CONTROL: INTERRUPT_ALL: no such engine running (no EU model)")
-        if cmd in (EU_CONTROL_STOPPED, EU_CONTROL_RESUME):
-            raise _fail(E.ENOENT, "EU_CONTROL: no running context (no EU model)")
-        raise _fail(E.EINVAL, "EU_CONTROL: cmd")
+            caller.write(bptr, out)
+        if bsize != EU_BITMASK_SIZE:
+            a.bitmask_size = EU_BITMASK_SIZE
+        return 0, a.to_bytes()

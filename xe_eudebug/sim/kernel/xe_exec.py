@@ -126,6 +126,8 @@ class QueueSched:
         self.last_fence: DmaFence = signaled_stub()
         self.contexts = [Context() for _ in range(q.width)]
         self.seqno = 0
+        self.running = False          # a job of the queue is on its engine
+        self.reset = False            # a GT reset stops the running job (xe_eudebug_hw.py)
 
 
 class XeExec:
@@ -248,11 +250,17 @@ class XeExec:
 
     # -- the queue's runner ----------------------------------------------------------------------------
     def _engine(self, q: Any) -> CommandStreamer:
+        dev = q.file.device
         key = (q.engine_class, int(getattr(q, "engine_instance", 0)))
-        cs = self._engines.get(key)
+        cs = self._engines.get((dev.index, *key))
         if cs is None:
-            cs = self._engines[key] = CommandStreamer(EngineInfo(*key))
+            cs = self._engines[(dev.index, *key)] = CommandStreamer(EngineInfo(*key),
+                                                                    self.kernel._gt(dev))
         return cs
+
+    def running(self) -> list[QueueSched]:
+        """The queues with a job on their engine (kernel lock held)."""
+        return [s for s in self._sched.values() if s.running]
 
     def _run_queue(self, s: QueueSched) -> None:
         lock, cv = self._lock, self.kernel._fence_cv
@@ -275,11 +283,21 @@ class XeExec:
             def stop() -> str | None:
                 if s.killed:
                     return "exec queue destroyed"
+                if s.reset:
+                    return "GT reset"
                 if timeout is not None and time.monotonic() - start > timeout:
                     return f"job timeout ({timeout * 1000:.0f} ms)"
                 return None
 
-            result = self._engine(q).run(job.ring, VmView(lock, q.vm), s.contexts[0], stop)
+            engine = self._engine(q)
+            with lock:
+                s.running = True
+                self.kernel._attention_scan_start()
+            try:
+                result = engine.run(job.ring, VmView(lock, q.vm), s.contexts[0], stop)
+            finally:
+                with lock:
+                    s.running = False
             with lock:
                 if s.jobs and s.jobs[0] is job:
                     s.jobs.popleft()
@@ -302,6 +320,9 @@ class XeExec:
         elif result.status == "bad-command":
             log.warning("%s: unknown command %#010x at %#x; job %d failed, queue banned",
                         name, result.dword, result.address, job.seqno)
+            err = -E.EIO
+        elif result.status == "stopped" and s.reset:
+            log.warning("%s: job %d stopped by a GT reset; queue banned", name, job.seqno)
             err = -E.EIO
         elif result.status == "eu-error":
             log.warning("%s: %s; job %d failed, queue banned", name, result.reason, job.seqno)

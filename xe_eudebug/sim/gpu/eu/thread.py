@@ -203,8 +203,8 @@ class EuThread:
     def resume(self) -> None:
         """Let a thread halted in sync.host go on."""
         if self.state is Stop.HOST_WAIT:
+            self.ip += 16                           # first: a runner may start it at once
             self.state = None
-            self.ip += 16
 
     def _channels(self, inst: Instruction) -> list[int]:
         mask = 0xFFFFFFFF if inst.nomask else self.exec_mask >> inst.chan_off
@@ -251,9 +251,9 @@ class EuThread:
         if self.state is not None:
             return self.state
         for _ in range(budget):
-            if self._interrupt and not self.in_sip:
-                self._interrupt = False
-                if self._enter_sip(self.ip, 0):
+            if self._interrupt:
+                self._interrupt = False            # taken, or lost on a thread in its SIP
+                if not self.in_sip and self._enter_sip(self.ip, 0):
                     continue
             inst = self._fetch()
             if inst is None:
