@@ -15,6 +15,7 @@ memory shared across the fork.
 from __future__ import annotations
 
 import mmap
+import os
 import random
 import struct
 import threading
@@ -31,7 +32,7 @@ from xe_eudebug.gpgpu import Target
 from xe_eudebug.gpgpu_exec import GpgpuExec, bb_size_for
 from xe_eudebug.isa.gpgpu import BREAKPOINT_BIT, GpgpuShader
 from xe_eudebug.log import EventLog
-from xe_eudebug.session import Session
+from xe_eudebug.session import Session, open_device_elsewhere
 
 from . import clients as ic
 from .registry import require, subtest
@@ -909,9 +910,33 @@ PORTED = {
 }
 
 
+#: How long a thread-client variant may run in its helper process.
+THREAD_VARIANT_TIMEOUT_S = 600.0
+
+
+def _in_thread_client_process(body: Callable[[int], None]) -> None:
+    """Run ``body(device fd)`` in a forked helper with a device fd its own process did not open:
+    a thread client's debugger targets its own process, where every DRM file this process
+    opened (the runner's) would be one more client in the debugger's log."""
+
+    def child() -> None:
+        dev = open_device_elsewhere()
+        try:
+            body(dev)
+        finally:
+            os.close(dev)
+
+    ic.run_forked(child, THREAD_VARIANT_TIMEOUT_S).join()
+
+
 def _register(name: str, test: Callable[..., None], flags: int) -> None:
     def run(fd: int, client_thread: bool = False) -> None:
-        for_each_gt(fd, lambda hwe: test(fd, hwe, flags, client_thread))
+        """``client_thread``: the client runs in a thread of the debugger's process instead of
+        IGT's forked process."""
+        if client_thread:
+            _in_thread_client_process(lambda dev: for_each_gt(dev, lambda hwe: test(dev, hwe, flags, True)))
+        else:
+            for_each_gt(fd, lambda hwe: test(fd, hwe, flags, False))
 
     run.__name__ = test.__name__
     run.__doc__ = test.__doc__
