@@ -651,8 +651,8 @@ def for_each_gt(fd: int, body: Callable[[Any], None]) -> None:
     """IGT's test_gt_render_or_compute: ``body(hwe)`` for one compute engine of every GT."""
     gt, ran = 0, False
     while (hwe := pick_compute(fd, gt)) is not None:
-        print(f"Starting dynamic subtest: {'rcs' if hwe.engine_class == uapi.DRM_XE_ENGINE_CLASS_RENDER else 'ccs'}"
-              f"{hwe.engine_instance}")
+        kind = "RENDER" if hwe.engine_class == uapi.DRM_XE_ENGINE_CLASS_RENDER else "COMPUTE"
+        print(f"Starting dynamic subtest: DRM_XE_ENGINE_CLASS_{kind}{hwe.engine_instance}")
         body(hwe)
         ran, gt = True, gt + 1
     require(ran, "no RENDER or COMPUTE engine")
