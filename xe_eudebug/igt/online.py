@@ -14,6 +14,7 @@ memory shared across the fork.
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import random
@@ -668,14 +669,18 @@ def _add(d: Debugger, *triggers: tuple[int, Callable[[Debugger, Event], None]]) 
 
 
 def _wait_workload_started(data: OnlineData) -> int:
-    """Poll the target's first dword through the VM fd for up to STARTUP_TIMEOUT_S."""
+    """Poll the target's first dword through the VM fd for up to STARTUP_TIMEOUT_S (IGT's
+    startup loop): 0 until the VM and the target are known and the workload wrote it."""
     val = 0
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
+        raw = b""
         with data.mutex:
-            if data.vm_fd is None or not data.target_size:
-                continue
-            raw = data.vm_fd.pread(4, data.target_offset)
+            if data.vm_fd is not None and data.target_size:
+                try:
+                    raw = data.vm_fd.pread(4, data.target_offset)
+                except OSError:   # IGT: pread() != 4 (the target is not bound yet): try again
+                    raw = b""
         if len(raw) == 4:
             val = struct.unpack("<I", raw)[0]
             if val:
@@ -766,14 +771,19 @@ def test_set_breakpoint_online_sigint_debugger(fd: int, hwe: Any, flags: int, cl
     assert sigints > 0, "no SIGINT came while events were still arriving"
 
 
-def test_interrupt_all(fd: int, hwe: Any, flags: int, client_thread: bool = False) -> None:
-    require(not flags & FAULTABLE_VM or not ic.supports_faults(fd), "faultable VMs not supported")
+def _run_interrupting(fd: int, hwe: Any, flags: int, client_thread: bool,
+                      attention_trigger: Callable[[Debugger, Event], None],
+                      interrupt: Callable[[Debugger, OnlineData], None],
+                      check: Callable[[Session], None]) -> None:
+    """The shape of interrupt-all, tdctl-parameters and interrupt-reconnect (O:1785-1843,
+    1964-2064, 2118-2180): attach, start the client, wait until its workload writes the
+    target, ``interrupt`` under the data's lock, wait for the client, ``check``."""
     data = OnlineData(hwe)
     with _session(fd, flags, data, client_thread) as s:
         c, d = s.client, s.debugger
         assert c is not None and d is not None
         _add(d, *TRIGGERS_BASE, (EventType.EU_ATTENTION, eu_attention_debug_trigger),
-             (EventType.EU_ATTENTION, eu_attention_resume_trigger), *TRIGGERS_VM,
+             (EventType.EU_ATTENTION, attention_trigger), *TRIGGERS_VM,
              (EventType.VM_BIND_UFENCE, ic.ufence_ack_trigger))
         assert d.try_attach(c) == 0
         d.start_worker()
@@ -781,74 +791,63 @@ def test_interrupt_all(fd: int, hwe: Any, flags: int, client_thread: bool = Fals
         _wait_workload_started(data)
         with data.mutex:
             assert data.client_handle != -1 and data.exec_queue_handle != -1
-            d.interrupt_all(data.client_handle, data.exec_queue_handle, data.lrc_handle)
+            interrupt(d, data)
         c.wait_done()
         d.stop_worker(1.0)
         d.log.print(debug=True)
         c.log.print(debug=True)
-        online_session_check(s, s.flags)
+        check(s)
     data.close()
+
+
+def _interrupt_all(d: Debugger, data: OnlineData) -> None:
+    d.interrupt_all(data.client_handle, data.exec_queue_handle, data.lrc_handle)
+
+
+def test_interrupt_all(fd: int, hwe: Any, flags: int, client_thread: bool = False) -> None:
+    require(not flags & FAULTABLE_VM or not ic.supports_faults(fd), "faultable VMs not supported")
+    _run_interrupting(fd, hwe, flags, client_thread, eu_attention_resume_trigger, _interrupt_all,
+                      lambda s: online_session_check(s, s.flags))
+
+
+def _tdctl_parameter_checks(bitmask_size: int) -> Callable[[Debugger, OnlineData], None]:
+    attention_bitmask = bytes(bitmask_size)
+
+    def checks(d: Debugger, data: OnlineData) -> None:
+        ch, qh, lh = data.client_handle, data.exec_queue_handle, data.lrc_handle
+        assert lh != -1
+        einval = -errno.EINVAL
+        for args, what in (((ch, qh, lh + 1), "lrc_handle"), ((ch, qh + 1, lh), "exec_queue_handle"),
+                           ((ch + 1, qh, lh), "client_handle")):
+            r = d.try_eu_control(*args, INTERRUPT_ALL, attention_bitmask, bitmask_size)
+            assert r.ret == einval, f"INTERRUPT_ALL with a wrong {what}: {r.ret}, -EINVAL expected"
+        # the bitmask size must be a multiple of 4 for every command
+        r = d.try_eu_control(ch, qh, lh, STOPPED, attention_bitmask, 3)
+        assert r.ret == einval, f"STOPPED with bitmask_size 3: {r.ret}, -EINVAL expected"
+        command = random.getrandbits(31) | (RESUME + 1)
+        r = d.try_eu_control(ch, qh, lh, command, attention_bitmask, 0)
+        assert r.ret == einval, f"command {command:#x}: {r.ret}, -EINVAL expected"
+        _interrupt_all(d, data)
+
+    return checks
 
 
 def test_tdctl_parameters(fd: int, hwe: Any, flags: int, client_thread: bool = False) -> None:
-    bitmask_size = attention_bitmask_size(fd, int(hwe.gt_id))
-    attention_bitmask = bytes(bitmask_size)
-    data = OnlineData(hwe)
-    with _session(fd, flags, data, client_thread) as s:
-        c, d = s.client, s.debugger
-        assert c is not None and d is not None
-        _add(d, *TRIGGERS_BASE, (EventType.EU_ATTENTION, eu_attention_debug_trigger),
-             (EventType.EU_ATTENTION, eu_attention_resume_trigger), *TRIGGERS_VM,
-             (EventType.VM_BIND_UFENCE, ic.ufence_ack_trigger))
-        assert d.try_attach(c) == 0
-        d.start_worker()
-        c.start()
-        _wait_workload_started(data)
-        with data.mutex:
-            ch, qh, lh = data.client_handle, data.exec_queue_handle, data.lrc_handle
-            assert ch != -1 and qh != -1 and lh != -1
-            einval = -22
-            for args, what in (((ch, qh, lh + 1), "lrc_handle"), ((ch, qh + 1, lh), "exec_queue_handle"),
-                               ((ch + 1, qh, lh), "client_handle")):
-                r = d.try_eu_control(*args, INTERRUPT_ALL, attention_bitmask, bitmask_size)
-                assert r.ret == einval, f"INTERRUPT_ALL with a wrong {what}: {r.ret}, -EINVAL expected"
-            r = d.try_eu_control(ch, qh, lh, STOPPED, attention_bitmask, 3)
-            assert r.ret == einval, f"STOPPED with bitmask_size 3: {r.ret}, -EINVAL expected"
-            command = random.getrandbits(31) | (RESUME + 1)
-            r = d.try_eu_control(ch, qh, lh, command, attention_bitmask, 0)
-            assert r.ret == einval, f"command {command:#x}: {r.ret}, -EINVAL expected"
-            d.interrupt_all(ch, qh, lh)
-        c.wait_done()
-        d.stop_worker(1.0)
-        d.log.print(debug=True)
-        c.log.print(debug=True)
-        online_session_check(s, s.flags)
-    data.close()
+    checks = _tdctl_parameter_checks(attention_bitmask_size(fd, int(hwe.gt_id)))
+    _run_interrupting(fd, hwe, flags, client_thread, eu_attention_resume_trigger, checks,
+                      lambda s: online_session_check(s, s.flags))
+
+
+def _no_attention_after_reconnect(s: Session) -> None:
+    assert s.debugger is not None
+    s.check(True, VM_BIND_FILTER)
+    for e in s.debugger.log:
+        assert e.type != EventType.EU_ATTENTION, f"attention after the reconnect: {e}"
 
 
 def test_interrupt_reconnect(fd: int, hwe: Any, flags: int, client_thread: bool = False) -> None:
-    data = OnlineData(hwe)
-    with _session(fd, flags, data, client_thread) as s:
-        c, d = s.client, s.debugger
-        assert c is not None and d is not None
-        _add(d, *TRIGGERS_BASE, (EventType.EU_ATTENTION, eu_attention_debug_trigger),
-             (EventType.EU_ATTENTION, eu_attention_debugger_detach_trigger), *TRIGGERS_VM,
-             (EventType.VM_BIND_UFENCE, ic.ufence_ack_trigger))
-        assert d.try_attach(c) == 0
-        d.start_worker()
-        c.start()
-        _wait_workload_started(data)
-        with data.mutex:
-            assert data.client_handle != -1 and data.exec_queue_handle != -1
-            d.interrupt_all(data.client_handle, data.exec_queue_handle, data.lrc_handle)
-        c.wait_done()
-        d.stop_worker(1.0)
-        d.log.print(debug=True)
-        c.log.print(debug=True)
-        s.check(True, VM_BIND_FILTER)
-        for e in d.log:
-            assert e.type != EventType.EU_ATTENTION, f"attention after the reconnect: {e}"
-    data.close()
+    _run_interrupting(fd, hwe, flags, client_thread, eu_attention_debugger_detach_trigger, _interrupt_all,
+                      _no_attention_after_reconnect)
 
 
 def test_single_step(fd: int, hwe: Any, flags: int, client_thread: bool = False) -> None:
