@@ -18,6 +18,7 @@ import errno
 import mmap
 import os
 import random
+import signal
 import struct
 import threading
 import time
@@ -755,9 +756,9 @@ def test_set_breakpoint_online_sigint_debugger(fd: int, hwe: Any, flags: int, cl
             elif 0 < count < events_max:
                 sigints += 1
             for _ in range(SIGTERM_COUNT):
-                d.kill(15)
+                d.kill(signal.SIGTERM)
                 time.sleep(random.randrange(1000) / 1e6)
-            d.kill(2)
+            d.kill(signal.SIGINT)
             while not d.handled_sigint:
                 time.sleep(0.001)
             d.detach()
