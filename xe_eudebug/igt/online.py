@@ -660,6 +660,13 @@ def for_each_gt(fd: int, body: Callable[[Any], None]) -> None:
     require(ran, "no RENDER or COMPUTE engine")
 
 
+def require_faultable_vm_support(fd: int, flags: int) -> None:
+    """IGT's ``igt_require(!(flags & FAULTABLE_VM) || !xe_supports_faults(fd))``: IGT's helper
+    returns the VM_CREATE ioctl's result (0 when a fault-mode VM can be created), so the
+    ``-faultable`` variants need fault-mode VMs."""
+    require(not flags & FAULTABLE_VM or ic.supports_faults(fd), "fault-mode VMs are not supported")
+
+
 def _session(fd: int, flags: int, data: OnlineData, client_thread: bool) -> Session:
     return Session(run_online_client, flags, device=fd, data=data, client_thread=client_thread)
 
@@ -709,8 +716,32 @@ def test_basic_online(fd: int, hwe: Any, flags: int, client_thread: bool = False
     data.close()
 
 
+def test_preemption(fd: int, hwe: Any, flags: int, client_thread: bool = False) -> None:
+    """preempt-breakpoint (O:1687): a workload stopped on a breakpoint, resumed only after 11 s,
+    while a second client (no debugger) runs a shader without breakpoints on the same engine;
+    the stopped workload must have been resumed by the debugger."""
+    data = OnlineData(hwe)
+    with _session(fd, flags, data, client_thread) as s, \
+            Client(fd, run_online_client, SHADER_NOP, data, thread=client_thread) as other:
+        c, d = s.client, s.debugger
+        assert c is not None and d is not None
+        _add(d, (EventType.EU_ATTENTION, eu_attention_debug_trigger),
+             (EventType.EU_ATTENTION, eu_attention_resume_trigger),
+             (EventType.VM_BIND_UFENCE, ic.ufence_ack_trigger))
+        assert d.try_attach(c) == 0
+        d.start_worker()
+        c.start()
+        time.sleep(1)     # the debugged client starts first
+        other.start()
+        c.wait_done()
+        other.wait_done()
+        d.stop_worker(1.0)
+    data.close()
+    assert data.last_eu_control_seqno != 0, "Workload with breakpoint has ended without resume!"
+
+
 def test_set_breakpoint_online(fd: int, hwe: Any, flags: int, client_thread: bool = False) -> None:
-    require(not flags & FAULTABLE_VM or not ic.supports_faults(fd), "faultable VMs not supported")
+    require_faultable_vm_support(fd, flags)
     data = OnlineData(hwe)
     with _session(fd, flags, data, client_thread) as s:
         assert s.debugger is not None
@@ -806,7 +837,7 @@ def _interrupt_all(d: Debugger, data: OnlineData) -> None:
 
 
 def test_interrupt_all(fd: int, hwe: Any, flags: int, client_thread: bool = False) -> None:
-    require(not flags & FAULTABLE_VM or not ic.supports_faults(fd), "faultable VMs not supported")
+    require_faultable_vm_support(fd, flags)
     _run_interrupting(fd, hwe, flags, client_thread, eu_attention_resume_trigger, _interrupt_all,
                       lambda s: online_session_check(s, s.flags))
 
@@ -892,7 +923,10 @@ def test_caching(fd: int, hwe: Any, flags: int, client_thread: bool = False) -> 
 
 PORTED = {
     "basic-breakpoint": (test_basic_online, SHADER_BREAKPOINT),
+    "preempt-breakpoint": (test_preemption, SHADER_BREAKPOINT | TRIGGER_RESUME_DELAYED),
     "set-breakpoint": (test_set_breakpoint_online, SHADER_NOP | TRIGGER_UFENCE_SET_BREAKPOINT),
+    "set-breakpoint-faultable": (test_set_breakpoint_online,
+                                 SHADER_NOP | TRIGGER_UFENCE_SET_BREAKPOINT | FAULTABLE_VM),
     "set-breakpoint-sigint-debugger": (test_set_breakpoint_online_sigint_debugger,
                                        SHADER_NOP | TRIGGER_UFENCE_SET_BREAKPOINT),
     "breakpoint-not-in-debug-mode": (test_basic_online, SHADER_BREAKPOINT | DISABLE_DEBUG_MODE),
@@ -901,6 +935,8 @@ PORTED = {
     "resume-dss": (test_basic_online, SHADER_BREAKPOINT | TRIGGER_RESUME_DSS),
     "interrupt-all": (test_interrupt_all, SHADER_LOOP),
     "interrupt-all-set-breakpoint": (test_interrupt_all, SHADER_LOOP | TRIGGER_RESUME_SET_BP),
+    "interrupt-all-set-breakpoint-faultable": (test_interrupt_all,
+                                               SHADER_LOOP | TRIGGER_RESUME_SET_BP | FAULTABLE_VM),
     "tdctl-parameters": (test_tdctl_parameters, SHADER_LOOP),
     "interrupt-reconnect": (test_interrupt_reconnect, SHADER_LOOP | TRIGGER_RECONNECT),
     "single-step": (test_single_step, SHADER_SINGLE_STEP | SIP_SINGLE_STEP | TRIGGER_RESUME_PARALLEL_WALK),
