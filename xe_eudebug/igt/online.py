@@ -704,16 +704,23 @@ TRIGGERS_VM = ((EventType.VM, vm_open_trigger), (EventType.METADATA, create_meta
 # ------------------------------------------------------------------------------------------------
 # Subtests (T:1468-2325)
 
-def test_basic_online(fd: int, hwe: Any, flags: int, client_thread: bool = False) -> None:
+def _run_session(fd: int, hwe: Any, flags: int, client_thread: bool,
+                 triggers: tuple[tuple[int, Callable[[Debugger, Event], None]], ...], check: bool = True) -> None:
+    """IGT's xe_eudebug_session_run with ``triggers``, then (``check``) online_session_check."""
     data = OnlineData(hwe)
     with _session(fd, flags, data, client_thread) as s:
         assert s.debugger is not None
-        _add(s.debugger, (EventType.EU_ATTENTION, eu_attention_debug_trigger),
-             (EventType.EU_ATTENTION, eu_attention_resume_trigger),
-             (EventType.VM_BIND_UFENCE, ic.ufence_ack_trigger))
+        _add(s.debugger, *triggers)
         s.run()
-        online_session_check(s, s.flags)
+        if check:
+            online_session_check(s, s.flags)
     data.close()
+
+
+def test_basic_online(fd: int, hwe: Any, flags: int, client_thread: bool = False) -> None:
+    _run_session(fd, hwe, flags, client_thread, (
+        (EventType.EU_ATTENTION, eu_attention_debug_trigger), (EventType.EU_ATTENTION, eu_attention_resume_trigger),
+        (EventType.VM_BIND_UFENCE, ic.ufence_ack_trigger)))
 
 
 def test_preemption(fd: int, hwe: Any, flags: int, client_thread: bool = False) -> None:
@@ -742,15 +749,9 @@ def test_preemption(fd: int, hwe: Any, flags: int, client_thread: bool = False) 
 
 def test_set_breakpoint_online(fd: int, hwe: Any, flags: int, client_thread: bool = False) -> None:
     require_faultable_vm_support(fd, flags)
-    data = OnlineData(hwe)
-    with _session(fd, flags, data, client_thread) as s:
-        assert s.debugger is not None
-        _add(s.debugger, *TRIGGERS_BASE, *TRIGGERS_VM,
-             (EventType.VM_BIND_UFENCE, ufence_ack_set_bp_trigger),
-             (EventType.EU_ATTENTION, eu_attention_resume_trigger))
-        s.run()
-        online_session_check(s, s.flags)
-    data.close()
+    _run_session(fd, hwe, flags, client_thread, (
+        *TRIGGERS_BASE, *TRIGGERS_VM, (EventType.VM_BIND_UFENCE, ufence_ack_set_bp_trigger),
+        (EventType.EU_ATTENTION, eu_attention_resume_trigger)))
 
 
 def test_set_breakpoint_online_sigint_debugger(fd: int, hwe: Any, flags: int, client_thread: bool = False) -> None:
@@ -883,39 +884,24 @@ def test_interrupt_reconnect(fd: int, hwe: Any, flags: int, client_thread: bool 
 
 
 def test_single_step(fd: int, hwe: Any, flags: int, client_thread: bool = False) -> None:
-    data = OnlineData(hwe)
-    with _session(fd, flags, data, client_thread) as s:
-        assert s.debugger is not None
-        _add(s.debugger, (EventType.OPEN, open_trigger), (EventType.EU_ATTENTION, eu_attention_debug_trigger),
-             (EventType.EU_ATTENTION, eu_attention_resume_single_step_trigger), *TRIGGERS_VM,
-             (EventType.VM_BIND_UFENCE, ic.ufence_ack_trigger))
-        s.run()
-        online_session_check(s, s.flags)
-    data.close()
+    _run_session(fd, hwe, flags, client_thread, (
+        (EventType.OPEN, open_trigger), (EventType.EU_ATTENTION, eu_attention_debug_trigger),
+        (EventType.EU_ATTENTION, eu_attention_resume_single_step_trigger), *TRIGGERS_VM,
+        (EventType.VM_BIND_UFENCE, ic.ufence_ack_trigger)))
 
 
 def test_debugger_reopen(fd: int, hwe: Any, flags: int, client_thread: bool = False) -> None:
-    data = OnlineData(hwe)
-    with _session(fd, flags, data, client_thread) as s:
-        assert s.debugger is not None
-        _add(s.debugger, (EventType.EU_ATTENTION, eu_attention_debug_trigger),
-             (EventType.EU_ATTENTION, eu_attention_resume_trigger),
-             (EventType.EU_ATTENTION, eu_attention_debugger_ndetach_trigger),
-             (EventType.VM_BIND_UFENCE, ic.ufence_ack_trigger))
-        s.run()
-    data.close()
+    _run_session(fd, hwe, flags, client_thread, (
+        (EventType.EU_ATTENTION, eu_attention_debug_trigger), (EventType.EU_ATTENTION, eu_attention_resume_trigger),
+        (EventType.EU_ATTENTION, eu_attention_debugger_ndetach_trigger),
+        (EventType.VM_BIND_UFENCE, ic.ufence_ack_trigger)), check=False)
 
 
 def test_caching(fd: int, hwe: Any, flags: int, client_thread: bool = False) -> None:
-    data = OnlineData(hwe)
-    with _session(fd, flags, data, client_thread) as s:
-        assert s.debugger is not None
-        _add(s.debugger, (EventType.OPEN, open_trigger), (EventType.EU_ATTENTION, eu_attention_debug_trigger),
-             (EventType.EU_ATTENTION, eu_attention_resume_caching_trigger), *TRIGGERS_VM,
-             (EventType.VM_BIND_UFENCE, ic.ufence_ack_trigger))
-        s.run()
-        online_session_check(s, s.flags)
-    data.close()
+    _run_session(fd, hwe, flags, client_thread, (
+        (EventType.OPEN, open_trigger), (EventType.EU_ATTENTION, eu_attention_debug_trigger),
+        (EventType.EU_ATTENTION, eu_attention_resume_caching_trigger), *TRIGGERS_VM,
+        (EventType.VM_BIND_UFENCE, ic.ufence_ack_trigger)))
 
 
 # ------------------------------------------------------------------------------------------------
