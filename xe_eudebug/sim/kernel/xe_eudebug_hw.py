@@ -138,8 +138,11 @@ class XeEudebugHwMixin:
     def _attention_scan_device(self, dev: Device) -> None:
         gt = self._gt(dev)
         with gt.quiescent(), self._lock:
+            if dev.index in getattr(self, "_pf_busy", ()):
+                return                            # a page fault is handled: scan held off
             if not dev.enabled or not gt.needs_attention():
                 return
+            self._send_queued_pagefaults(dev, gt)  # xe_gt_pagefault.py
             err = self._send_gt_attention(dev, gt)
             if err:
                 self._gt_reset(dev, f"unattributed EU attention ({-err})")
