@@ -350,9 +350,11 @@ class EuScheduler:
                         if t.eu.state is Stop.FAULT and t.stall is not None:
                             if not t.stall.replied:
                                 continue                 # stalled until the reply
-                            f = t.eu.fault
-                            assert f is not None
-                            raise ThreadFault(t, f.address, f.write)
+                            if not t.stall.ok:
+                                f = t.eu.fault
+                                assert f is not None
+                                raise ThreadFault(t, f.address, f.write)
+                            t.eu.retry_fault()           # joined as the reply went out
                         before = t.eu.executed
                         stop = t.eu.run(SLICE)
                         self.instructions += t.eu.executed - before
