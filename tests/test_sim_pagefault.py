@@ -21,7 +21,7 @@ from test_sim_gpu import Space, ring_for
 from xe_eudebug.gpgpu import Target, gpgpu_batch
 from xe_eudebug.isa import mi
 from xe_eudebug.isa.gpgpu import GpgpuShader
-from xe_eudebug.sim.gpu import CommandStreamer, Context, EngineInfo, GpuFault
+from xe_eudebug.sim.gpu import CommandStreamer, Context, EngineInfo
 from xe_eudebug.sim.gpu.compute import PageFault, ThreadState
 from xe_eudebug.sim.gpu.eu import FlatMemory, Stop, EuThread, CR0_MASTER_EXCEPTION
 
@@ -178,6 +178,13 @@ def _faulting_queue(fd, child, *, vm_flags: int, write: bool = False):
     assert ret == 0, f"DRM_IOCTL_XE_EXEC_QUEUE_CREATE: {errno.errorcode.get(-ret, ret)}"
     qev = next_event(dfd)
     assert qev.is_("EXEC_QUEUE", "CREATE"), qev
+    bo = _submit(child, c, vm, eq, write, lambda: drain(dfd))
+    return dfd, c, ch, eq, qev, bo
+
+
+def _submit(child, c: int, vm: int, eq: int, write: bool, before_exec=lambda: None) -> int:
+    """One BO bound at SHADER_BATCH: the batch running the faulting shader, its target, and an
+    empty batch at BB_END; EXEC of the shader's batch.  Returns the BO."""
     bo = make_bo(child, c)
     batch = gpgpu_batch(SHADER_BATCH, Target(SHADER_TARGET, SHADER_PITCH // 4, SHADER_Y + 1),
                         SHADER_X, SHADER_Y, _faulting_shader(write), _sip())
@@ -185,9 +192,15 @@ def _faulting_queue(fd, child, *, vm_flags: int, write: bool = False):
     assert child.do("bo_write", c, bo, 2 * SZ, BB_END - SHADER_BATCH,
                     pack([mi.mi(mi.MI_BATCH_BUFFER_END, 1)])) == 0
     assert child.do("bind", c, vm, [dict(obj=bo, addr=SHADER_BATCH, range=2 * SZ)]) == 0
-    drain(dfd)
+    before_exec()
     assert child.do("exec", c, eq, SHADER_BATCH) == 0
-    return dfd, c, ch, eq, qev, bo
+    return bo
+
+
+def _canaries(child, c: int, bo: int) -> list[int]:
+    rows = child.do("bo_read", c, bo, 2 * SZ, SZ, SHADER_Y * SHADER_PITCH)
+    return [struct.unpack_from("<I", rows, y * SHADER_PITCH + 4 * x)[0]
+            for y in range(SHADER_Y) for x in range(SHADER_X)]
 
 
 def _bits(raw: bytes) -> int:
@@ -236,15 +249,8 @@ def _pagefault_then_attention(fd, child, write: bool) -> None:
     ret, _ = eu_control(dfd, ch, U.DRM_XE_EUDEBUG_EU_CONTROL_CMD_RESUME, bitmask=resolved,
                         **args)
     assert ret == 0, errno.errorcode.get(-ret, ret)
-    deadline = time.monotonic() + 30
-    while True:
-        rows = child.do("bo_read", c, bo, 2 * SZ, SZ, SHADER_Y * SHADER_PITCH)
-        canaries = [struct.unpack_from("<I", rows, y * SHADER_PITCH + 4 * x)[0]
-                    for y in range(SHADER_Y) for x in range(SHADER_X)]
-        if all(v == SHADER_CANARY for v in canaries):
-            break
-        assert time.monotonic() < deadline, f"the threads did not go on: {canaries}"
-        time.sleep(0.01)
+    _wait(lambda: all(v == SHADER_CANARY for v in _canaries(child, c, bo)),
+          "the threads did not go on", timeout=30)
     assert child.do("exec", c, eq, BB_END) == 0          # not banned
 
 
@@ -272,14 +278,6 @@ def test_fault_mode_fault_without_debugger_bans_the_queue(child):
     assert ret == 0
     ret, eq = child.do("exec_queue_create", c, vm, eu_class(dev), None)
     assert ret == 0
-    bo = make_bo(child, c)
-    batch = gpgpu_batch(SHADER_BATCH, Target(SHADER_TARGET, SHADER_PITCH // 4, SHADER_Y + 1),
-                        SHADER_X, SHADER_Y, _faulting_shader(False), _sip())
-    assert child.do("bo_write", c, bo, 2 * SZ, 0, batch) == 0
-    assert child.do("bo_write", c, bo, 2 * SZ, BB_END - SHADER_BATCH,
-                    pack([mi.mi(mi.MI_BATCH_BUFFER_END, 1)])) == 0
-    assert child.do("bind", c, vm, [dict(obj=bo, addr=SHADER_BATCH, range=2 * SZ)]) == 0
-    assert child.do("exec", c, eq, SHADER_BATCH) == 0
+    bo = _submit(child, c, vm, eq, False)
     _wait_banned(child, c, eq)
-    rows = child.do("bo_read", c, bo, 2 * SZ, SZ, 4)
-    assert struct.unpack("<I", rows)[0] != SHADER_CANARY     # never got past the fault
+    assert SHADER_CANARY not in _canaries(child, c, bo)     # no thread got past the fault
