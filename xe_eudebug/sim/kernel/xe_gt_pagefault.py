@@ -153,7 +153,7 @@ class XeGtPagefaultMixin:
         deadline = time.monotonic() + SETTLE_TIMEOUT_S
         while True:
             with gt.quiescent():
-                if not settle or gt.settled() or time.monotonic() >= deadline:
+                if not settle or not gt.runnable() or time.monotonic() >= deadline:
                     return gt.attention()
             time.sleep(SETTLE_POLL_S)
 
