@@ -111,6 +111,8 @@ class XeGtPagefaultMixin:
                 self._handle_pagefault(dev, vm, pf)
             except Exception:                          # the reply must come, whatever failed
                 log.exception("page fault %r: handler failed", pf)
+                with self._lock:
+                    self._pf_busy.discard(dev.index)
                 if not pf.replied:
                     self._gt(dev).pagefault_reply(pf, False)
 
@@ -128,8 +130,9 @@ class XeGtPagefaultMixin:
         epf = None if mapped else self._eudebug_pagefault_create(dev, vm, pf)
         with self._lock:
             ok = self._vma_at(vm, pf.page) is not None
-            stale = ok and epf is not None     # mapped while the debugger's part ran: no event
-            if not ok and epf is not None:
+            # mapped while the debugger's part ran, or the VM is gone: no event
+            stale = epf is not None and (ok or not vm.alive)
+            if not ok and not stale and epf is not None:
                 self._insert_vma(vm, Vma(pf.page, pf.page + PAGE_SIZE, "null", None, 0, []))
                 ok = True
             if not ok:
