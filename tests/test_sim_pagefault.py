@@ -281,3 +281,14 @@ def test_fault_mode_fault_without_debugger_bans_the_queue(child):
     bo = _submit(child, c, vm, eq, False)
     _wait_banned(child, c, eq)
     assert SHADER_CANARY not in _canaries(child, c, bo)     # no thread got past the fault
+
+
+def test_fault_mode_fault_of_a_queue_not_debuggable_bans_it_without_events(fd, child):
+    """A debugger attached, but the queue lacks the EUDEBUG property: it does not run alone, so
+    the debugger's part does not run; the fault is unsuccessful and the queue banned."""
+    dfd, c, ch, vm, vh = live_vm(fd, child, LR | FAULT)
+    ret, eq = child.do("exec_queue_create", c, vm, eu_class(fd), None)
+    assert ret == 0
+    _submit(child, c, vm, eq, True)
+    _wait_banned(child, c, eq)
+    assert not [e for e in drain(dfd) if e.is_("PAGEFAULT") or e.is_("EU_ATTENTION")]
