@@ -18,6 +18,7 @@ import errno
 import mmap
 import os
 import random
+import signal
 import struct
 import threading
 import time
@@ -673,6 +674,13 @@ def for_each_gt(fd: int, body: Callable[[Any], None]) -> None:
     require(ran, "no RENDER or COMPUTE engine")
 
 
+def require_faultable_vm_support(fd: int, flags: int) -> None:
+    """IGT's ``igt_require(!(flags & FAULTABLE_VM) || !xe_supports_faults(fd))``: IGT's helper
+    returns the VM_CREATE ioctl's result (0 when a fault-mode VM can be created), so the
+    ``-faultable`` variants need fault-mode VMs."""
+    require(not flags & FAULTABLE_VM or ic.supports_faults(fd), "fault-mode VMs are not supported")
+
+
 def _session(fd: int, flags: int, data: OnlineData, client_thread: bool) -> Session:
     return Session(run_online_client, flags, device=fd, data=data, client_thread=client_thread)
 
@@ -710,29 +718,54 @@ TRIGGERS_VM = ((EventType.VM, vm_open_trigger), (EventType.METADATA, create_meta
 # ------------------------------------------------------------------------------------------------
 # Subtests (T:1468-2325)
 
-def test_basic_online(fd: int, hwe: Any, flags: int, client_thread: bool = False) -> None:
+def _run_session(fd: int, hwe: Any, flags: int, client_thread: bool,
+                 triggers: tuple[tuple[int, Callable[[Debugger, Event], None]], ...], check: bool = True) -> None:
+    """IGT's xe_eudebug_session_run with ``triggers``, then (``check``) online_session_check."""
     data = OnlineData(hwe)
     with _session(fd, flags, data, client_thread) as s:
         assert s.debugger is not None
-        _add(s.debugger, (EventType.EU_ATTENTION, eu_attention_debug_trigger),
+        _add(s.debugger, *triggers)
+        s.run()
+        if check:
+            online_session_check(s, s.flags)
+    data.close()
+
+
+def test_basic_online(fd: int, hwe: Any, flags: int, client_thread: bool = False) -> None:
+    _run_session(fd, hwe, flags, client_thread, (
+        (EventType.EU_ATTENTION, eu_attention_debug_trigger), (EventType.EU_ATTENTION, eu_attention_resume_trigger),
+        (EventType.VM_BIND_UFENCE, ic.ufence_ack_trigger)))
+
+
+def test_preemption(fd: int, hwe: Any, flags: int, client_thread: bool = False) -> None:
+    """preempt-breakpoint (O:1687): a workload stopped on a breakpoint, resumed only after 11 s,
+    while a second client (no debugger) runs a shader without breakpoints on the same engine;
+    the stopped workload must have been resumed by the debugger."""
+    data = OnlineData(hwe)
+    with _session(fd, flags, data, client_thread) as s, \
+            Client(fd, run_online_client, SHADER_NOP, data, thread=client_thread) as other:
+        c, d = s.client, s.debugger
+        assert c is not None and d is not None
+        _add(d, (EventType.EU_ATTENTION, eu_attention_debug_trigger),
              (EventType.EU_ATTENTION, eu_attention_resume_trigger),
              (EventType.VM_BIND_UFENCE, ic.ufence_ack_trigger))
-        s.run()
-        online_session_check(s, s.flags)
+        assert d.try_attach(c) == 0
+        d.start_worker()
+        c.start()
+        time.sleep(1)     # the debugged client starts first
+        other.start()
+        c.wait_done()
+        other.wait_done()
+        d.stop_worker(1.0)
     data.close()
+    assert data.last_eu_control_seqno != 0, "Workload with breakpoint has ended without resume!"
 
 
 def test_set_breakpoint_online(fd: int, hwe: Any, flags: int, client_thread: bool = False) -> None:
-    require(not flags & FAULTABLE_VM or ic.supports_faults(fd), "faultable VMs not supported")
-    data = OnlineData(hwe)
-    with _session(fd, flags, data, client_thread) as s:
-        assert s.debugger is not None
-        _add(s.debugger, *TRIGGERS_BASE, *TRIGGERS_VM,
-             (EventType.VM_BIND_UFENCE, ufence_ack_set_bp_trigger),
-             (EventType.EU_ATTENTION, eu_attention_resume_trigger))
-        s.run()
-        online_session_check(s, s.flags)
-    data.close()
+    require_faultable_vm_support(fd, flags)
+    _run_session(fd, hwe, flags, client_thread, (
+        *TRIGGERS_BASE, *TRIGGERS_VM, (EventType.VM_BIND_UFENCE, ufence_ack_set_bp_trigger),
+        (EventType.EU_ATTENTION, eu_attention_resume_trigger)))
 
 
 def test_set_breakpoint_online_sigint_debugger(fd: int, hwe: Any, flags: int, client_thread: bool = False) -> None:
@@ -769,9 +802,9 @@ def test_set_breakpoint_online_sigint_debugger(fd: int, hwe: Any, flags: int, cl
             elif 0 < count < events_max:
                 sigints += 1
             for _ in range(SIGTERM_COUNT):
-                d.kill(15)
+                d.kill(signal.SIGTERM)
                 time.sleep(random.randrange(1000) / 1e6)
-            d.kill(2)
+            d.kill(signal.SIGINT)
             while not d.handled_sigint:
                 time.sleep(0.001)
             d.detach()
@@ -831,18 +864,10 @@ def pagefault_trigger(d: Debugger, e: Event) -> None:
 def test_pagefault_online(fd: int, hwe: Any, flags: int, client_thread: bool = False) -> None:
     """pagefault-read / -write (T:1648): the shader reads or writes an unbound address of a
     fault-mode VM; the debugger gets PAGEFAULT with the faulted threads, then their attention."""
-    data = OnlineData(hwe)
-    with _session(fd, flags, data, client_thread) as s:
-        assert s.debugger is not None
-        _add(s.debugger, *TRIGGERS_BASE,
-             (EventType.EU_ATTENTION, eu_attention_debug_trigger),
-             (EventType.EU_ATTENTION, eu_attention_resume_trigger),
-             *TRIGGERS_VM,
-             (EventType.VM_BIND_UFENCE, ic.ufence_ack_trigger),
-             (EventType.PAGEFAULT, pagefault_trigger))
-        s.run()
-        online_session_check(s, s.flags)
-    data.close()
+    _run_session(fd, hwe, flags, client_thread, (
+        *TRIGGERS_BASE, (EventType.EU_ATTENTION, eu_attention_debug_trigger),
+        (EventType.EU_ATTENTION, eu_attention_resume_trigger), *TRIGGERS_VM,
+        (EventType.VM_BIND_UFENCE, ic.ufence_ack_trigger), (EventType.PAGEFAULT, pagefault_trigger)))
 
 
 def _interrupt_all(d: Debugger, data: OnlineData) -> None:
@@ -850,7 +875,7 @@ def _interrupt_all(d: Debugger, data: OnlineData) -> None:
 
 
 def test_interrupt_all(fd: int, hwe: Any, flags: int, client_thread: bool = False) -> None:
-    require(not flags & FAULTABLE_VM or ic.supports_faults(fd), "faultable VMs not supported")
+    require_faultable_vm_support(fd, flags)
     _run_interrupting(fd, hwe, flags, client_thread, eu_attention_resume_trigger, _interrupt_all,
                       lambda s: online_session_check(s, s.flags))
 
@@ -896,39 +921,24 @@ def test_interrupt_reconnect(fd: int, hwe: Any, flags: int, client_thread: bool 
 
 
 def test_single_step(fd: int, hwe: Any, flags: int, client_thread: bool = False) -> None:
-    data = OnlineData(hwe)
-    with _session(fd, flags, data, client_thread) as s:
-        assert s.debugger is not None
-        _add(s.debugger, (EventType.OPEN, open_trigger), (EventType.EU_ATTENTION, eu_attention_debug_trigger),
-             (EventType.EU_ATTENTION, eu_attention_resume_single_step_trigger), *TRIGGERS_VM,
-             (EventType.VM_BIND_UFENCE, ic.ufence_ack_trigger))
-        s.run()
-        online_session_check(s, s.flags)
-    data.close()
+    _run_session(fd, hwe, flags, client_thread, (
+        (EventType.OPEN, open_trigger), (EventType.EU_ATTENTION, eu_attention_debug_trigger),
+        (EventType.EU_ATTENTION, eu_attention_resume_single_step_trigger), *TRIGGERS_VM,
+        (EventType.VM_BIND_UFENCE, ic.ufence_ack_trigger)))
 
 
 def test_debugger_reopen(fd: int, hwe: Any, flags: int, client_thread: bool = False) -> None:
-    data = OnlineData(hwe)
-    with _session(fd, flags, data, client_thread) as s:
-        assert s.debugger is not None
-        _add(s.debugger, (EventType.EU_ATTENTION, eu_attention_debug_trigger),
-             (EventType.EU_ATTENTION, eu_attention_resume_trigger),
-             (EventType.EU_ATTENTION, eu_attention_debugger_ndetach_trigger),
-             (EventType.VM_BIND_UFENCE, ic.ufence_ack_trigger))
-        s.run()
-    data.close()
+    _run_session(fd, hwe, flags, client_thread, (
+        (EventType.EU_ATTENTION, eu_attention_debug_trigger), (EventType.EU_ATTENTION, eu_attention_resume_trigger),
+        (EventType.EU_ATTENTION, eu_attention_debugger_ndetach_trigger),
+        (EventType.VM_BIND_UFENCE, ic.ufence_ack_trigger)), check=False)
 
 
 def test_caching(fd: int, hwe: Any, flags: int, client_thread: bool = False) -> None:
-    data = OnlineData(hwe)
-    with _session(fd, flags, data, client_thread) as s:
-        assert s.debugger is not None
-        _add(s.debugger, (EventType.OPEN, open_trigger), (EventType.EU_ATTENTION, eu_attention_debug_trigger),
-             (EventType.EU_ATTENTION, eu_attention_resume_caching_trigger), *TRIGGERS_VM,
-             (EventType.VM_BIND_UFENCE, ic.ufence_ack_trigger))
-        s.run()
-        online_session_check(s, s.flags)
-    data.close()
+    _run_session(fd, hwe, flags, client_thread, (
+        (EventType.OPEN, open_trigger), (EventType.EU_ATTENTION, eu_attention_debug_trigger),
+        (EventType.EU_ATTENTION, eu_attention_resume_caching_trigger), *TRIGGERS_VM,
+        (EventType.VM_BIND_UFENCE, ic.ufence_ack_trigger)))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -936,7 +946,10 @@ def test_caching(fd: int, hwe: Any, flags: int, client_thread: bool = False) -> 
 
 PORTED = {
     "basic-breakpoint": (test_basic_online, SHADER_BREAKPOINT),
+    "preempt-breakpoint": (test_preemption, SHADER_BREAKPOINT | TRIGGER_RESUME_DELAYED),
     "set-breakpoint": (test_set_breakpoint_online, SHADER_NOP | TRIGGER_UFENCE_SET_BREAKPOINT),
+    "set-breakpoint-faultable": (test_set_breakpoint_online,
+                                 SHADER_NOP | TRIGGER_UFENCE_SET_BREAKPOINT | FAULTABLE_VM),
     "set-breakpoint-sigint-debugger": (test_set_breakpoint_online_sigint_debugger,
                                        SHADER_NOP | TRIGGER_UFENCE_SET_BREAKPOINT),
     "breakpoint-not-in-debug-mode": (test_basic_online, SHADER_BREAKPOINT | DISABLE_DEBUG_MODE),
@@ -945,16 +958,14 @@ PORTED = {
     "resume-dss": (test_basic_online, SHADER_BREAKPOINT | TRIGGER_RESUME_DSS),
     "interrupt-all": (test_interrupt_all, SHADER_LOOP),
     "interrupt-all-set-breakpoint": (test_interrupt_all, SHADER_LOOP | TRIGGER_RESUME_SET_BP),
+    "interrupt-all-set-breakpoint-faultable": (test_interrupt_all,
+                                               SHADER_LOOP | TRIGGER_RESUME_SET_BP | FAULTABLE_VM),
     "tdctl-parameters": (test_tdctl_parameters, SHADER_LOOP),
     "interrupt-reconnect": (test_interrupt_reconnect, SHADER_LOOP | TRIGGER_RECONNECT),
     "single-step": (test_single_step, SHADER_SINGLE_STEP | SIP_SINGLE_STEP | TRIGGER_RESUME_PARALLEL_WALK),
     "single-step-one": (test_single_step, SHADER_SINGLE_STEP | SIP_SINGLE_STEP | TRIGGER_RESUME_SINGLE_WALK),
     "debugger-reopen": (test_debugger_reopen, SHADER_N_NOOP_BREAKPOINT),
     "writes-caching-sram-bb-sram-target-sram": (test_caching, SHADER_CACHING_SRAM | BB_IN_SRAM | TARGET_IN_SRAM),
-    "set-breakpoint-faultable": (test_set_breakpoint_online,
-                                 SHADER_NOP | TRIGGER_UFENCE_SET_BREAKPOINT | FAULTABLE_VM),
-    "interrupt-all-set-breakpoint-faultable": (test_interrupt_all,
-                                               SHADER_LOOP | TRIGGER_RESUME_SET_BP | FAULTABLE_VM),
     "pagefault-read": (test_pagefault_online, SHADER_PAGEFAULT_READ),
     "pagefault-write": (test_pagefault_online, SHADER_PAGEFAULT_WRITE),
 }
