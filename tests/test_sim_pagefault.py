@@ -17,6 +17,7 @@ from test_kernel_behaviour import (  # noqa: F401 (fixtures)
     SHADER_BATCH, SHADER_CANARY, SHADER_END, SHADER_PITCH, SHADER_STEERING, SHADER_TARGET,
     SHADER_THREADS, SHADER_X, SHADER_Y, SZ, _close_leftovers, child, dss_count, eu_class, fd,
     live_vm, make_bo)
+from test_sim_attention import _sip       # IGT's online SIP: write the AIP, wait, return
 from test_sim_gpu import Space, ring_for
 from xe_eudebug.gpgpu import Target, gpgpu_batch
 from xe_eudebug.isa import mi
@@ -43,14 +44,6 @@ def _faulting_shader(write: bool) -> GpgpuShader:
     s.jump_neq(0, SHADER_Y, SHADER_END)
     s.eot()
     return s
-
-
-def _sip() -> GpgpuShader:
-    sip = GpgpuShader()
-    sip.write_aip(0)
-    sip.wait()
-    sip.end_system_routine(True)
-    return sip
 
 
 # === the EU side ===============================================================================
