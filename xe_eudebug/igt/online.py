@@ -28,7 +28,7 @@ from xe_eudebug import uapi
 from xe_eudebug.client import Client, eudebug_engines, exec_queue_args
 from xe_eudebug.debugger import Debugger, VmFile
 from xe_eudebug.eucontrol import (INTERRUPT_ALL, RESUME, STOPPED, Topology, count_set_bits, exec_queue_of_attention,
-                                  first_dss_only, only_first_set_bit, only_nth_set_bit)
+                                  first_dss_only, only_first_set_bit, only_nth_set_bit, xor_count)
 from xe_eudebug.events import Event, EventFlags, EventType, filter_mask
 from xe_eudebug.gpgpu import Target
 from xe_eudebug.gpgpu_exec import GpgpuExec, bb_size_for
@@ -80,6 +80,8 @@ CACHING_INIT_VALUE = 0xCAFE0000
 CACHING_POISON_VALUE = 0xCAFEDEAD
 SIGTERM_COUNT = 50
 SHADER_CANARY = 0x01010101
+BAD_CANARY = 0x0F1F1F1F
+BAD_OFFSET = 0x12345678 << 12            # never bound: the pagefault shaders' access
 WALKER_X_DIM = 4
 WALKER_ALIGNMENT = 16
 SIMD_SIZE = 16
@@ -185,7 +187,14 @@ def get_shader(fd: int, flags: int) -> GpgpuShader:
         shader.nop()
         shader.breakpoint()
     elif flags & SHADER_PAGEFAULT:
-        ic.fail("pagefault shaders are not ported")
+        if flags & SHADER_PAGEFAULT_READ:
+            shader.read_a64_d32(BAD_OFFSET)
+        else:
+            shader.write_a64_d32(BAD_OFFSET, BAD_CANARY)
+        shader.label(0)
+        shader.write_dword(SHADER_CANARY, 0)
+        shader.jump_neq(0, w.y, STEERING_END_LOOP)
+        shader.write_dword(SHADER_CANARY, 0)
     shader.eot()
     return shader
 
@@ -625,19 +634,24 @@ def online_session_check(s: Session, flags: int) -> None:
     expect_exception = not flags & DISABLE_DEBUG_MODE
     s.check(True, VM_BIND_FILTER)
     size = attention_bitmask_size(s.debugger.master_fd, data.hwe[2])
-    total = 0
+    total = pagefault_threads = 0
     for e in s.debugger.log:
         if e.type == EventType.EU_ATTENTION:
             assert e.flags == EventFlags.STATE_CHANGE, f"attention flags {e.flags}"
             assert e.bitmask_size == size, f"attention bitmask_size {e.bitmask_size}, expected {size}"
             total += count_set_bits(e.bitmask[:size])
             assert exec_queue_of_attention(s.debugger.log, e) is not None, f"no exec queue for {e}"
+        elif e.type == EventType.PAGEFAULT:
+            assert e.bitmask_size == 3 * size, f"pagefault bitmask_size {e.bitmask_size}, expected {3 * size}"
+            pagefault_threads += xor_count(e.bitmask[size:2 * size], e.bitmask[2 * size:3 * size])
     if flags in (SHADER_BREAKPOINT, TRIGGER_UFENCE_SET_BREAKPOINT):
         assert total == data.threads_count, f"{total} attention bits, {data.threads_count} threads"
     if expect_exception:
         assert total > 0, "no attention"
     else:
         assert total == 0, f"{total} attention bits without debug mode"
+    if flags & SHADER_PAGEFAULT:
+        assert pagefault_threads > 0, "no thread faulted according to the PAGEFAULT events"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -833,6 +847,29 @@ def _run_interrupting(fd: int, hwe: Any, flags: int, client_thread: bool,
     data.close()
 
 
+def pagefault_trigger(d: Debugger, e: Event) -> None:
+    """The three bitmaps of a PAGEFAULT (before, after, resolved): after XOR resolved are the
+    threads that faulted; the address is the page of BAD_OFFSET."""
+    size = e.bitmask_size // 3
+    maps = [e.bitmask[i * size:(i + 1) * size] for i in range(3)]
+    faulted = xor_count(maps[1], maps[2])
+    print(f"EVENT[{e.seqno}] pagefault; threads[before={count_set_bits(maps[0])}, "
+          f"after={count_set_bits(maps[1])}, resolved={count_set_bits(maps[2])}, pagefault={faulted}] "
+          f"client[{e.client_handle}], exec_queue[{e.exec_queue_handle}], lrc[{e.lrc_handle}], "
+          f"bitmask_size[{e.bitmask_size}], pagefault_address[0x{e.pagefault_address:x}]")
+    assert faulted > 0, "PAGEFAULT with no faulted thread"
+    assert e.pagefault_address == BAD_OFFSET, f"pagefault_address {e.pagefault_address:#x}"
+
+
+def test_pagefault_online(fd: int, hwe: Any, flags: int, client_thread: bool = False) -> None:
+    """pagefault-read / -write (T:1648): the shader reads or writes an unbound address of a
+    fault-mode VM; the debugger gets PAGEFAULT with the faulted threads, then their attention."""
+    _run_session(fd, hwe, flags, client_thread, (
+        *TRIGGERS_BASE, (EventType.EU_ATTENTION, eu_attention_debug_trigger),
+        (EventType.EU_ATTENTION, eu_attention_resume_trigger), *TRIGGERS_VM,
+        (EventType.VM_BIND_UFENCE, ic.ufence_ack_trigger), (EventType.PAGEFAULT, pagefault_trigger)))
+
+
 def _interrupt_all(d: Debugger, data: OnlineData) -> None:
     d.interrupt_all(data.client_handle, data.exec_queue_handle, data.lrc_handle)
 
@@ -929,6 +966,8 @@ PORTED = {
     "single-step-one": (test_single_step, SHADER_SINGLE_STEP | SIP_SINGLE_STEP | TRIGGER_RESUME_SINGLE_WALK),
     "debugger-reopen": (test_debugger_reopen, SHADER_N_NOOP_BREAKPOINT),
     "writes-caching-sram-bb-sram-target-sram": (test_caching, SHADER_CACHING_SRAM | BB_IN_SRAM | TARGET_IN_SRAM),
+    "pagefault-read": (test_pagefault_online, SHADER_PAGEFAULT_READ),
+    "pagefault-write": (test_pagefault_online, SHADER_PAGEFAULT_WRITE),
 }
 
 

@@ -38,11 +38,12 @@ from .eu import EuThread, Stop, Surface
 from .gt import EuArray
 
 __all__ = ["ComputeState", "Walker", "WalkerError", "HwThread", "ThreadState", "EuScheduler",
-           "ThreadFault", "ThreadError", "SURFACE_FORMAT_BPP"]
+           "ThreadFault", "ThreadError", "SURFACE_FORMAT_BPP", "PageFault", "PAGE_SIZE"]
 
 MAX_LIVE_THREADS = 512        # thread slots of the default topology (8 DSS x 8 EUs x 8 threads)
 SLICE = 200                   # instructions a thread runs before the next thread's turn
 IDLE_POLL_S = 0.001           # all live threads halted: re-check this often
+PAGE_SIZE = 4096              # the granule of a fault message
 
 #: bytes per pixel of the RENDER_SURFACE_STATE formats IGT's targets use: R8G8B8A8_UNORM, R8_UNORM
 SURFACE_FORMAT_BPP = {0x0C7: 4, 0x140: 1}
@@ -140,6 +141,7 @@ class ThreadState(enum.Enum):
     RUNNING = "running"       # the scheduler gives it slices
     HALTED = "halted"         # sync.host: waits for resume()
     PAUSED = "paused"         # held by the engine (a debugger's stop, later): no slices
+    STALLED = "stalled"       # stopped on a page fault until the driver replies
     DONE = "done"             # sent EOT
 
 
@@ -196,6 +198,7 @@ class HwThread:
         self.paused = False
         self.ctx = ctx                # the context (LRC) that dispatched it
         self.gt_slot: int | None = None                       # its slot on the GT's EU array
+        self.stall: PageFault | None = None                   # the fault it waits on
         self.location: tuple[int, int, int] | None = None     # (DSS, EU, thread) of that slot
 
     @property
@@ -206,6 +209,8 @@ class HwThread:
             return ThreadState.PAUSED
         if self.eu.state is Stop.HOST_WAIT:
             return ThreadState.HALTED
+        if self.eu.state is Stop.FAULT:
+            return ThreadState.STALLED
         return ThreadState.RUNNING
 
     def pause(self) -> None:
@@ -231,6 +236,30 @@ class ThreadFault(Exception):
                          f"(ip {thread.eu.ip:#x})")
         self.address = address
         self.write = write
+
+
+class PageFault:
+    """A page fault message of a fault-mode address space (what the hardware hands the GuC and
+    the GuC the driver): the 4 KiB page, the first faulting address and its access, the threads
+    stalled on the page.  One message per page is in flight: a thread faulting on a page
+    already reported joins its message.  The driver answers once with `EuArray.pagefault_reply`:
+    success (the page is mapped now) lets every stalled thread retry its access, failure makes
+    the job fail as a CAT error would."""
+
+    def __init__(self, address: int, write: bool, fetch: bool, thread: HwThread) -> None:
+        self.page = address & ~(PAGE_SIZE - 1)
+        self.address = address
+        self.write = write
+        self.fetch = fetch
+        self.threads = [thread]
+        self.ctx = thread.ctx
+        self.replied = False
+        self.ok = False
+
+    def __repr__(self) -> str:
+        access = "fetch" if self.fetch else "write" if self.write else "read"
+        return f"<PageFault {access} {self.address:#x} threads {len(self.threads)}" \
+               f"{' ok' if self.ok else ' failed' if self.replied else ''}>"
 
 
 class ThreadError(Exception):
@@ -275,9 +304,28 @@ class EuScheduler:
                         self.dispatched += 1
                         yield HwThread(self.dispatched - 1, (x, y, z), i, eu, self.ctx)
 
+    def _stall(self, t: HwThread, faults: dict[int, PageFault],
+               pagefault: Callable[[PageFault], None]) -> None:
+        """A thread stopped on a fault of a fault-mode space: it waits for the reply to the
+        message of its page (a new one when none is in flight)."""
+        f = t.eu.fault
+        assert f is not None
+        pf = faults.get(f.address & ~(PAGE_SIZE - 1))
+        if pf is None or pf.replied:
+            pf = faults[f.address & ~(PAGE_SIZE - 1)] = PageFault(f.address, f.write, f.fetch, t)
+            t.stall = pf
+            pagefault(pf)
+        else:
+            pf.threads.append(t)
+            t.stall = pf
+
     def run(self, w: Walker, space: _Space, state: ComputeState, fault: type[Exception],
-            check_stop: Callable[[], None]) -> None:
+            check_stop: Callable[[], None],
+            pagefault: Callable[[PageFault], None] | None = None) -> None:
+        """`pagefault`, for a fault-mode address space, receives the fault messages (it must
+        not block); without it a fault ends the walker (`ThreadFault`)."""
         pending = self._threads(w, space, state, fault)
+        faults: dict[int, PageFault] = {}
         exhausted = False
         waiting: HwThread | None = None           # dispatched, no free slot yet
         try:
@@ -298,15 +346,25 @@ class EuScheduler:
                 for t in list(self.live):
                     if t.paused or t.eu.state is Stop.HOST_WAIT:
                         continue
+                    if t.eu.state is Stop.FAULT and t.stall is not None and not t.stall.replied:
+                        continue                         # stalled until the reply
                     with self.gt.round():
+                        if t.eu.state is Stop.FAULT and t.stall is not None:
+                            if not t.stall.ok:
+                                f = t.eu.fault
+                                assert f is not None
+                                raise ThreadFault(t, f.address, f.write)
+                            t.eu.retry_fault()           # joined as the reply went out
                         before = t.eu.executed
                         stop = t.eu.run(SLICE)
                         self.instructions += t.eu.executed - before
+                        if stop is Stop.FAULT and pagefault is not None:
+                            self._stall(t, faults, pagefault)
                     ran = True
                     if stop is Stop.EOT:
                         self.live.remove(t)
                         self.gt.release(t)
-                    elif stop is Stop.FAULT:
+                    elif stop is Stop.FAULT and pagefault is None:
                         f = t.eu.fault
                         assert f is not None
                         raise ThreadFault(t, f.address, f.write)

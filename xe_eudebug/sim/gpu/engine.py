@@ -295,7 +295,8 @@ class CommandStreamer:
         sched = EuScheduler(self.gt, ctx)
         self.dispatches.append(sched)
         try:
-            sched.run(walker, space, ctx.compute, GpuFault, lambda: self._check_stop(stop))
+            sched.run(walker, space, ctx.compute, GpuFault, lambda: self._check_stop(stop),
+                      getattr(space, "pagefault", None))
         finally:
             self.dispatches.remove(sched)
             result.walkers += 1

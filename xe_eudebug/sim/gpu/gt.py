@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator
 from .eu import Stop
 
 if TYPE_CHECKING:
-    from .compute import HwThread
+    from .compute import HwThread, PageFault
 
 __all__ = ["Topology", "EuArray", "TD_CTL", "TD_CTL_GLOBAL_DEBUG_ENABLE", "TD_CTL_BREAKPOINT_ENABLE",
            "TD_CTL_FORCE_EXCEPTION", "TD_CTL_FORCE_THREAD_BREAKPOINT_ENABLE",
@@ -206,6 +206,16 @@ class EuArray:
                 t.resume()
                 resumed += 1
         return resumed
+
+    # -- page faults ----------------------------------------------------------------------------------
+    def pagefault_reply(self, pf: "PageFault", ok: bool) -> None:
+        """The driver's reply to a fault message (call it without the driver's lock): on
+        success every thread stalled on the page retries its access."""
+        with self.quiescent():
+            pf.ok, pf.replied = ok, True
+            if ok:
+                for t in pf.threads:
+                    t.eu.retry_fault()
 
     def contexts(self) -> Iterable[object]:
         """The contexts (LRCs) whose threads are on the GT."""

@@ -35,6 +35,7 @@ from .xe_eudebug import DebuggerFile, XeEudebugMixin
 from .xe_eudebug_vm import VmFile, XeEudebugVmMixin
 from .xe_exec_queue import XeExecQueueMixin
 from .xe_eudebug_hw import XeEudebugHwMixin
+from .xe_gt_pagefault import XeGtPagefaultMixin
 from .xe_query import XeQueryMixin
 from .xe_sysfs import XeSysfsMixin
 from .xe_vm import XeVmMixin
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
 
 class Kernel(XeBoMixin, XeQueryMixin, XeVmMixin, XeWaitUserFenceMixin,
              XeExecQueueMixin, XeDebugMetadataMixin, XeEudebugMixin, XeEudebugVmMixin,
-             XeEudebugHwMixin, XeSysfsMixin):
+             XeEudebugHwMixin, XeGtPagefaultMixin, XeSysfsMixin):
     """The simulated Xe driver (see module docstring).  `config`: a SimConfig or any object with
     devices, read_event_timeout, fifo_timeout, fifo_retry, enable_default (and fifo_capacity)."""
 
@@ -92,6 +93,7 @@ class Kernel(XeBoMixin, XeQueryMixin, XeVmMixin, XeWaitUserFenceMixin,
         self._drm_table.update(self.syncobj.table())
         self.xe_exec = XeExec(self)
         self._eudebug_hw_init()
+        self._pagefault_init()
         self._debugger_table: dict[int, Callable[..., Any]] = {
             DRM_XE_EUDEBUG_IOCTL_READ_EVENT: self._read_event,
             DRM_XE_EUDEBUG_IOCTL_VM_OPEN: self._vm_open,

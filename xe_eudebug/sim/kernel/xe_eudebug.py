@@ -62,6 +62,7 @@ class Connection:
         self.metadata = HandleMap()
         self.fences: dict[int, UserFence] = {}
         self.file: DebuggerFile | None = None
+        self.pagefaults: list = []                 # PAGEFAULT events waiting (xe_gt_pagefault.py)
 
     def next_seqno(self) -> int:
         self.seqno += 1

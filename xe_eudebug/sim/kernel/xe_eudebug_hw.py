@@ -140,6 +140,8 @@ class XeEudebugHwMixin:
     def _attention_scan_device(self, dev: Device) -> None:
         gt = self._gt(dev)
         with gt.quiescent(), self._lock:
+            if dev.index in getattr(self, "_pf_busy", ()):
+                return                            # a page fault is handled: scan held off
             bits = gt.attention()
             now = time.monotonic()
             seen, since = self._scan_seen.get(dev.index, (b"", now))
@@ -153,6 +155,7 @@ class XeEudebugHwMixin:
             # thread on the GT can still run, or the bitmap stayed the same for a second.
             if gt.runnable() and now - since < ATTENTION_SETTLE_S:
                 return
+            self._send_queued_pagefaults(dev, gt)  # xe_gt_pagefault.py
             err = self._send_gt_attention(dev, gt)
             if err:
                 self._gt_reset(dev, f"unattributed EU attention ({-err})")

@@ -55,9 +55,10 @@ class VmView:
     """The queue's VM as the engine sees it: BO and userptr mappings, NULL mappings (read zero,
     writes dropped), the scratch page of a SCRATCH_PAGE VM; anything else faults."""
 
-    def __init__(self, lock: Any, vm: Any) -> None:
+    def __init__(self, lock: Any, vm: Any, pagefault: Any = None) -> None:
         self._lock = lock
         self.vm = vm
+        self.pagefault = pagefault        # a fault-mode VM's fault messages (xe_gt_pagefault.py)
 
     def _access(self, va: int, size: int, data: bytes | None) -> bytes:
         out: list[bytes] = []
@@ -310,7 +311,9 @@ class XeExec:
                 s.running, s.reset = True, False     # a reset stops the job it was asked for
                 self.kernel._attention_scan_start()
             try:
-                result = engine.run(job.ring, VmView(lock, q.vm), s.contexts[0], stop)
+                pagefault = ((lambda pf: self.kernel._pagefault_submit(q, pf))
+                             if q.vm.fault else None)
+                result = engine.run(job.ring, VmView(lock, q.vm, pagefault), s.contexts[0], stop)
             finally:
                 with lock:
                     s.running = False

@@ -16,6 +16,9 @@ Exceptions (the system routine, SIP, is entered with cr0.0 bit 31 set and cr0.2 
     `Stop.ILLEGAL` and `error` says what was not understood — never a silent no-op.
   * interrupt: `interrupt()` (the debugger's INTERRUPT_ALL through TD_CTL) enters the SIP at
     the next instruction boundary.
+  * page fault: a message (or a fetch) touching an unbound address stops the thread with
+    `Stop.FAULT` (the thread stalls); `retry_fault()` once the page is mapped executes the
+    message again, before a pending interrupt (the access completes, then the SIP).
 The SIP returns by clearing cr0.0 bit 31; execution goes on at cr0.2.
 """
 
@@ -59,9 +62,10 @@ class Fault:
     address: int
     write: bool
     ip: int
+    fetch: bool = False           # the instruction fetch faulted (not a message)
 
     def __str__(self) -> str:
-        kind = "store" if self.write else "load"
+        kind = "fetch" if self.fetch else "store" if self.write else "load"
         return f"{kind} page fault at {self.address:#x} (ip {self.ip:#x})"
 
 
@@ -119,6 +123,7 @@ class EuThread:
         self.error: str | None = None
         self.executed = 0
         self._interrupt = False
+        self._replay = False          # re-execute the faulted message before anything else
         self._step_pending = False
         self._return_to: int | None = None
         # decodes by their 16 bytes; threads of one dispatch may share one (decoding is a pure
@@ -206,6 +211,16 @@ class EuThread:
             self.ip += 16                           # first: a runner may start it at once
             self.state = None
 
+    def retry_fault(self) -> None:
+        """The page of a fault is now mapped (the fault was replied to): a thread stopped on a
+        message executes that message again before it takes a pending interrupt or a
+        breakpoint (the access completes, then the exception); a thread stopped on an
+        instruction fetch fetches again at the same boundary."""
+        if self.state is Stop.FAULT and self.fault is not None:
+            self._replay = not self.fault.fetch
+            self.fault = None
+            self.state = None
+
     def _channels(self, inst: Instruction) -> list[int]:
         mask = 0xFFFFFFFF if inst.nomask else self.exec_mask >> inst.chan_off
         chans = [ch for ch in range(inst.exec_size) if mask >> ch & 1]
@@ -251,13 +266,14 @@ class EuThread:
         if self.state is not None:
             return self.state
         for _ in range(budget):
-            if self._interrupt:
+            replay, self._replay = self._replay, False
+            if self._interrupt and not replay:
                 self._interrupt = False            # taken, or lost on a thread in its SIP
                 if not self.in_sip and self._enter_sip(self.ip, 0):
                     continue
             inst = self._fetch()
             if inst is None:
-                self.fault = Fault(self.ibase + self.ip, False, self.ip)
+                self.fault = Fault(self.ibase + self.ip, False, self.ip, fetch=True)
                 self.state = Stop.FAULT
                 return Stop.FAULT
             if isinstance(inst, str):
@@ -269,7 +285,7 @@ class EuThread:
                 # the first instruction after the return runs without its breakpoint; the
                 # suppress bit covers that one instruction only
                 self.cr0_set(0, self.cr0(0) & ~CR0_BREAKPOINT_SUPPRESS)
-            elif inst.breakpoint and self.breakpoints_enabled and not self.in_sip:
+            elif inst.breakpoint and self.breakpoints_enabled and not self.in_sip and not replay:
                 if self._enter_sip(self.ip, CR0_EXC_BREAKPOINT):
                     continue
             try:
