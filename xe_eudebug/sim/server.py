@@ -33,7 +33,7 @@ from typing import Any
 from . import port as wire
 from . import procmem
 from .config import SimConfig, default_socket_dir, default_socket_path
-from .port import (OP_DEVICE_ENABLED, F_CLOEXEC, F_FD, KIND_DEBUGGER, KIND_DEVICE, KIND_OTHER, KIND_VM, M_DATA, M_DONE,
+from .port import (OP_DEVICE_ENABLED, OP_SYSFS, F_CLOEXEC, F_FD, KIND_DEBUGGER, KIND_DEVICE, KIND_OTHER, KIND_VM, M_DATA, M_DONE,
                    OP_CLONE, OP_FILE_INFO, OP_FSYNC, OP_GET_ENABLED, OP_INFO, OP_IOCTL, OP_LSEEK, OP_MMAP,
                    OP_OPEN, OP_POLL, OP_PREAD, OP_PWRITE, OP_READ, OP_SET_ENABLED, R_MEMREAD, R_MEMWRITE,
                    R_REPLY, ProtocolError, epoll_ready, file_key, recv_msg, send_byte, send_msg, status_flags, to_s64, to_u64,
@@ -526,6 +526,11 @@ class Server:
                 raise ProtocolError(f"request {kind} carries unexpected data")
             self._device_enabled(conn, to_s64(a), b, c)
             return
+        if kind == OP_SYSFS:  # the device's other sysfs attributes
+            if fds:
+                raise ProtocolError(f"request {kind} carries fds")
+            self._sysfs(conn, to_s64(a), b, payload)
+            return
         if kind == OP_CLONE or kind == OP_INFO or kind == OP_OPEN:
             if fds or payload:
                 raise ProtocolError(f"request {kind} carries unexpected data")
@@ -607,6 +612,35 @@ class Server:
             return
         self._finish_dirty(None)
         self._reply(conn, result=int(bool(result)))
+
+    def _sysfs(self, conn: _Conn, index: int, write: int, payload: bytes) -> None:
+        path, sep, data = bytes(payload).partition(b"\0")
+        if not hasattr(self.kernel, "sysfs_read"):  # a kernel model without sysfs attributes
+            self._reply(conn, err=_errno.ENOENT)
+            return
+        try:
+            name = path.decode("utf-8")
+            if write:
+                if not sep:
+                    raise ProtocolError("sysfs write without data")
+                # the attributes are root-owned 0644 files, as enable_eudebug
+                if not procmem.may_write_root_file(conn.creds[0]):
+                    raise _make_error(self.error_class, _errno.EACCES)
+                count = self.kernel.sysfs_write(index, name, data)
+            else:
+                text = self.kernel.sysfs_read(index, name)
+        except ProtocolError:
+            raise
+        except UnicodeDecodeError:
+            self._reply(conn, err=_errno.ENOENT)
+            return
+        except Exception as exc:
+            self._reply(conn, err=self._errno_of(exc, "sysfs"))
+            return
+        if write:
+            self._reply(conn, result=count)
+        else:
+            self._reply(conn, payload=text)
 
     def _errno_of(self, exc: Exception, what: str) -> int:
         err = getattr(exc, "errno", None)
@@ -1126,6 +1160,9 @@ def main(argv: list[str] | None = None, prog: str = "python3 -m xe_eudebug.sim")
     parser.add_argument("--devices", type=int, help="number of simulated devices (XE_EUDEBUG_SIM_DEVICES)")
     parser.add_argument("--idle-exit", type=float, help="exit after this many idle seconds; 0 = never (XE_EUDEBUG_SIM_IDLE_EXIT)")
     parser.add_argument("--enable", action="store_true", help="start with eudebug enabled on every device")
+    parser.add_argument("--discrete", action="store_true",
+                        help="discrete devices with VRAM per tile (XE_EUDEBUG_SIM_DISCRETE)")
+    parser.add_argument("--tiles", type=int, help="tiles per device, one GT each (XE_EUDEBUG_SIM_TILES)")
     # Testing hook: another kernel model ("module:Class"), also from XE_EUDEBUG_SIM_KERNEL.
     parser.add_argument("--kernel", default=os.environ.get(KERNEL_ENV) or DEFAULT_KERNEL, help=argparse.SUPPRESS)
     parser.add_argument("--owner-pid", type=int, default=0,
@@ -1142,6 +1179,10 @@ def main(argv: list[str] | None = None, prog: str = "python3 -m xe_eudebug.sim")
         overrides["idle_exit"] = args.idle_exit
     if args.enable:
         overrides["enable_default"] = True
+    if args.discrete:
+        overrides["discrete"] = True
+    if args.tiles is not None:
+        overrides["tiles"] = args.tiles
     try:
         config = SimConfig.from_env(**overrides)
     except ValueError as exc:
