@@ -123,12 +123,11 @@ class QueueSched:
         self.thread: threading.Thread | None = None
         self.banned = False
         self.killed = False
-        self.reset = False                  # a GT reset stops the running job (gt_reset)
         self.last_fence: DmaFence = signaled_stub()
         self.contexts = [Context() for _ in range(q.width)]
         self.seqno = 0
         self.running = False          # a job of the queue is on its engine
-        self.reset = False            # a GT reset stops the running job (xe_eudebug_hw.py)
+        self.reset = False            # a GT reset stops the submitted job (gt_reset, xe_eudebug_hw.py)
 
 
 class XeExec:
@@ -278,6 +277,32 @@ class XeExec:
         """The queues with a job on their engine (kernel lock held)."""
         return [s for s in self._sched.values() if s.running]
 
+    @staticmethod
+    def _gt_key(q: Any) -> tuple[int, int] | None:
+        """(device, GT) of a queue whose jobs run on the GT's EUs (render, compute), else None."""
+        if q.engine_class not in (_uapi.DRM_XE_ENGINE_CLASS_RENDER, _uapi.DRM_XE_ENGINE_CLASS_COMPUTE):
+            return None
+        return q.file.index, int(getattr(q, "gt_id", 0))
+
+    def _eus_busy(self, s: QueueSched) -> bool:
+        """Run-alone (kernel lock held): a debuggable queue's job runs with no other job on its
+        GT's render and compute engines, and no job starts there while one runs."""
+        key = self._gt_key(s.q)
+        if key is None:
+            return False
+        others = [o for o in self._sched.values()
+                  if o is not s and o.running and self._gt_key(o.q) == key]
+        return bool(others) and (s.q.debuggable or any(o.q.debuggable for o in others))
+
+    def _wait_for_eus(self, s: QueueSched) -> bool:
+        """Wait (kernel lock held) until the job may start on the GT; False when the queue is
+        killed or a GT reset stops the job meanwhile (it was submitted: its queue is banned)."""
+        while self._eus_busy(s):
+            if s.killed or s.reset:
+                return False
+            self.kernel._fence_cv.wait(0.1)
+        return not s.killed
+
     def _run_queue(self, s: QueueSched) -> None:
         lock, cv = self._lock, self.kernel._fence_cv
         q = s.q
@@ -293,6 +318,14 @@ class XeExec:
                 job = s.jobs[0]
                 if not wait_fences(lock, cv, job.deps, lambda: not s.killed):
                     continue
+                s.reset = False                      # a reset stops the jobs submitted when it comes
+                if not self._wait_for_eus(s):
+                    result = JobResult("stopped", reason="GT reset" if s.reset else "killed")
+                else:
+                    engine = self._engine(q)         # the device's EU array is made under the lock
+                    s.running = True
+                    self.kernel._attention_scan_start()
+                    result = None
             timeout = self._job_timeout(q)
             start = time.monotonic()
 
@@ -305,15 +338,13 @@ class XeExec:
                     return f"job timeout ({timeout * 1000:.0f} ms)"
                 return None
 
-            with lock:
-                engine = self._engine(q)             # the device's EU array is made under the lock
-                s.running, s.reset = True, False     # a reset stops the job it was asked for
-                self.kernel._attention_scan_start()
-            try:
-                result = engine.run(job.ring, VmView(lock, q.vm), s.contexts[0], stop)
-            finally:
-                with lock:
-                    s.running = False
+            if result is None:
+                try:
+                    result = engine.run(job.ring, VmView(lock, q.vm), s.contexts[0], stop)
+                finally:
+                    with lock:
+                        s.running = False
+                        self.kernel._fences_written()    # the GT's EUs may be free for a waiter
             with lock:
                 if s.jobs and s.jobs[0] is job:
                     s.jobs.popleft()
