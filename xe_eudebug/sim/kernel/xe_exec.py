@@ -270,7 +270,8 @@ class XeExec:
         key = (q.file.index, int(getattr(q, "gt_id", 0))) + engine     # each GT has its own engines
         cs = self._engines.get(key)
         if cs is None:
-            cs = self._engines[key] = CommandStreamer(EngineInfo(*engine), self.kernel._gt(q.file.device))
+            eus = self.kernel._gt(q.file.device, key[1])
+            cs = self._engines[key] = CommandStreamer(EngineInfo(*engine), eus)
         return cs
 
     def running(self) -> list[QueueSched]:
