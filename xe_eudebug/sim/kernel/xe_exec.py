@@ -298,11 +298,9 @@ class XeExec:
     def _wait_for_eus(self, s: QueueSched) -> bool:
         """Wait (kernel lock held) until the job may start on the GT; False when the queue is
         killed or a GT reset stops the job meanwhile (it was submitted: its queue is banned)."""
-        while self._eus_busy(s):
-            if s.killed or s.reset:
-                return False
+        while self._eus_busy(s) and not (s.killed or s.reset):
             self.kernel._fence_cv.wait(0.1)
-        return not s.killed
+        return not (s.killed or s.reset)
 
     def _run_queue(self, s: QueueSched) -> None:
         lock, cv = self._lock, self.kernel._fence_cv
