@@ -3,7 +3,8 @@
 Every subtest of ``xe_eudebug`` runs in its own process through ``xe-eudebug run --devices 2``
 (a private simulator with two devices, the preload library, umockdev for udev and sysfs), every
 subtest of ``xe_eudebug_online`` (EU threads: breakpoints, attention, EU control) through
-``xe-eudebug run``.  The list and the reason for every excluded subtest live in
+``xe-eudebug run`` (with the device-shape options its line in the list names, such as
+``--discrete`` or ``--tiles 2``).  The list and the reason for every excluded subtest live in
 ``xe_eudebug.expected`` and ``xe_eudebug_online.expected`` beside this file; a subtest on an
 expected-pass list that does not report SUCCESS fails.  IGT's own result line of every subtest is
 printed at the end of the session (conftest.py beside this file).  The online binary's client
@@ -42,6 +43,10 @@ RESULT = re.compile(r"^Subtest (\S+): (SUCCESS|FAIL|SKIP|CRASH|TIMEOUT)\b.*$", r
 RESULTS: dict[str, str] = {}
 
 
+#: `xe-eudebug run` options of a subtest (the device shape it needs), from the words after its name
+RUN_OPTIONS: dict[str, list[str]] = {}
+
+
 def _load(path: str = EXPECTED) -> list[tuple[str, str | None]]:
     out: list[tuple[str, str | None]] = []
     with open(path) as f:
@@ -49,11 +54,12 @@ def _load(path: str = EXPECTED) -> list[tuple[str, str | None]]:
             line = line.strip()
             if not line or line.startswith("#"):
                 continue
-            if line.startswith("!"):
-                name, _, reason = line[1:].partition(":")
-                out.append((name.strip(), reason.strip() or "excluded"))
-            else:
-                out.append((line, None))
+            excluded = line.startswith("!")
+            head, _, reason = line[1:].partition(":") if excluded else (line, "", "")
+            name, *options = head.split()
+            if options:
+                RUN_OPTIONS[name] = options
+            out.append((name, (reason.strip() or "excluded") if excluded else None))
     return out
 
 
@@ -119,7 +125,7 @@ def test_online_list_matches_the_binary() -> None:
 @pytest.mark.timeout(SUBTEST_TIMEOUT + 60)
 @pytest.mark.parametrize("name,excluded", ONLINE_SUBTESTS, ids=[name for name, _ in ONLINE_SUBTESTS])
 def test_online_subtest(name: str, excluded: str | None) -> None:
-    _run_subtest("xe_eudebug_online", [], name, excluded)
+    _run_subtest("xe_eudebug_online", RUN_OPTIONS.get(name, []), name, excluded)
 
 
 ALLOCATOR_KEY = "/tmp/igt.allocator.key"     # IGT's ftok() file for its allocator's SysV queue

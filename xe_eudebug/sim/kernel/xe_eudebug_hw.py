@@ -66,44 +66,47 @@ class XeEudebugHwMixin:
     xe_exec: Any
 
     def _eudebug_hw_init(self) -> None:
-        self._gts: dict[int, EuArray] = {}
+        self._gts: dict[tuple[int, int], EuArray] = {}          # (device, GT)
         self._scan_cv = threading.Condition(self._lock)
         self._scan_thread: threading.Thread | None = None
         self._scan_flush = False
-        self._scan_seen: dict[int, tuple[bytes, float]] = {}   # device: (bitmap, since)
+        self._scan_seen: dict[tuple[int, int], tuple[bytes, float]] = {}   # (device, GT): (bitmap, since)
         self.attention_scans = 0                  # scans run (diagnostics)
 
     # -- hardware ----------------------------------------------------------------------------------
-    def _gt(self, dev: Device) -> EuArray:
-        """The EU array of the device's GT, TD_CTL programmed for its `enable_eudebug`."""
-        gt = self._gts.get(dev.index)
+    def _gt(self, dev: Device, gt_id: int = 0) -> EuArray:
+        """The EU array of GT `gt_id` of the device (each tile's GT has its own), TD_CTL
+        programmed for its `enable_eudebug`."""
+        gt = self._gts.get((dev.index, gt_id))
         if gt is None:
-            gt = self._gts[dev.index] = EuArray(topology())
+            gt = self._gts[(dev.index, gt_id)] = EuArray(topology())
             gt.write_td_ctl(TD_CTL_EUDEBUG if dev.enabled else 0)
         return gt
 
     def _eudebug_hw_enable(self, dev: Device, enable: bool) -> None:
         """xe_eudebug_reinit_hw_engine for every render/compute engine (kernel lock held)."""
-        gt = self._gt(dev)
-        gt.write_td_ctl(gt.td_ctl | TD_CTL_EUDEBUG if enable else gt.td_ctl & ~TD_CTL_EUDEBUG)
+        for gt_id in range(dev.gt_count):
+            gt = self._gt(dev, gt_id)
+            gt.write_td_ctl(gt.td_ctl | TD_CTL_EUDEBUG if enable else gt.td_ctl & ~TD_CTL_EUDEBUG)
         if enable:
             self._attention_scan_start()
 
-    def _runalone(self, dev: Device) -> tuple[ExecQueue, int] | None:
+    def _runalone(self, dev: Device, gt_id: int = 0) -> tuple[ExecQueue, int] | None:
         """The run-alone queue with a job on the GT and the index of its running LRC (kernel
         lock held).  Only debuggable queues run alone."""
         for s in self.xe_exec.running():
             q = s.q
-            if (q.file.device is dev and q.debuggable and q.alive
+            if (q.file.device is dev and int(getattr(q, "gt_id", 0)) == gt_id
+                    and q.debuggable and q.alive
                     and q.engine_class in (CLASS_RENDER, CLASS_COMPUTE)):
                 return q, 0                       # the queue's jobs run on its first LRC
         return None
 
-    def _gt_reset(self, dev: Device, why: str) -> None:
+    def _gt_reset(self, dev: Device, why: str, gt_id: int = 0) -> None:
         """xe_gt_reset_async: every job running on the GT stops; its queue is banned (-EIO)."""
-        log.info("device %d: GT reset (%s)", dev.index, why)
+        log.info("device %d GT %d: reset (%s)", dev.index, gt_id, why)
         for s in self.xe_exec.running():
-            if s.q.file.device is dev:
+            if s.q.file.device is dev and int(getattr(s.q, "gt_id", 0)) == gt_id:
                 s.reset = True
 
     # -- the attention scan ------------------------------------------------------------------------
@@ -125,7 +128,8 @@ class XeEudebugHwMixin:
                 self._scan_flush = False
                 devices = [d for d in self.devices if d.enabled]
             for dev in devices:
-                self._attention_scan_device(dev)
+                for gt_id in range(dev.gt_count):
+                    self._attention_scan_device(dev, gt_id)
             with self._lock:
                 self.attention_scans += 1
                 connected = any(d.conns for d in self.devices)
@@ -137,17 +141,17 @@ class XeEudebugHwMixin:
                         break
                     self._scan_cv.wait(left)
 
-    def _attention_scan_device(self, dev: Device) -> None:
-        gt = self._gt(dev)
+    def _attention_scan_device(self, dev: Device, gt_id: int = 0) -> None:
+        gt = self._gt(dev, gt_id)
         with gt.quiescent(), self._lock:
             if dev.index in getattr(self, "_pf_busy", ()):
                 return                            # a page fault is handled: scan held off
             bits = gt.attention()
             now = time.monotonic()
-            seen, since = self._scan_seen.get(dev.index, (b"", now))
+            seen, since = self._scan_seen.get((dev.index, gt_id), (b"", now))
             if bits != seen:
                 since = now
-            self._scan_seen[dev.index] = (bits, since)
+            self._scan_seen[(dev.index, gt_id)] = (bits, since)
             if not dev.enabled or not any(bits):
                 return
             # Hardware threads reach their halt within microseconds of each other; interpreted
@@ -156,15 +160,15 @@ class XeEudebugHwMixin:
             if gt.runnable() and now - since < ATTENTION_SETTLE_S:
                 return
             self._send_queued_pagefaults(dev, gt)  # xe_gt_pagefault.py
-            err = self._send_gt_attention(dev, gt)
+            err = self._send_gt_attention(dev, gt, gt_id)
             if err:
-                self._gt_reset(dev, f"unattributed EU attention ({-err})")
+                self._gt_reset(dev, f"unattributed EU attention ({-err})", gt_id)
 
-    def _send_gt_attention(self, dev: Device, gt: EuArray) -> int:
+    def _send_gt_attention(self, dev: Device, gt: EuArray, gt_id: int = 0) -> int:
         """xe_send_gt_attention: 0 when sent or deferred, else -errno (kernel lock held)."""
         if not dev.conns:
             return -E.ENOTCONN
-        active = self._runalone(dev)
+        active = self._runalone(dev, gt_id)
         if active is None:
             return -E.ENOENT
         q, lrc_idx = active
@@ -192,9 +196,9 @@ class XeEudebugHwMixin:
                         bits: bytes) -> bytes:
         """One EU_CONTROL command on the queue's GT, with the gate and the kernel lock held;
         returns the bitmap to copy back (effective size)."""
-        dev = q.file.device
-        gt = self._gt(dev)
-        active = self._runalone(dev)
+        dev, gt_id = q.file.device, int(getattr(q, "gt_id", 0))
+        gt = self._gt(dev, gt_id)
+        active = self._runalone(dev, gt_id)
         if cmd == EU_CONTROL_INTERRUPT_ALL:
             if bits:
                 raise _fail(E.EINVAL, "EU_CONTROL: INTERRUPT_ALL with a bitmask")

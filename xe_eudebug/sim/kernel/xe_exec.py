@@ -124,12 +124,11 @@ class QueueSched:
         self.thread: threading.Thread | None = None
         self.banned = False
         self.killed = False
-        self.reset = False                  # a GT reset stops the running job (gt_reset)
         self.last_fence: DmaFence = signaled_stub()
         self.contexts = [Context() for _ in range(q.width)]
         self.seqno = 0
         self.running = False          # a job of the queue is on its engine
-        self.reset = False            # a GT reset stops the running job (xe_eudebug_hw.py)
+        self.reset = False            # a GT reset stops the submitted job (gt_reset, xe_eudebug_hw.py)
 
 
 class XeExec:
@@ -272,12 +271,37 @@ class XeExec:
         key = (q.file.index, int(getattr(q, "gt_id", 0))) + engine     # each GT has its own engines
         cs = self._engines.get(key)
         if cs is None:
-            cs = self._engines[key] = CommandStreamer(EngineInfo(*engine), self.kernel._gt(q.file.device))
+            eus = self.kernel._gt(q.file.device, key[1])
+            cs = self._engines[key] = CommandStreamer(EngineInfo(*engine), eus)
         return cs
 
     def running(self) -> list[QueueSched]:
         """The queues with a job on their engine (kernel lock held)."""
         return [s for s in self._sched.values() if s.running]
+
+    @staticmethod
+    def _gt_key(q: Any) -> tuple[int, int] | None:
+        """(device, GT) of a queue whose jobs run on the GT's EUs (render, compute), else None."""
+        if q.engine_class not in (_uapi.DRM_XE_ENGINE_CLASS_RENDER, _uapi.DRM_XE_ENGINE_CLASS_COMPUTE):
+            return None
+        return q.file.index, int(getattr(q, "gt_id", 0))
+
+    def _eus_busy(self, s: QueueSched) -> bool:
+        """Run-alone (kernel lock held): a debuggable queue's job runs with no other job on its
+        GT's render and compute engines, and no job starts there while one runs."""
+        key = self._gt_key(s.q)
+        if key is None:
+            return False
+        others = [o for o in self._sched.values()
+                  if o is not s and o.running and self._gt_key(o.q) == key]
+        return bool(others) and (s.q.debuggable or any(o.q.debuggable for o in others))
+
+    def _wait_for_eus(self, s: QueueSched) -> bool:
+        """Wait (kernel lock held) until the job may start on the GT; False when the queue is
+        killed or a GT reset stops the job meanwhile (it was submitted: its queue is banned)."""
+        while self._eus_busy(s) and not (s.killed or s.reset):
+            self.kernel._fence_cv.wait(0.1)
+        return not (s.killed or s.reset)
 
     def _run_queue(self, s: QueueSched) -> None:
         lock, cv = self._lock, self.kernel._fence_cv
@@ -294,6 +318,14 @@ class XeExec:
                 job = s.jobs[0]
                 if not wait_fences(lock, cv, job.deps, lambda: not s.killed):
                     continue
+                s.reset = False                      # a reset stops the jobs submitted when it comes
+                if not self._wait_for_eus(s):
+                    result = JobResult("stopped", reason="GT reset" if s.reset else "killed")
+                else:
+                    engine = self._engine(q)         # the device's EU array is made under the lock
+                    s.running = True
+                    self.kernel._attention_scan_start()
+                    result = None
             timeout = self._job_timeout(q)
             start = time.monotonic()
 
@@ -306,17 +338,15 @@ class XeExec:
                     return f"job timeout ({timeout * 1000:.0f} ms)"
                 return None
 
-            with lock:
-                engine = self._engine(q)             # the device's EU array is made under the lock
-                s.running, s.reset = True, False     # a reset stops the job it was asked for
-                self.kernel._attention_scan_start()
-            try:
-                pagefault = ((lambda pf: self.kernel._pagefault_submit(q, pf))
-                             if q.vm.fault else None)
-                result = engine.run(job.ring, VmView(lock, q.vm, pagefault), s.contexts[0], stop)
-            finally:
-                with lock:
-                    s.running = False
+            if result is None:
+                try:
+                    pagefault = ((lambda pf: self.kernel._pagefault_submit(q, pf))
+                                 if q.vm.fault else None)
+                    result = engine.run(job.ring, VmView(lock, q.vm, pagefault), s.contexts[0], stop)
+                finally:
+                    with lock:
+                        s.running = False
+                        self.kernel._fences_written()    # the GT's EUs may be free for a waiter
             with lock:
                 if s.jobs and s.jobs[0] is job:
                     s.jobs.popleft()
