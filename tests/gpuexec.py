@@ -126,6 +126,7 @@ class GpuClient:
         arg = U.drm_xe_vm_bind(vm_id=vm, num_binds=1, num_syncs=len(all_syncs), syncs=ctypes.addressof(arr))
         arg.bind.op = op
         arg.bind.obj = bo
+        arg.bind.pat_index = 2                   # Xe2's write-back, coherent index
         arg.bind.flags = flags
         if userptr:
             arg.bind.userptr = userptr

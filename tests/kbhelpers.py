@@ -389,6 +389,7 @@ class Actions:
             b.addr = o.get("addr", 0)
             b.range = o.get("range", 0)
             b.flags = o.get("flags", 0)
+            b.pat_index = o.get("pat", 2)     # Xe2's write-back, coherent index
             b.prefetch_mem_region_instance = o.get("region", 0)
             b.extensions = self._ext_chain(o.get("ext", []))
         arg = U.drm_xe_vm_bind(vm_id=vm, num_binds=n)

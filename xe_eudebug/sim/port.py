@@ -68,7 +68,10 @@ OP_CLONE = 12        #                                           -> a new contro
 OP_INFO = 13         #                                           -> payload JSON
 OP_FILE_INFO = 14    # fd                                        -> a = device index, c = kind
 OP_DEVICE_ENABLED = 15  # no fd; a = device index, b = 1 to set, c = value -> a = value before
-MAX_OP = OP_DEVICE_ENABLED
+OP_SYSFS = 16        # no fd; a = device index, b = 1 to write; payload = path below the device's
+                     # sysfs directory, then a NUL and the data written -> payload = contents read,
+                     # or a = count written
+MAX_OP = OP_SYSFS
 
 IOCTL_ARG_UNREADABLE = 1
 
@@ -1034,6 +1037,17 @@ def device_enabled(index: int, value: bool | None = None, socket_path: str | Non
         OP_DEVICE_ENABLED, a=to_u64(index), b=0 if value is None else 1, c=1 if value else 0)
     _close_fds(fds)
     return bool(a)
+
+
+def sysfs(index: int, path: str, data: bytes | None = None, socket_path: str | None = None) -> bytes | int:
+    """Device `index`'s sysfs attribute `path` (relative to its PCI directory, for example
+    ``tile0/gt0/engines/ccs/job_timeout_ms``): its contents, or, with `data`, the count written.
+    OSError(ENOENT) when the simulator does not serve that attribute."""
+    body = path.encode() + (b"\0" + bytes(data) if data is not None else b"")
+    _f, a, _c, payload, fds = connect(socket_path).call(
+        OP_SYSFS, a=to_u64(index), b=0 if data is None else 1, payload=body)
+    _close_fds(fds)
+    return payload if data is None else int(a)
 
 
 def reopen(fd: int) -> int:

@@ -28,6 +28,15 @@ class Bo:
         self.mmap_offset = 0
         self.handle_open = True
         self.refs = 0                              # VMAs backed by it
+        self.cpu_caching = CPU_CACHING_WB
+        self.placement = 1                         # GEM_CREATE's placement mask
+        self.region = 0                            # memory region it lives in (0: system memory)
+        self.needs_visible = False                 # NEEDS_VISIBLE_VRAM: in CPU-visible VRAM
+
+    @property
+    def vram(self) -> bool:
+        """Placed with a VRAM bit (XE_BO_FLAG_VRAM_MASK), wherever it lives now."""
+        return bool(self.placement & ~1)
 
 
 class XeBoMixin:
@@ -45,6 +54,8 @@ class XeBoMixin:
 
     def _bo_put(self, bo: Bo) -> None:
         if not bo.handle_open and bo.refs == 0 and bo.memfd >= 0:
+            used = bo.file.device.region_used
+            used[bo.region] = max(0, used[bo.region] - bo.size)
             # Closed a little later: an mmap served concurrently may still be sending it.
             self._dead_fds.append((time.monotonic(), bo.memfd))
             bo.memfd = -1
@@ -58,18 +69,22 @@ class XeBoMixin:
             raise _fail(E.EINVAL, "GEM_CREATE: extensions are not modelled")
         if any(pad) or r0 or r1:
             raise _fail(E.EINVAL, "GEM_CREATE: pad/reserved")
-        if not placement or placement & ~1:
-            raise _fail(E.EINVAL, "GEM_CREATE: placement (system memory only)")
+        dev = file.device
+        if not placement or placement & ~dev.mem_region_mask:
+            raise _fail(E.EINVAL, f"GEM_CREATE: placement {placement:#x} (regions {dev.mem_region_mask:#x})")
         if flags & ~GEM_FLAGS:
             raise _fail(E.EINVAL, "GEM_CREATE: flags")
         if handle:
             raise _fail(E.EINVAL, "GEM_CREATE: handle must be 0")
         if not size or size & (PAGE - 1):
             raise _fail(E.EINVAL, "GEM_CREATE: size")
-        if flags & GEM_CREATE_FLAG_NEEDS_VISIBLE_VRAM:
-            raise _fail(E.EINVAL, "GEM_CREATE: NEEDS_VISIBLE_VRAM without VRAM")
+        vram = bool(placement & ~1)
+        if flags & GEM_CREATE_FLAG_NEEDS_VISIBLE_VRAM and not vram:
+            raise _fail(E.EINVAL, "GEM_CREATE: NEEDS_VISIBLE_VRAM without a VRAM placement")
         if not caching or caching > CPU_CACHING_WC:
             raise _fail(E.EINVAL, "GEM_CREATE: cpu_caching")
+        if vram and caching == CPU_CACHING_WB:
+            raise _fail(E.EINVAL, "GEM_CREATE: VRAM placement with WB caching")
         if flags & GEM_CREATE_FLAG_SCANOUT and caching == CPU_CACHING_WB:
             raise _fail(E.EINVAL, "GEM_CREATE: scanout with WB caching")
         with self._lock:
@@ -78,8 +93,16 @@ class XeBoMixin:
                 vm = file.vms.get(vm_id)
                 if vm is None:
                     raise _fail(E.ENOENT, "GEM_CREATE: vm_id")
-            if size > _phys_mem():
-                raise _fail(E.ENOMEM, "GEM_CREATE: larger than system memory")
+            # VRAM first (the tiles' regions in order), system memory as the fallback
+            region = -1
+            for inst in range(1, len(dev.region_used)):
+                if placement >> inst & 1 and dev.region_used[inst] + size <= dev.vram_size:
+                    region = inst
+                    break
+            if region < 0 and placement & 1 and size <= _phys_mem():
+                region = 0
+            if region < 0:
+                raise _fail(E.ENOMEM, f"GEM_CREATE: {size} bytes do not fit in placement {placement:#x}")
             try:
                 memfd = os.memfd_create(f"xe-bo-{file.index}", os.MFD_CLOEXEC)
             except OSError as exc:
@@ -90,7 +113,10 @@ class XeBoMixin:
                 os.close(memfd)
                 raise _fail(E.ENOMEM, "GEM_CREATE") from None
             h = _lowest_free(file.bos)
-            file.bos[h] = Bo(file, size, memfd, vm)
+            bo = file.bos[h] = Bo(file, size, memfd, vm)
+            bo.cpu_caching, bo.placement, bo.region = caching, placement, region
+            bo.needs_visible = bool(flags & GEM_CREATE_FLAG_NEEDS_VISIBLE_VRAM)
+            dev.region_used[region] += size
             struct.pack_into("<I", k, 28, h)
             self._reap_fds()
         return 0

@@ -36,6 +36,7 @@ from .xe_eudebug_vm import VmFile, XeEudebugVmMixin
 from .xe_exec_queue import XeExecQueueMixin
 from .xe_eudebug_hw import XeEudebugHwMixin
 from .xe_query import XeQueryMixin
+from .xe_sysfs import XeSysfsMixin
 from .xe_vm import XeVmMixin
 from .xe_wait_user_fence import XeWaitUserFenceMixin
 
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
 
 class Kernel(XeBoMixin, XeQueryMixin, XeVmMixin, XeWaitUserFenceMixin,
              XeExecQueueMixin, XeDebugMetadataMixin, XeEudebugMixin, XeEudebugVmMixin,
-             XeEudebugHwMixin):
+             XeEudebugHwMixin, XeSysfsMixin):
     """The simulated Xe driver (see module docstring).  `config`: a SimConfig or any object with
     devices, read_event_timeout, fifo_timeout, fifo_retry, enable_default (and fifo_capacity)."""
 
@@ -68,7 +69,7 @@ class Kernel(XeBoMixin, XeQueryMixin, XeVmMixin, XeWaitUserFenceMixin,
         self._pending_fence_writes: dict[procmem.Task, list[tuple[int, bytes]]] = {}
         self._dead_fds: deque[tuple[float, int]] = deque()
         enabled = bool(_cfg(self.config, "enable_default"))
-        self.devices = [Device(i, enabled) for i in range(int(_cfg(self.config, "devices")))]
+        self.devices = [Device(i, enabled, self.config) for i in range(int(_cfg(self.config, "devices")))]
         self.on_poll_change: Callable[[File], None] = lambda file: None
         self._drm_table: dict[int, tuple[int, Callable[..., Any]]] = {
             0x00: (DRM_IOCTL_VERSION, self._version),

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol
 
 from ... import uapi as _uapi
 from .. import procmem
+from ..config import DISCRETE_DEVICE_ID
 
 if TYPE_CHECKING:
     from .xe_bo import Bo
@@ -112,6 +113,10 @@ CPU_CACHING_WB = _uapi.DRM_XE_GEM_CPU_CACHING_WB
 CPU_CACHING_WC = _uapi.DRM_XE_GEM_CPU_CACHING_WC
 MMAP_OFFSET_FLAG_PCI_BARRIER = _uapi.DRM_XE_MMAP_OFFSET_FLAG_PCI_BARRIER
 PCI_BARRIER_MMAP_OFFSET = 0x50 << 12
+QUERY_CONFIG_FLAG_HAS_VRAM = _uapi.DRM_XE_QUERY_CONFIG_FLAG_HAS_VRAM
+MEM_CLASS_SYSMEM = _uapi.DRM_XE_MEM_REGION_CLASS_SYSMEM
+MEM_CLASS_VRAM = _uapi.DRM_XE_MEM_REGION_CLASS_VRAM
+GT_TYPE_MAIN = _uapi.DRM_XE_QUERY_GT_TYPE_MAIN
 QUERY_ENGINES = _uapi.DRM_XE_DEVICE_QUERY_ENGINES
 QUERY_MEM_REGIONS = _uapi.DRM_XE_DEVICE_QUERY_MEM_REGIONS
 QUERY_CONFIG = _uapi.DRM_XE_DEVICE_QUERY_CONFIG
@@ -148,6 +153,18 @@ DSS_MASK_BYTES = 16                    # sizeof(xe_dss_mask_t): 96 fuse bits in 
 EU_MASK_BYTES = 8                      # sizeof(xe_eu_mask_t): 32 fuse bits in an unsigned long
 ENGINES = ((CLASS_RENDER, 0), (CLASS_COPY, 0), (CLASS_COMPUTE, 0), (CLASS_COMPUTE, 1))
 MMAP_OFFSET_START = 0x100000 << 12     # DRM_FILE_PAGE_OFFSET_START
+# Graphics IP (major, minor, rev) from GMD_ID: Lunar Lake's Xe2_LPG 20.04, Battlemage's Xe2_HPG 20.01
+GRAPHICS_IP_INTEGRATED = (20, 4, 0)
+GRAPHICS_IP_DISCRETE = (20, 1, 0)
+# Xe2's PAT table (xe_pat.c): coherency of each index; 0 = a reserved entry the table omits (the
+# kernel's "hw reserved": EINVAL), 1 = XE_COH_NONE, 2 = XE_COH_AT_LEAST_1WAY.  Graphics 20.01
+# (Battlemage) uses only the first 28 entries (Wa_16023588340: CLOS3 disabled).
+PAT_COH_RESERVED, PAT_COH_NONE, PAT_COH_1WAY = 0, 1, 2
+XE2_PAT_COH = (1, 2, 2, 1, 2, 2, 1, 2, 1, 1, 1, 1, 1, 1, 1, 1,
+               0, 0, 0, 0, 1, 1, 2, 2, 1, 1, 2, 2, 1, 1, 2, 2)
+PAT_ENTRIES_20_01 = 28
+CAP_SYS_ADMIN = 21
+CAP_PERFMON = 38
 DRIVER_NAME, DRIVER_DATE, DRIVER_DESC = b"xe", b"20201103", b"Intel Xe2 Graphics"
 DRIVER_VERSION = (1, 1, 0)
 
@@ -220,6 +237,9 @@ class _DefaultConfig:
     enable_default = False
     job_timeout_ms = 5000                  # a job of a non-LR exec queue (xe_hw_engine.c default)
     device_id = DEVICE_ID
+    discrete = False                       # integrated (Lunar Lake): system memory only
+    tiles = 1
+    vram_size = 12 << 30                   # per tile, when discrete
     # Appendix A fidelity switches: reproduce kernel quirks the simulator avoids by default.
     fidelity_lrc_truncation = False        # EXEC_QUEUE copies only `width` bytes of lrc_handle[]
     fidelity_nonlr_discovery_abort = False  # a non-LR VM with mappings stops discovery (ENOENT)
@@ -243,9 +263,18 @@ class File:
 
 
 class Device:
-    def __init__(self, index: int, enabled: bool) -> None:
+    def __init__(self, index: int, enabled: bool, config: Any = None) -> None:
         self.index = index
         self.enabled = enabled
+        self.discrete = bool(_cfg(config, "discrete"))
+        # the configured PCI id, else the shape's own (Lunar Lake or Battlemage)
+        self.device_id = int(getattr(config, "device_id", 0) or (DISCRETE_DEVICE_ID if self.discrete else DEVICE_ID))
+        self.tiles = int(_cfg(config, "tiles"))
+        self.vram_size = int(_cfg(config, "vram_size")) if self.discrete else 0
+        # bytes held per memory region (instance 0: system memory, n: VRAM of tile n-1)
+        self.region_used = [0] * (1 + (self.tiles if self.discrete else 0))
+        # engine-class scheduling properties per GT (sysfs tileN/gtN/engines/<class>/)
+        self.sched_props: dict[tuple[int, int], dict[str, int]] = {}
         self.files: list[DeviceFile] = []          # DRM files in open order
         self.conns: list[Connection] = []          # attached connections
         self.attach_count = 0
@@ -253,6 +282,29 @@ class Device:
         self.writer = False
         self.writers_waiting = 0
         self.next_mmap_offset = MMAP_OFFSET_START
+
+    # -- shape ------------------------------------------------------------------------------------
+    @property
+    def gt_count(self) -> int:
+        """Main GTs: one per tile, GT n on tile n (no media GT is modelled)."""
+        return self.tiles
+
+    @property
+    def mem_region_mask(self) -> int:
+        """The placements GEM_CREATE accepts: bit 0 system memory, bit n+1 VRAM of tile n."""
+        return (1 << len(self.region_used)) - 1
+
+    def vram_region(self, tile: int) -> int:
+        """Region instance of tile `tile`'s VRAM (its bit in placement masks), or 0 (none)."""
+        return tile + 1 if self.discrete else 0
+
+    @property
+    def graphics_ip(self) -> tuple[int, int, int]:
+        return GRAPHICS_IP_DISCRETE if self.discrete else GRAPHICS_IP_INTEGRATED
+
+    @property
+    def pat_entries(self) -> int:
+        return PAT_ENTRIES_20_01 if self.graphics_ip[:2] == (20, 1) else PAT_ENTRIES
 
 
 class DeviceFile(File):

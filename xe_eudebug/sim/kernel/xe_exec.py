@@ -137,7 +137,7 @@ class XeExec:
         self.kernel = kernel
         self._lock = kernel._lock
         self._sched: dict[int, QueueSched] = {}
-        self._engines: dict[tuple[int, int], CommandStreamer] = {}
+        self._engines: dict[tuple[int, ...], CommandStreamer] = {}
 
     # -- state queries ----------------------------------------------------------------------------
     def sched(self, q: Any) -> QueueSched:
@@ -154,7 +154,8 @@ class XeExec:
     def _job_timeout(self, q: Any) -> float | None:
         if q.vm.lr:
             return None                     # LR queues: no job timeout (MAX_SCHEDULE_TIMEOUT)
-        ms = getattr(self.kernel.config, "job_timeout_ms", DEFAULT_JOB_TIMEOUT_MS)
+        ms = getattr(q, "job_timeout_ms", None) or getattr(self.kernel.config, "job_timeout_ms",
+                                                          DEFAULT_JOB_TIMEOUT_MS)
         return max(0.0, float(ms)) / 1000.0
 
     # -- the ioctl -------------------------------------------------------------------------------------
@@ -250,12 +251,11 @@ class XeExec:
 
     # -- the queue's runner ----------------------------------------------------------------------------
     def _engine(self, q: Any) -> CommandStreamer:
-        dev = q.file.device
-        key = (q.engine_class, int(getattr(q, "engine_instance", 0)))
-        cs = self._engines.get((dev.index, *key))
+        engine = (q.engine_class, int(getattr(q, "engine_instance", 0)))
+        key = (q.file.index, int(getattr(q, "gt_id", 0))) + engine     # each GT has its own engines
+        cs = self._engines.get(key)
         if cs is None:
-            cs = self._engines[(dev.index, *key)] = CommandStreamer(EngineInfo(*key),
-                                                                    self.kernel._gt(dev))
+            cs = self._engines[key] = CommandStreamer(EngineInfo(*engine), self.kernel._gt(q.file.device))
         return cs
 
     def running(self) -> list[QueueSched]:

@@ -50,8 +50,9 @@ class XeExecQueueMixin:
             raise _fail(E.EINVAL, "EXEC_QUEUE_CREATE: width * num_placements")
         raw = caller.read(inst_ptr, n * 8)
         eci = [struct.unpack_from("<HHHH", raw, i * 8) for i in range(n)]
-        if eci[0][2] != 0:
-            raise _fail(E.EINVAL, "EXEC_QUEUE_CREATE: gt_id")
+        gt_id = eci[0][2]
+        if gt_id >= file.device.gt_count:
+            raise _fail(E.EINVAL, f"EXEC_QUEUE_CREATE: gt_id {gt_id} (the device has {file.device.gt_count} GTs)")
         cls = eci[0][0]
         if cls == CLASS_VM_BIND:
             if width != 1 or num_pl != 1 or eci[0][1] != 0:
@@ -59,7 +60,7 @@ class XeExecQueueMixin:
         else:
             # placements x width: every instance exists, one class, parallel instances consecutive
             for c, inst, gt, _pad in eci:
-                if c != cls or gt != 0 or (c, inst) not in ENGINES:
+                if c != cls or gt != gt_id or (c, inst) not in ENGINES:
                     raise _fail(E.EINVAL, "EXEC_QUEUE_CREATE: engine instance")
             for p in range(num_pl):
                 insts = [eci[w * num_pl + p][1] for w in range(width)]
@@ -105,6 +106,9 @@ class XeExecQueueMixin:
             qid = _lowest_free(file.queues)
             q = ExecQueue(file, qid, vm, cls, width, debuggable)
             q.engine_instance = eci[0][1]          # type: ignore[attr-defined]
+            q.gt_id = gt_id                        # type: ignore[attr-defined]
+            # the engine class's job timeout on that GT when the queue is created (sysfs)
+            q.job_timeout_ms = self._sched_prop(dev, gt_id, cls, "job_timeout_ms")  # type: ignore[attr-defined]
             file.queues[qid] = q
             if vm.lr and not vm.fault and cls != CLASS_VM_BIND:
                 vm.preempt_queues += 1

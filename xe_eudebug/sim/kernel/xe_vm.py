@@ -14,7 +14,8 @@ from .xe_device_types import (
     BIND_FLAG_NULL, BIND_SUPPORTED_FLAGS, CLASS_VM_BIND, EV_VM_BIND, EV_VM_BIND_OP,
     EV_VM_BIND_OP_METADATA, EV_VM_BIND_UFENCE, F_CREATE, F_DESTROY, F_NEED_ACK, F_STATE_CHANGE,
     KernelError, MAX_VECTOR_BYTES, OP_MAP, OP_MAP_USERPTR, OP_PREFETCH, OP_UNMAP, OP_UNMAP_ALL,
-    PAGE, PAT_ENTRIES, SYNC_FLAG_SIGNAL, SYNC_SYNCOBJ, SYNC_TIMELINE_SYNCOBJ, SYNC_USER_FENCE,
+    PAGE, PAT_COH_NONE, PAT_COH_RESERVED, XE2_PAT_COH, CPU_CACHING_WB, SYNC_FLAG_SIGNAL,
+    SYNC_SYNCOBJ, SYNC_TIMELINE_SYNCOBJ, SYNC_USER_FENCE,
     VM_BIND_FLAG_UFENCE, VM_CREATE_FAULT_MODE, VM_CREATE_LR_MODE, VM_CREATE_SCRATCH_PAGE,
     VM_SIZE, _access_ok, _check_base, _fail, _lowest_free, _read_chain,
 )
@@ -163,16 +164,23 @@ class XeVmMixin:
                         sync_fault: int) -> tuple[int, bytes] | None:
         # per-op argument checks (vm_bind_ioctl_check_args)
         attach_lists: list[list[tuple[int, int]]] = []
+        pat_entries = file.device.pat_entries
         for obj, pat, obj_offset, rng, addr, op, flags, region, (exts, chain_err) in ops:
             is_null = bool(flags & BIND_FLAG_NULL)
-            if pat >= PAT_ENTRIES:
-                raise _fail(E.EINVAL, "VM_BIND: pat_index")
+            if pat >= pat_entries:
+                raise _fail(E.EINVAL, f"VM_BIND: pat_index {pat} (the device has {pat_entries})")
+            coh = XE2_PAT_COH[pat]
+            if coh == PAT_COH_RESERVED:
+                raise _fail(E.EINVAL, f"VM_BIND: pat_index {pat} is a reserved entry")
+            if op == OP_MAP_USERPTR and coh == PAT_COH_NONE:
+                raise _fail(E.EINVAL, f"VM_BIND: userptr with non-coherent pat_index {pat}")
             if (op > OP_PREFETCH or flags & ~BIND_SUPPORTED_FLAGS or (obj and is_null)
                     or (obj_offset and is_null) or (op != OP_MAP and is_null)
                     or (not obj and op == OP_MAP and not is_null) or (not obj and op == OP_UNMAP_ALL)
                     or (addr and op == OP_UNMAP_ALL) or (rng and op == OP_UNMAP_ALL)
                     or (obj and op == OP_MAP_USERPTR) or (obj and op == OP_PREFETCH)
-                    or (region and op != OP_PREFETCH) or region != 0 or (obj and op == OP_UNMAP)):
+                    or (region and op != OP_PREFETCH) or (obj and op == OP_UNMAP)
+                    or (op == OP_PREFETCH and not (1 << region) & file.device.mem_region_mask)):
                 raise _fail(E.EINVAL, "VM_BIND: op/flags/obj combination")
             if obj_offset & (PAGE - 1) or addr & (PAGE - 1) or rng & (PAGE - 1) or (not rng and op != OP_UNMAP_ALL):
                 raise _fail(E.EINVAL, "VM_BIND: alignment/range")
@@ -213,6 +221,8 @@ class XeVmMixin:
                     raise _fail(E.EINVAL, "VM_BIND: range beyond the BO")
                 if bo.vm is not None and bo.vm is not vm:
                     raise _fail(E.EINVAL, "VM_BIND: BO private to another VM")
+                if XE2_PAT_COH[_pat] == PAT_COH_NONE and bo.cpu_caching == CPU_CACHING_WB:
+                    raise _fail(E.EINVAL, f"VM_BIND: WB-cached BO with non-coherent pat_index {_pat}")
             bos.append(bo)
         # bind start: the VM_BIND seqno is drawn now (before the syncs are parsed)
         conn = self._conn_for(file) if vm.lr else None
