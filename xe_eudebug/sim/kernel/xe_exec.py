@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import errno as E
 import logging
+import mmap
 import os
 import struct
 import threading
@@ -43,7 +44,8 @@ __all__ = ["XeExec", "VmView", "DEFAULT_JOB_TIMEOUT_MS"]
 DEFAULT_JOB_TIMEOUT_MS = 5000
 CLASS_VM_BIND = _uapi.DRM_XE_ENGINE_CLASS_VM_BIND
 VM_CREATE_SCRATCH_PAGE = _uapi.DRM_XE_VM_CREATE_FLAG_SCRATCH_PAGE
-MAX_SYNC_BYTES = 64 << 20             # a larger sync array: kcalloc fails, ENOMEM
+MAX_SYNC_BYTES = 64 << 20
+FAST_MAPPINGS = 4                     # BO mappings an engine's VM view reaches without the lock             # a larger sync array: kcalloc fails, ENOMEM
 
 
 def _fail(errno: int, what: str) -> Exception:
@@ -58,8 +60,42 @@ class VmView:
     def __init__(self, lock: Any, vm: Any) -> None:
         self._lock = lock
         self.vm = vm
+        self._hits: list[Any] = []                  # the BO mappings accessed last ...
+        self._maps: dict[Any, mmap.mmap] = {}       # ... and their BOs' memory, mapped once
+
+    def _mapped(self, va: int, size: int) -> tuple[mmap.mmap, int] | None:
+        """The fast path of an access inside a BO mapping accessed lately: its BO's memory
+        mapped in this process and the offset of `va`, or None.  A mapping still in the VM's
+        list is still bound (the driver replaces a VMA, it never changes one); an unbind racing
+        with the access is the race a GPU's TLB has too."""
+        for v in self._hits:
+            if v.start <= va and va + size <= v.end:
+                if self.vm.alive and v in self.vm.vmas:
+                    return self._maps[v.bo], v.offset + (va - v.start)
+                self._hits.remove(v)
+                return None
+        return None
+
+    def _remember(self, vma: Any) -> None:
+        """Map `vma`'s BO for the fast path (kernel lock held, the BO's memfd open)."""
+        bo = vma.bo
+        if bo not in self._maps:
+            try:
+                if os.fstat(bo.memfd).st_size < bo.size:     # past the end: SIGBUS, not a fault
+                    return
+                self._maps[bo] = mmap.mmap(bo.memfd, bo.size)
+            except (OSError, ValueError):
+                return
+        self._hits = [vma] + [v for v in self._hits if v is not vma][:FAST_MAPPINGS - 1]
 
     def _access(self, va: int, size: int, data: bytes | None) -> bytes:
+        hit = self._mapped(va, size)
+        if hit is not None:
+            mem, off = hit
+            if data is None:
+                return mem[off:off + size]
+            mem[off:off + size] = data
+            return b""
         out: list[bytes] = []
         done = 0
         with self._lock:
@@ -80,6 +116,8 @@ class VmView:
                 n = min(size - done, vma.end - pos)
                 off = vma.offset + (pos - vma.start)
                 try:
+                    if vma.kind == "bo" and n == size:
+                        self._remember(vma)
                     if vma.kind == "bo":
                         if data is None:
                             out.append(os.pread(vma.bo.memfd, n, off).ljust(n, b"\0"))
