@@ -295,24 +295,23 @@ class EuScheduler:
                 if not self.live and exhausted:
                     return
                 ran = False
-                with self.gt.round():
-                    for t in list(self.live):
-                        if t.paused or t.eu.state is Stop.HOST_WAIT:
-                            continue
+                for t in list(self.live):
+                    if t.paused or t.eu.state is Stop.HOST_WAIT:
+                        continue
+                    with self.gt.round():
                         before = t.eu.executed
                         stop = t.eu.run(SLICE)
                         self.instructions += t.eu.executed - before
-                        ran = True
-                        if stop is Stop.EOT:
-                            self.live.remove(t)
-                            self.gt.release(t)
-                        elif stop is Stop.FAULT:
-                            f = t.eu.fault
-                            assert f is not None
-                            raise ThreadFault(t, f.address, f.write)
-                        elif stop is Stop.ILLEGAL:
-                            raise ThreadError(f"EU thread {t.slot} (group {t.group}): "
-                                              f"{t.eu.error}")
+                    ran = True
+                    if stop is Stop.EOT:
+                        self.live.remove(t)
+                        self.gt.release(t)
+                    elif stop is Stop.FAULT:
+                        f = t.eu.fault
+                        assert f is not None
+                        raise ThreadFault(t, f.address, f.write)
+                    elif stop is Stop.ILLEGAL:
+                        raise ThreadError(f"EU thread {t.slot} (group {t.group}): {t.eu.error}")
                 check_stop()
                 if not ran:
                     time.sleep(IDLE_POLL_S)

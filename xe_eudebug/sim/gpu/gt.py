@@ -99,12 +99,11 @@ class EuArray:
         self._busy = False
         self._observers = 0
 
-    # -- rounds -----------------------------------------------------------------------------------------
-    # The dispatchers interleave threads a slice at a time ("a round" over their live threads).
-    # Hardware threads reach their halt within microseconds of each other; interpreted ones take
-    # a round.  So the driver reads or clears attention between rounds (`quiescent`), never in the
-    # middle of one, and a waiting reader goes before the next round.  Lock order: a round or a
-    # quiescent section first, then the driver's lock.
+    # -- slices ---------------------------------------------------------------------------------------
+    # The dispatchers interleave threads a slice at a time.  The driver reads or clears attention
+    # between slices (`quiescent`), never while a thread is half way through one, and a waiting
+    # reader goes before the next slice.  Lock order: a slice or a quiescent section first, then
+    # the driver's lock.
     @contextmanager
     def _hold(self, observer: bool) -> Iterator[None]:
         with self._gate:
@@ -125,7 +124,7 @@ class EuArray:
                 self._gate.notify_all()
 
     def round(self) -> AbstractContextManager[None]:
-        """One dispatcher round (every live thread of a walker runs a slice)."""
+        """One thread's slice on a dispatcher."""
         return self._hold(False)
 
     def quiescent(self) -> AbstractContextManager[None]:
@@ -189,6 +188,10 @@ class EuArray:
 
     def needs_attention(self) -> bool:
         return any(t.eu.state is Stop.HOST_WAIT for t in self.threads())
+
+    def runnable(self) -> bool:
+        """Some thread on the GT can still run (attention may still change)."""
+        return any(t.eu.state is None and not t.paused for t in self.threads())
 
     def clear_attention(self, bitmap: bytes) -> int:
         """TD_CLR: resume the halted threads whose bits are set (others are unaffected);

@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 ATTENTION_INTERVAL_S = 0.1            # XE_EUDEBUG_ATTENTION_INTERVAL (100 ms) ...
 ATTENTION_INTERVAL_IDLE_S = 1.0       # ... ten times slower without a connection
+ATTENTION_SETTLE_S = 1.0              # model: attention unchanged this long counts as settled
 THREADS_PER_EU = 8                    # Xe2 (IGT's default without a hwconfig table)
 _HEADER = ctypes.sizeof(_uapi.drm_xe_eudebug_event)
 
@@ -69,6 +70,7 @@ class XeEudebugHwMixin:
         self._scan_cv = threading.Condition(self._lock)
         self._scan_thread: threading.Thread | None = None
         self._scan_flush = False
+        self._scan_seen: dict[int, tuple[bytes, float]] = {}   # device: (bitmap, since)
         self.attention_scans = 0                  # scans run (tests and the trace read it)
 
     # -- hardware ----------------------------------------------------------------------------------
@@ -138,7 +140,18 @@ class XeEudebugHwMixin:
     def _attention_scan_device(self, dev: Device) -> None:
         gt = self._gt(dev)
         with gt.quiescent(), self._lock:
-            if not dev.enabled or not gt.needs_attention():
+            bits = gt.attention()
+            now = time.monotonic()
+            seen, since = self._scan_seen.get(dev.index, (b"", now))
+            if bits != seen:
+                since = now
+            self._scan_seen[dev.index] = (bits, since)
+            if not dev.enabled or not any(bits):
+                return
+            # Hardware threads reach their halt within microseconds of each other; interpreted
+            # ones one after the other.  The scan reports attention once it has settled: no
+            # thread on the GT can still run, or the bitmap stayed the same for a second.
+            if gt.runnable() and now - since < ATTENTION_SETTLE_S:
                 return
             err = self._send_gt_attention(dev, gt)
             if err:
