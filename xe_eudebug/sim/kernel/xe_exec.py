@@ -136,6 +136,9 @@ class VmView:
         return b"".join(out)
 
     def read(self, va: int, size: int) -> bytes:
+        hit = self._mapped(va, size)              # the fast path first: every instruction fetch
+        if hit is not None:
+            return hit[0][hit[1]:hit[1] + size]
         return self._access(va, size, None)
 
     def write(self, va: int, data: bytes) -> None:
