@@ -61,19 +61,22 @@ class VmView:
         self._lock = lock
         self.vm = vm
         self._hits: list[Any] = []                  # the BO mappings accessed last ...
-        self._maps: dict[Any, mmap.mmap] = {}       # ... and their BOs' memory, mapped once
+        self._maps: dict[Any, mmap.mmap] = {}       # ... their BOs' memory, mapped once ...
+        self._seen: Any = None                      # ... and the VM's mapping list they are in
 
     def _mapped(self, va: int, size: int) -> tuple[mmap.mmap, int] | None:
         """The fast path of an access inside a BO mapping accessed lately: its BO's memory
-        mapped in this process and the offset of `va`, or None.  A mapping still in the VM's
-        list is still bound (the driver replaces a VMA, it never changes one); an unbind racing
-        with the access is the race a GPU's TLB has too."""
+        mapped in this process and the offset of `va`, or None.  The driver adds a mapping to
+        the VM's list in place but removes one only by replacing the list (xe_vm.py
+        `_unmap_range`), so while the list is the one the mappings were found in they are all
+        still bound; an unbind racing with the access is the race a GPU's TLB has too."""
+        vm = self.vm
+        if vm.vmas is not self._seen or not vm.alive:
+            self._hits = []
+            return None
         for v in self._hits:
             if v.start <= va and va + size <= v.end:
-                if self.vm.alive and v in self.vm.vmas:
-                    return self._maps[v.bo], v.offset + (va - v.start)
-                self._hits.remove(v)
-                return None
+                return self._maps[v.bo], v.offset + (va - v.start)
         return None
 
     def _remember(self, vma: Any) -> None:
@@ -86,6 +89,8 @@ class VmView:
                 self._maps[bo] = mmap.mmap(bo.memfd, bo.size)
             except (OSError, ValueError):
                 return
+        if self.vm.vmas is not self._seen:
+            self._hits, self._seen = [], self.vm.vmas
         self._hits = [vma] + [v for v in self._hits if v is not vma][:FAST_MAPPINGS - 1]
 
     def _access(self, va: int, size: int, data: bytes | None) -> bytes:
