@@ -24,6 +24,7 @@ registers and decides what they mean.
 
 from __future__ import annotations
 
+import heapq
 import threading
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -93,6 +94,7 @@ class EuArray:
     def __init__(self, topology: Topology | None = None) -> None:
         self.topology = topology or Topology()
         self._slots: list[HwThread | None] = [None] * self.topology.slots
+        self._vacant = list(range(self.topology.slots))    # a heap: the lowest free slot first
         self._free = threading.Condition(threading.Lock())
         self.td_ctl = 0
         self._gate = threading.Condition(threading.Lock())
@@ -135,14 +137,12 @@ class EuArray:
     def try_place(self, thread: "HwThread") -> bool:
         """Put a dispatched thread on the lowest free slot; False when every slot is taken."""
         with self._free:
-            for slot, occupant in enumerate(self._slots):
-                if occupant is None:
-                    self._slots[slot] = thread
-                    thread.gt_slot = slot
-                    thread.location = self.topology.place(slot)
-                    break
-            else:
+            if not self._vacant:
                 return False
+            slot = heapq.heappop(self._vacant)
+            self._slots[slot] = thread
+            thread.gt_slot = slot
+            thread.location = self.topology.place(slot)
         self._arm(thread, new=True)
         return True
 
@@ -151,6 +151,7 @@ class EuArray:
             slot = thread.gt_slot
             if slot is not None and self._slots[slot] is thread:
                 self._slots[slot] = None
+                heapq.heappush(self._vacant, slot)
                 self._free.notify_all()
 
     def threads(self) -> list["HwThread"]:

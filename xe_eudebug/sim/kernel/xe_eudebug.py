@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 from ... import uapi as _uapi
 from .. import procmem
 from .xe_device_types import (
-    CALLER_CHECK, CAP_SYS_PTRACE, EUDEBUG_VERSION, EU_BITMASK_SIZE, EU_CONTROL_INTERRUPT_ALL,
-    EU_CONTROL_RESUME, EU_CONTROL_STOPPED, EVENT_HEADER, EV_EXEC_QUEUE, EV_MAX, EV_METADATA,
+    CALLER_CHECK, CAP_SYS_PTRACE, EUDEBUG_VERSION, EU_BITMASK_SIZE,
+    EVENT_HEADER, EV_EXEC_QUEUE, EV_MAX, EV_METADATA,
     EV_NONE, EV_OPEN, EV_READ, EV_VM, EV_VM_BIND, EV_VM_BIND_OP, EV_VM_BIND_OP_METADATA,
     F_CREATE, F_DESTROY, F_STATE_CHANGE, File, HandleMap, _Reading, _access_ok, _caller_gone,
     _cfg, _dumpable, _fail, _has_cap, _ids, _proc_status,
@@ -484,9 +484,12 @@ class XeEudebugMixin:
         effective = min(bsize, EU_BITMASK_SIZE)
         bits = caller.read(bptr, effective) if effective else b""
         with self._gt(q.file.device).quiescent(), self._lock:
+            if conn.status != 1:
+                raise _fail(E.ENOTCONN, "EU_CONTROL: detached")
             out = self._eu_control_cmd(conn, q, lrc, cmd, bits)
             seqno = conn.next_seqno()
-        a = _uapi.drm_xe_eudebug_eu_control.from_buffer_copy(arg[:ctypes.sizeof(_uapi.drm_xe_eudebug_eu_control)])
+        layout = _uapi.drm_xe_eudebug_eu_control
+        a = layout.from_buffer_copy(arg[:ctypes.sizeof(layout)])
         a.seqno = seqno
         if effective:
             caller.write(bptr, out)
