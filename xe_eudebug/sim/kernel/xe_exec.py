@@ -335,9 +335,9 @@ class XeExec:
                     return f"job timeout ({timeout * 1000:.0f} ms)"
                 return None
 
-            engine = self._engine(q)
             with lock:
-                s.running = True
+                engine = self._engine(q)             # the device's EU array is made under the lock
+                s.running, s.reset = True, False     # a reset stops the job it was asked for
                 self.kernel._attention_scan_start()
             try:
                 result = engine.run(job.ring, VmView(lock, q.vm), s.contexts[0], stop)
