@@ -295,3 +295,46 @@ def test_a_queue_takes_its_classes_job_timeout_when_created(sim_server):
         assert c.syncobj_wait([s], 30 * NSEC) == (0, 0)
         assert time.monotonic() - start >= 1.5
         assert c.exec(q, 0x1A0000) == ERR["ECANCELED"]
+
+
+@pytest.mark.parametrize("discrete_shape", [False, True], ids=["integrated", "discrete"])
+def test_framework_memory_helpers_follow_igt(sim_server, discrete_shape):
+    """device.has_vram / vram_memory / vram_if_possible / system_memory, as IGT's xe_query.c."""
+    from xe_eudebug import device
+
+    handle = sim_server(discrete=discrete_shape, tiles=2, vram_size=1 << 30)
+    fd = handle.open_device(0)
+    try:
+        assert device.has_vram(fd) is discrete_shape
+        assert device.system_memory(fd) == 1
+        assert [r.mem_class for r in device.query_mem_regions(fd)] == [0] + [1, 1] * discrete_shape
+        assert device.vram_memory(fd, 1) == (0b100 if discrete_shape else 0)
+        assert device.vram_if_possible(fd, 0) == (0b010 if discrete_shape else 1)
+        if discrete_shape:
+            with pytest.raises(OSError):
+                device.vram_memory(fd, 2)                               # no GT 2
+    finally:
+        os.close(fd)
+
+
+def test_client_bo_create_picks_igts_caching_for_vram(sim_server):
+    """Client.bo_create's default caching is WC in VRAM (WB there is EINVAL), WB in system memory;
+    both bind with the write-back PAT index."""
+    from xe_eudebug import device
+    from xe_eudebug.client import Client, wb_pat_index
+
+    handle = sim_server(discrete=True, vram_size=1 << 30)
+    fd = handle.open_device(0)
+    try:
+        vram = Client.bo_create(fd, 65536, placement=device.vram_if_possible(fd, 0))
+        sysmem = Client.bo_create(fd, 65536)
+        with pytest.raises(OSError) as exc:
+            Client.bo_create(fd, 65536, placement=2, cpu_caching=U.DRM_XE_GEM_CPU_CACHING_WB)
+        assert exc.value.errno == errno.EINVAL
+        assert wb_pat_index(fd) == 2
+        with GpuClient(fd=os.dup(fd)) as c:
+            vm = c.vm()
+            for n, bo in enumerate((vram, sysmem)):
+                c.bind(vm, bo, 0x100000 * (n + 1))
+    finally:
+        os.close(fd)

@@ -248,6 +248,31 @@ static int mode_engine(int gt, const char *cls, const char *value)
 	return 0;
 }
 
+/* reset GT: IGT's xe_force_gt_reset_async path (igt_debugfs_mount's mount-point check, the
+ * dri/<minor>/name lookup, the GT directory, force_reset) on /dev/dri/NODE. */
+static int mode_reset(const char *node, int gt)
+{
+	struct stat st, dot, dotdot;
+	char path[128];
+	int fd = open_node(node);
+	if (fstat(fd, &st))
+		fail("fstat");
+	check(stat("/sys/kernel/debug/.", &dot) == 0 && stat("/sys/kernel/debug/..", &dotdot) == 0 &&
+	      S_ISDIR(dot.st_mode) && S_ISDIR(dotdot.st_mode), "debugfs directories");
+	printf("mountpoint %d\n", dot.st_dev != dotdot.st_dev);
+	snprintf(path, sizeof(path), "/sys/kernel/debug/dri/%u/name", minor(st.st_rdev));
+	check(stat(path, &dot) == 0, "debugfs name");
+	snprintf(path, sizeof(path), "/sys/kernel/debug/dri/%u/gt%d", minor(st.st_rdev), gt);
+	int dir = open(path, O_RDONLY);
+	if (dir < 0)
+		fail(path);
+	int attr = openat(dir, "force_reset", O_WRONLY);
+	if (attr < 0)
+		fail("force_reset");
+	printf("reset %s\n", write(attr, "1", 1) == 1 ? "ok" : strerror(errno));
+	return 0;
+}
+
 /* The memory regions and the config flags the device reports. */
 static int mode_regions(void)
 {
@@ -370,6 +395,8 @@ int main(int argc, char **argv)
 		return mode_engine(atoi(argv[2]), argv[3], argc > 4 ? argv[4] : NULL);
 	if (!strcmp(argv[1], "regions"))
 		return mode_regions();
+	if (!strcmp(argv[1], "reset") && argc > 3)
+		return mode_reset(argv[2], atoi(argv[3]));
 	if (!strcmp(argv[1], "debugger") && argc > 2)
 		return mode_debugger(argv[2]);
 	if (!strcmp(argv[1], "exit") && argc > 2)

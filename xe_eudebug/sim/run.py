@@ -10,8 +10,10 @@ the run.  When Debian's ``umockdev-run`` is installed, CMD runs under it with a 
 generated from the simulator's configuration, so libudev enumerates the devices and their sysfs
 directory exists: ``enable_eudebug`` and each GT's engine-class attributes
 (``tileN/gtN/engines/<class>/job_timeout_ms`` and the rest, served by the simulator through the
-preload library, so a write changes the simulated driver).  The exit status is CMD's (128+N for a
-signal N).
+preload library, so a write changes the simulated driver).  Paths below ``/sys/kernel/debug`` go
+to a debugfs directory built for the run (``dri/<minor>/name`` and each GT's ``force_reset`` and
+``force_reset_sync``, whose writes reset that GT of the simulated device).  The exit status is
+CMD's (128+N for a signal N).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from .config import MAX_TILES, SOCKET_ENV, SimConfig
 from .kernel.xe_sysfs import attribute_paths
 
 __all__ = ["main", "preload_library", "umockdev_description", "RunError", "PRELOAD_SOURCE",
-           "pci_slot", "MSGMNB_NEEDED"]
+           "pci_slot", "MSGMNB_NEEDED", "make_debugfs", "DEBUGFS_ENV"]
 
 PRELOAD_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "preload", "xe_eudebug_preload.c")
 CC_FLAGS = ["-O2", "-fPIC", "-shared", "-Wall", "-fvisibility=hidden"]
@@ -40,6 +42,10 @@ CC_LIBS = ["-ldl", "-lpthread"]
 MSGMNB_NEEDED = 1 << 20  # xe_eudebug_online's System V message queue
 PCI_VENDOR_INTEL = 0x8086
 DRM_MAJOR = 226
+
+
+#: Where the preload library finds the run's debugfs directory.
+DEBUGFS_ENV = "XE_EUDEBUG_DEBUGFS"
 
 
 class RunError(Exception):
@@ -129,6 +135,25 @@ def umockdev_description(devices: int, device_id: int, tiles: int = 1) -> str:
                 "",
             ]
     return "\n".join(out)
+
+
+def make_debugfs(root: str, devices: int, tiles: int = 1) -> None:
+    """The debugfs tree of `devices` devices below `root`: ``dri/<minor>/name`` for the card and
+    render minors (the same name, as igt_debugfs_path matches them) and ``dri/<minor>/gtN/`` with
+    the GT-reset files (their reads and writes go to the simulator through the preload)."""
+    from .kernel.xe_sysfs import DEBUGFS_ATTRIBUTES
+
+    for i in range(devices):
+        slot = pci_slot(i)
+        for minor in (i, 128 + i):
+            base = os.path.join(root, "dri", str(minor))
+            os.makedirs(base, exist_ok=True)
+            with open(os.path.join(base, "name"), "w") as f:
+                f.write(f"xe dev={slot} unique={slot}\n")
+            for gt in range(tiles):
+                os.makedirs(os.path.join(base, f"gt{gt}"), exist_ok=True)
+                for name in DEBUGFS_ATTRIBUTES:
+                    open(os.path.join(base, f"gt{gt}", name), "w").close()
 
 
 def _msgmnb() -> int | None:
@@ -238,10 +263,12 @@ def _run(args: argparse.Namespace, prog: str, library: str, socket_path: str, de
         print(f"{prog}: /proc/sys/kernel/msgmnb is {size}; xe_eudebug_online needs {MSGMNB_NEEDED} "
               "(sysctl -w kernel.msgmnb=1048576)", file=sys.stderr)
     cmd = list(args.cmd)
-    tmpdir = None
+    tmpdir = tempfile.mkdtemp(prefix="xe_eudebug-run-")
+    env[DEBUGFS_ENV] = os.path.join(tmpdir, "debugfs")
+    make_debugfs(env[DEBUGFS_ENV], devices, tiles)
     umockdev = None if args.no_umockdev else shutil.which("umockdev-run")
+    status_file = None
     if umockdev:
-        tmpdir = tempfile.mkdtemp(prefix="xe_eudebug-run-")
         description = os.path.join(tmpdir, "devices.umockdev")
         with open(description, "w") as f:
             f.write(umockdev_description(devices, device_id, tiles))
@@ -267,9 +294,9 @@ def _run(args: argparse.Namespace, prog: str, library: str, socket_path: str, de
                 for s in (signal.SIGTERM, signal.SIGHUP)})
     try:
         status = _status(proc.wait())
-        if tmpdir:
+        if status_file:
             try:
-                with open(os.path.join(tmpdir, "status")) as f:
+                with open(status_file) as f:
                     status = int(f.read().strip())
             except (OSError, ValueError):
                 pass  # the shell did not finish: umockdev-run's own status stands

@@ -31,12 +31,6 @@ class Bo:
         self.cpu_caching = CPU_CACHING_WB
         self.placement = 1                         # GEM_CREATE's placement mask
         self.region = 0                            # memory region it lives in (0: system memory)
-        self.needs_visible = False                 # NEEDS_VISIBLE_VRAM: in CPU-visible VRAM
-
-    @property
-    def vram(self) -> bool:
-        """Placed with a VRAM bit (XE_BO_FLAG_VRAM_MASK), wherever it lives now."""
-        return bool(self.placement & ~1)
 
 
 class XeBoMixin:
@@ -115,7 +109,6 @@ class XeBoMixin:
             h = _lowest_free(file.bos)
             bo = file.bos[h] = Bo(file, size, memfd, vm)
             bo.cpu_caching, bo.placement, bo.region = caching, placement, region
-            bo.needs_visible = bool(flags & GEM_CREATE_FLAG_NEEDS_VISIBLE_VRAM)
             dev.region_used[region] += size
             struct.pack_into("<I", k, 28, h)
             self._reap_fds()

@@ -169,6 +169,7 @@ class QueueSched:
         self.thread: threading.Thread | None = None
         self.banned = False
         self.killed = False
+        self.reset = False                  # a GT reset stops the running job (gt_reset)
         self.last_fence: DmaFence = signaled_stub()
         self.contexts = [Context() for _ in range(q.width)]
         self.seqno = 0
@@ -289,6 +290,21 @@ class XeExec:
             self._sched.pop(id(q), None)
         self.kernel._fences_written()
 
+    def gt_reset(self, dev_index: int, gt: int, wait: float = 0.0) -> int:
+        """GT `gt` of device `dev_index` resets (debugfs force_reset; kernel lock held): a queue
+        running a job there has it stopped and is banned, as guc_exec_queue_stop bans a queue
+        whose job had started.  With `wait` (force_reset_sync), waits up to that many seconds for
+        those jobs to end.  Returns the number of queues hit."""
+        hit = [s for s in self._sched.values()
+               if s.q.file.index == dev_index and int(getattr(s.q, "gt_id", 0)) == gt
+               and s.thread is not None and s.jobs and not s.killed and not s.banned]
+        for s in hit:
+            s.reset = True
+        deadline = time.monotonic() + wait
+        while wait and any(s.reset for s in hit) and time.monotonic() < deadline:
+            self.kernel._fence_cv.wait(min(0.1, max(0.0, deadline - time.monotonic())))
+        return len(hit)
+
     @staticmethod
     def _cancel_pending(s: QueueSched) -> None:
         while s.jobs:
@@ -358,6 +374,12 @@ class XeExec:
             return
         if result.status == "stopped" and s.killed:
             job.fence.error, job.fence.signaled = -E.ECANCELED, True
+            return
+        if result.status == "stopped" and s.reset:
+            log.warning("%s: job %d stopped by a GT reset; queue banned", name, job.seqno)
+            s.reset = False
+            job.fence.error, job.fence.signaled, s.banned = -E.ECANCELED, True, True
+            self._cancel_pending(s)
             return
         if result.status == "fault":
             log.warning("%s: CAT error: %s (VM %d); job %d failed, queue banned",

@@ -65,6 +65,11 @@ def default_props(config: Any) -> dict[str, int]:
     }
 
 
+#: debugfs files of each GT (xe_gt_debugfs.c), below dri/<minor>/gtN/: a write resets the GT
+DEBUGFS_ATTRIBUTES = ("force_reset", "force_reset_sync")
+RESET_SYNC_WAIT = 10.0                  # seconds force_reset_sync waits for the reset to finish
+
+
 def attribute_paths(tiles: int) -> list[str]:
     """Every attribute path this module serves on a device of `tiles` tiles (one GT each), below
     the device's directory: what `xe-eudebug run`'s umockdev description creates."""
@@ -134,10 +139,24 @@ class XeSysfsMixin:
             raise _fail(E.ENOENT, f"sysfs: {path}")
         return gt_id, cls, name, defaults
 
+    def _debugfs_gt(self, dev: Device, path: str) -> int | None:
+        """The GT of a debugfs path ``debugfs/gtN/force_reset[_sync]``, None for a sysfs path;
+        ENOENT for any other debugfs path."""
+        if not path.startswith("debugfs/"):
+            return None
+        parts = path.split("/")
+        if (len(parts) != 3 or not parts[1].startswith("gt") or not parts[1][2:].isdigit()
+                or int(parts[1][2:]) >= dev.gt_count or parts[2] not in DEBUGFS_ATTRIBUTES):
+            raise _fail(E.ENOENT, f"debugfs: {path}")
+        return int(parts[1][2:])
+
     def sysfs_read(self, index: int, path: str) -> bytes:
-        """The contents of attribute `path` of device `index` ("%u\\n"); ENOENT if not served."""
+        """The contents of attribute `path` of device `index` ("%u\\n"); ENOENT if not served.
+        A ``debugfs/gtN/force_reset`` path reads empty (the kernel's files are write-only)."""
         dev = self._sysfs_device(index)
         with self._lock:                                   # type: ignore[attr-defined]
+            if self._debugfs_gt(dev, path) is not None:
+                return b""
             gt, cls, name, defaults = self._sysfs_lookup(dev, path)
             props = default_props(self.config) if defaults else self._sched_props(dev, gt, cls)  # type: ignore[attr-defined]
             return b"%d\n" % props[name]
@@ -147,6 +166,11 @@ class XeSysfsMixin:
         attribute's bounds: EINVAL; ``.defaults`` are read-only: EACCES); returns len(data)."""
         dev = self._sysfs_device(index)
         with self._lock:                                   # type: ignore[attr-defined]
+            reset_gt = self._debugfs_gt(dev, path)
+            if reset_gt is not None:                       # whatever is written: a GT reset
+                wait = RESET_SYNC_WAIT if path.endswith("_sync") else 0.0
+                self.xe_exec.gt_reset(index, reset_gt, wait)  # type: ignore[attr-defined]
+                return len(data)
             gt, cls, name, defaults = self._sysfs_lookup(dev, path)
             if defaults:
                 raise _fail(E.EACCES, f"sysfs: {path} is read-only")

@@ -541,6 +541,57 @@ static void node_name(int minor, char *buf, size_t size)
 		snprintf(buf, size, "/dev/dri/card%d", minor);
 }
 
+/* ---- debugfs ------------------------------------------------------------------------------
+ * `xe-eudebug run` builds the device's debugfs directories (dri/<minor>/name, gtN/force_reset)
+ * in a directory named by XE_EUDEBUG_DEBUGFS; paths below /sys/kernel/debug go there, and
+ * /sys/kernel/debug/.. to /proc, so that the directory looks like the debugfs mount point IGT's
+ * igt_debugfs_mount() checks for (another file system than its parent). */
+#define DEBUGFS "/sys/kernel/debug"
+static const char *debugfs_root(void)
+{
+	static const char *root;
+	static int done;
+	if (!done) {
+		const char *r = getenv("XE_EUDEBUG_DEBUGFS");
+		root = r && *r == '/' && strlen(r) < PATH_MAX / 2 ? r : NULL;
+		done = 1;
+	}
+	return root;
+}
+
+/* `path`, or where it is mapped to (in buf) when it names the simulated debugfs. */
+static const char *debugfs_map(const char *path, char *buf)
+{
+	const char *root = debugfs_root();
+	size_t n = sizeof(DEBUGFS) - 1;
+	if (!root || !path || strncmp(path, DEBUGFS, n) || (path[n] && path[n] != '/'))
+		return path;
+	if (!strcmp(path + n, "/..") || !strcmp(path + n, "/../"))
+		return "/proc";
+	if (strlen(root) + strlen(path + n) >= PATH_MAX)
+		return path;
+	strcpy(buf, root);
+	strcat(buf, path + n);
+	return buf;
+}
+
+/* The device whose debugfs directory (dri/<minor>) holds directory `real`: 1 + index, or 0;
+ * *rest is what follows dri/<minor> ("" or "/gt0"). */
+static int debugfs_device_of_dir(const char *real, const char **rest)
+{
+	const char *root = debugfs_root();
+	int minor, pos = 0;
+	size_t n = root ? strlen(root) : 0;
+	if (!root || strncmp(real, root, n) || sscanf(real + n, "/dri/%d%n", &minor, &pos) != 1)
+		return 0;
+	*rest = real + n + pos;
+	if (**rest && **rest != '/')
+		return 0;
+	if (minor_index(minor) < 0 || minor_index(minor) >= device_count())
+		return 0;
+	return 1 + minor_index(minor);
+}
+
 /* The device of a sysfs directory in or below our PCI device: 1 + index, or 0; *rest is what
  * follows the device's directory ("" or "/tile0/gt0/..."). */
 static int sysfs_device_of_dir(const char *dir, const char **rest)
@@ -574,8 +625,14 @@ static int sysfs_match(const char *real, const char *base, char *attr)
 {
 	const char *rest;
 	int dev = sysfs_device_of_dir(real, &rest);
-	if (!dev)
-		return 0;
+	if (!dev) {
+		/* debugfs files: "debugfs/gtN/force_reset" for the simulator */
+		if (!(dev = debugfs_device_of_dir(real, &rest)) || strncmp(rest, "/gt", 3))
+			return 0;
+		if ((size_t)snprintf(attr, SYSFS_PATH, "debugfs%s/%s", rest, base) >= SYSFS_PATH)
+			return 0;
+		return sysfs_served(dev, attr) ? dev : 0;
+	}
 	if (!*rest) {
 		if (strcmp(base, "enable_eudebug"))
 			return 0;
@@ -596,8 +653,11 @@ static int sysfs_target(int dirfd, const char *path, char *attr)
 	const char *base = slash ? slash + 1 : path;
 	if (!*base || !config_path())
 		return 0;
-	/* other attributes: an absolute path through /sys, or a name in a directory fd */
-	if (strcmp(base, "enable_eudebug") && (path[0] == '/' ? !strstr(path, "/sys/") : dirfd == AT_FDCWD))
+	/* other attributes: an absolute path through /sys or the debugfs directory, or a name in a
+	 * directory fd */
+	if (strcmp(base, "enable_eudebug") &&
+	    (path[0] == '/' ? !strstr(path, "/sys/") && !(debugfs_root() && !strncmp(path, debugfs_root(), strlen(debugfs_root())))
+			    : dirfd == AT_FDCWD))
 		return 0;
 	if (path[0] == '/' || dirfd == AT_FDCWD) {
 		size_t n = slash ? (size_t)(slash - path) : 0;
@@ -688,9 +748,10 @@ static int open_sysfs(int dev, const char *attr, int flags)
 static int sim_open(int dirfd, const char *path, int flags, int *fd)
 {
 	int minor, src, dev;
-	char attr[SYSFS_PATH];
+	char attr[SYSFS_PATH], mapped[PATH_MAX];
 	if (!path)
 		return 0;
+	path = debugfs_map(path, mapped);
 	if ((minor = node_minor(path)) >= 0) {
 		*fd = open_node(minor, flags);
 		return 1;
@@ -729,9 +790,10 @@ NEXT(__openat_2); NEXT(__openat64_2);
 		va_start(ap, flags);                                                   \
 		int mode = mode_arg(flags, ap), fd;                                    \
 		va_end(ap);                                                            \
+		char mapped_[PATH_MAX];                                                \
 		if (sim_open(DIRFD, path, flags, &fd))                                 \
 			return fd;                                                     \
-		return RESOLVE(fn)(DIRFD_ARG path, flags, mode);                       \
+		return RESOLVE(fn)(DIRFD_ARG debugfs_map(path, mapped_), flags, mode); \
 	}
 OPEN_VARIADIC(open, , AT_FDCWD, )
 OPEN_VARIADIC(open64, , AT_FDCWD, )
@@ -743,9 +805,10 @@ OPEN_VARIADIC(openat64, int dirfd COMMA, dirfd, dirfd COMMA)
 	EXPORT int fn(DIRFD_PARAM const char *path, int flags)                         \
 	{                                                                              \
 		int fd;                                                                \
+		char mapped_[PATH_MAX];                                                \
 		if (sim_open(DIRFD, path, flags, &fd))                                 \
 			return fd;                                                     \
-		return RESOLVE(fn)(DIRFD_ARG path, flags);                             \
+		return RESOLVE(fn)(DIRFD_ARG debugfs_map(path, mapped_), flags);       \
 	}
 OPEN_FORTIFIED(__open_2, , AT_FDCWD, )
 OPEN_FORTIFIED(__open64_2, , AT_FDCWD, )
@@ -794,7 +857,8 @@ NEXT(fstatat); NEXT(fstatat64);
 			fake_stat(m, (struct stat *)st);                               \
 			return 0;                                                      \
 		}                                                                      \
-		return RESOLVE(fn)(path, st);                                          \
+		char mapped_[PATH_MAX];                                                \
+		return RESOLVE(fn)(debugfs_map(path, mapped_), st);                    \
 	}
 STAT_PATH(stat, stat, 0)
 STAT_PATH(stat64, stat64, 0)
@@ -822,17 +886,19 @@ STAT_FD(fstat64, stat64)
 			fake_stat(m, (struct stat *)st);                               \
 			return 0;                                                      \
 		}                                                                      \
-		return RESOLVE(fn)(dirfd, path, st, flags);                            \
+		char mapped_[PATH_MAX];                                                \
+		return RESOLVE(fn)(dirfd, debugfs_map(path, mapped_), st, flags);      \
 	}
 STAT_AT(fstatat, stat)
 STAT_AT(fstatat64, stat64)
 
 /* glibc before 2.33 exported the stat family as __xstat & co with a version argument;
  * LOOKUP gives the minor of what `arg` names, or -1. */
-#define VERSIONED_STAT(fn, type, ARG_T, LOOKUP)                                        \
+#define VERSIONED_STAT(fn, type, ARG_T, LOOKUP, MAP)                                   \
 	NEXT(fn);                                                                      \
 	EXPORT int fn(int ver, ARG_T arg, struct type *st)                             \
 	{                                                                              \
+		char mapped_[PATH_MAX];                                                \
 		int m = LOOKUP;                                                        \
 		if (m >= 0) {                                                          \
 			fake_stat(m, (struct stat *)st);                               \
@@ -842,7 +908,7 @@ STAT_AT(fstatat64, stat64)
 			errno = ENOSYS;                                                \
 			return -1;                                                     \
 		}                                                                      \
-		return next_##fn(ver, arg, st);                                        \
+		return next_##fn(ver, MAP, st);                                        \
 	}
 int __xstat(int, const char *, struct stat *);
 int __xstat64(int, const char *, struct stat64 *);
@@ -850,12 +916,14 @@ int __lxstat(int, const char *, struct stat *);
 int __lxstat64(int, const char *, struct stat64 *);
 int __fxstat(int, int, struct stat *);
 int __fxstat64(int, int, struct stat64 *);
-VERSIONED_STAT(__xstat, stat, const char *, stat_minor(AT_FDCWD, arg, 0))
-VERSIONED_STAT(__xstat64, stat64, const char *, stat_minor(AT_FDCWD, arg, 0))
-VERSIONED_STAT(__lxstat, stat, const char *, stat_minor(AT_FDCWD, arg, AT_SYMLINK_NOFOLLOW))
-VERSIONED_STAT(__lxstat64, stat64, const char *, stat_minor(AT_FDCWD, arg, AT_SYMLINK_NOFOLLOW))
-VERSIONED_STAT(__fxstat, stat, int, sim_minor(arg))
-VERSIONED_STAT(__fxstat64, stat64, int, sim_minor(arg))
+VERSIONED_STAT(__xstat, stat, const char *, stat_minor(AT_FDCWD, arg, 0), debugfs_map(arg, mapped_))
+VERSIONED_STAT(__xstat64, stat64, const char *, stat_minor(AT_FDCWD, arg, 0), debugfs_map(arg, mapped_))
+VERSIONED_STAT(__lxstat, stat, const char *, stat_minor(AT_FDCWD, arg, AT_SYMLINK_NOFOLLOW),
+	       debugfs_map(arg, mapped_))
+VERSIONED_STAT(__lxstat64, stat64, const char *, stat_minor(AT_FDCWD, arg, AT_SYMLINK_NOFOLLOW),
+	       debugfs_map(arg, mapped_))
+VERSIONED_STAT(__fxstat, stat, int, sim_minor(arg), ((void)mapped_, arg))
+VERSIONED_STAT(__fxstat64, stat64, int, sim_minor(arg), ((void)mapped_, arg))
 
 NEXT(statx);
 EXPORT int statx(int dirfd, const char *path, int flags, unsigned int mask, struct statx *stx)
@@ -876,22 +944,25 @@ EXPORT int statx(int dirfd, const char *path, int flags, unsigned int mask, stru
 		stx->stx_dev_minor = minor(st.st_dev);
 		return 0;
 	}
-	return RESOLVE(statx)(dirfd, path, flags, mask, stx);
+	char mapped[PATH_MAX];
+	return RESOLVE(statx)(dirfd, debugfs_map(path, mapped), flags, mask, stx);
 }
 
 NEXT(access); NEXT(faccessat);
 EXPORT int access(const char *path, int mode)
 {
+	char mapped[PATH_MAX];
 	if (stat_minor(AT_FDCWD, path, 0) >= 0)
 		return 0;
-	return RESOLVE(access)(path, mode);
+	return RESOLVE(access)(debugfs_map(path, mapped), mode);
 }
 
 EXPORT int faccessat(int dirfd, const char *path, int mode, int flags)
 {
+	char mapped[PATH_MAX];
 	if (stat_minor(dirfd, path, flags) >= 0)
 		return 0;
-	return RESOLVE(faccessat)(dirfd, path, mode, flags);
+	return RESOLVE(faccessat)(dirfd, debugfs_map(path, mapped), mode, flags);
 }
 
 /* ---- readlink ------------------------------------------------------------------------------ */
