@@ -20,11 +20,13 @@ without it, or without umockdev-run or a C compiler, the tests skip and say why.
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -141,6 +143,39 @@ def test_sip_subtest(name: str, excluded: str | None) -> None:
     _run_subtest("xe_exec_sip_eudebug", [], name, excluded, SIP_ENV)
 
 
+ALLOCATOR_KEY = "/tmp/igt.allocator.key"     # IGT's ftok() file for its allocator's SysV queue
+_isolation: list[list[str]] = []
+
+
+def _private_allocator_key() -> list[str]:
+    """A command prefix that gives the IGT process its own allocator queue.  IGT keys that queue
+    with ftok() on a fixed file and removes any queue it finds under the key at start, so two
+    IGT programs running at once on a machine break each other (EIDRM in the first one's
+    allocator).  In a private mount namespace a bind mount of a file of our own over the key
+    file gives another inode, hence another key.  Without unshare(1) or the privilege to mount
+    (the check runs once), the prefix is empty and runs are only safe one at a time."""
+    if not _isolation:
+        prefix: list[str] = []
+        unshare = shutil.which("unshare")
+        if unshare:
+            try:
+                open(ALLOCATOR_KEY, "a").close()
+                where = tempfile.mkdtemp(prefix="igt-key-")
+                atexit.register(shutil.rmtree, where, True)
+                key = os.path.join(where, "allocator.key")
+                open(key, "w").close()
+                script = f'mount --bind "{key}" "{ALLOCATOR_KEY}" && exec "$@"'
+                probe = subprocess.run([unshare, "-m", "--propagation", "private", "sh", "-c",
+                                        script, "sh", "true"], stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.DEVNULL, timeout=30)
+                if probe.returncode == 0:
+                    prefix = [unshare, "-m", "--propagation", "private", "sh", "-c", script, "sh"]
+            except (OSError, subprocess.SubprocessError):
+                prefix = []
+        _isolation.append(prefix)
+    return _isolation[0]
+
+
 def _run_subtest(binary: str, run_args: list[str], name: str, excluded: str | None,
                  extra_env: dict[str, str] | None = None) -> None:
     reason = _missing(binary)
@@ -154,7 +189,7 @@ def _run_subtest(binary: str, run_args: list[str], name: str, excluded: str | No
     env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.update(extra_env or {})
     cmd = [sys.executable, "-m", "xe_eudebug", "run", *run_args, "--",
-           igt_binary(binary), "--run-subtest", name]
+           *_private_allocator_key(), igt_binary(binary), "--run-subtest", name]
     try:
         proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, errors="replace", timeout=SUBTEST_TIMEOUT)

@@ -71,7 +71,7 @@ class XeEudebugHwMixin:
         self._scan_thread: threading.Thread | None = None
         self._scan_flush = False
         self._scan_seen: dict[int, tuple[bytes, float]] = {}   # device: (bitmap, since)
-        self.attention_scans = 0                  # scans run (tests and the trace read it)
+        self.attention_scans = 0                  # scans run (diagnostics)
 
     # -- hardware ----------------------------------------------------------------------------------
     def _gt(self, dev: Device) -> EuArray:
