@@ -425,3 +425,53 @@ def test_parallel_queue_runs_one_batch_per_lrc(c):
     assert c.exec(q, ctypes.addressof(addrs), [user_fence(DATA + 0xF00, 3)], nbb=2) == 0
     assert c.wait_ufence(c.bo_addr(bo, DATA_OFF + 0xF00), 3, 10 * NSEC, q) == 0
     assert (c.read32(bo, DATA_OFF), c.read32(bo, DATA_OFF + 4)) == (0x1111, 0x2222)
+
+
+# -- the engine's view of a VM (xe_exec.VmView) ------------------------------------------------------
+class _FakeBo:
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.memfd = os.memfd_create("vmview-test")
+        os.ftruncate(self.memfd, size)
+
+
+def _view_of(*vmas):
+    from xe_eudebug.sim.kernel.xe_exec import VmView
+    from xe_eudebug.sim.kernel.xe_vm import Vma
+
+    class _Vm:
+        alive, flags = True, 0
+    vm = _Vm()
+    vm.vmas = [Vma(start, start + bo.size, "bo", bo, 0, []) for start, bo in vmas]
+    return VmView(threading.Lock(), vm), vm
+
+
+def test_vm_view_fast_path_sees_other_writers_and_faults_after_an_unbind():
+    """An engine's accesses to a BO mapping it used lately go through a mapping of the BO's
+    memory: writes by another path (the debugger's VM fd, a CPU) are seen at once, and once the
+    mapping is unbound (the driver replaces the VM's list) the next access faults."""
+    from xe_eudebug.sim.gpu import GpuFault
+    from xe_eudebug.sim.kernel.xe_vm import Vma
+
+    isa, target = _FakeBo(0x2000), _FakeBo(0x1000)
+    view, vm = _view_of((0x10000, isa), (0x40000, target))
+    try:
+        os.pwrite(isa.memfd, b"\x11" * 16, 0x100)
+        assert view.read(0x10100, 16) == b"\x11" * 16
+        view.write(0x40010, b"\x22\x33")
+        assert view.read(0x10100, 16) == b"\x11" * 16          # both mappings on the fast path
+        os.pwrite(isa.memfd, b"\x44" * 16, 0x100)             # a write through the VM fd
+        assert view.read(0x10100, 16) == b"\x44" * 16
+        assert os.pread(target.memfd, 2, 0x10) == b"\x22\x33"
+        vm.vmas = [v for v in vm.vmas if v.bo is target]       # unbind the ISA (xe_vm's way)
+        with pytest.raises(GpuFault):
+            view.read(0x10100, 16)
+        assert view.read(0x40010, 2) == b"\x22\x33"
+        vm.vmas = vm.vmas + [Vma(0x10000, 0x11000, "null", None, 0, [])]  # rebound as NULL
+        assert view.read(0x10100, 16) == bytes(16)
+        vm.alive = False
+        with pytest.raises(GpuFault):
+            view.read(0x40010, 2)
+    finally:
+        os.close(isa.memfd)
+        os.close(target.memfd)

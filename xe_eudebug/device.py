@@ -222,6 +222,31 @@ def _parse_bool(text: str, path: str) -> bool:
     raise OSError(errno.EINVAL, f"{path}: unexpected content {text!r}")
 
 
+#: sysfs directory of each engine class below ``tileN/gtN/engines/`` (xe_hw_engine_class_sysfs.c)
+ENGINE_CLASS_SYSFS = {_xe.DRM_XE_ENGINE_CLASS_RENDER: "rcs", _xe.DRM_XE_ENGINE_CLASS_COPY: "bcs",
+                      _xe.DRM_XE_ENGINE_CLASS_VIDEO_DECODE: "vcs",
+                      _xe.DRM_XE_ENGINE_CLASS_VIDEO_ENHANCE: "vecs",
+                      _xe.DRM_XE_ENGINE_CLASS_COMPUTE: "ccs"}
+
+
+def engine_job_timeout_ms(fd: int, gt_id: int, engine_class: int) -> int:
+    """The ``job_timeout_ms`` sysfs attribute of an engine class of GT `gt_id` (IGT's
+    ``xe_sysfs_engine_open`` + ``igt_sysfs_get_u64``), from the simulator or the device's sysfs
+    directory.  OSError names the attribute when it cannot be read."""
+    rel = f"tile{gt_id}/gt{gt_id}/engines/{ENGINE_CLASS_SYSFS[engine_class]}/job_timeout_ms"
+    if _is_sim(fd):
+        index, _kind = _port.file_info(fd)
+        text = bytes(_port.sysfs(index, rel)).decode()   # type: ignore[arg-type]
+    else:
+        path = os.path.join(os.path.dirname(_sysfs_enable_path(fd)), rel)
+        with open(path) as f:
+            text = f.read()
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise OSError(errno.EINVAL, f"{rel}: unexpected content {text!r}") from None
+
+
 def eudebug_enabled(fd: int) -> bool:
     """Whether eudebug is enabled on the device behind `fd`."""
     if _is_sim(fd):

@@ -76,6 +76,10 @@ class GpgpuExec:
         """The target surface as the CPU sees it now (``target_bytes`` bytes)."""
         return bytes(self._map(self.target_bo, self.target_bo_size)[:self.target_bytes])
 
+    def write_target(self, data: bytes) -> None:
+        """Fill the target surface from the CPU (IGT's create_fill_buf), before the batch runs."""
+        self._map(self.target_bo, self.target_bo_size)[:len(data)] = data
+
     def target_u32(self) -> list[int]:
         data = self.read_target()
         return list(struct.unpack(f"<{len(data) // 4}I", data[:len(data) // 4 * 4]))

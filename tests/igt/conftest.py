@@ -6,7 +6,7 @@ from typing import Any
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    from .test_igt_conformance import ONLINE_SUBTESTS, RESULTS, SUBTESTS
+    from .test_igt_conformance import ONLINE_SUBTESTS, RESULTS, SIP_SUBTESTS, SUBTESTS
 
     if not RESULTS:
         return
@@ -15,9 +15,11 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         for name, _excluded in SUBTESTS:
             if name in RESULTS:
                 terminalreporter.write_line(RESULTS[name])
-    online = [f"xe_eudebug_online/{name}" for name, _ in ONLINE_SUBTESTS]
-    if any(key in RESULTS for key in online):
-        terminalreporter.section("IGT xe_eudebug_online on the simulator (xe-eudebug run)")
-        for key in online:
-            if key in RESULTS:
-                terminalreporter.write_line(RESULTS[key])
+    for binary, subtests in (("xe_eudebug_online", ONLINE_SUBTESTS),
+                             ("xe_exec_sip_eudebug", SIP_SUBTESTS)):
+        keys = [f"{binary}/{name}" for name, _ in subtests]
+        if any(key in RESULTS for key in keys):
+            terminalreporter.section(f"IGT {binary} on the simulator (xe-eudebug run)")
+            for key in keys:
+                if key in RESULTS:
+                    terminalreporter.write_line(RESULTS[key])

@@ -1,11 +1,14 @@
-"""IGT's own xe_eudebug and xe_eudebug_online binaries as the simulator's conformance suite.
+"""IGT's own xe_eudebug, xe_eudebug_online and xe_exec_sip_eudebug binaries as the simulator's
+conformance suite.
 
 Every subtest of ``xe_eudebug`` runs in its own process through ``xe-eudebug run --devices 2``
 (a private simulator with two devices, the preload library, umockdev for udev and sysfs), every
 subtest of ``xe_eudebug_online`` (EU threads: breakpoints, attention, EU control) through
 ``xe-eudebug run`` (with the device-shape options its line in the list names, such as
-``--discrete`` or ``--tiles 2``).  The list and the reason for every excluded subtest live in
-``xe_eudebug.expected`` and ``xe_eudebug_online.expected`` beside this file; a subtest on an
+``--discrete`` or ``--tiles 2``), and so every subtest of ``xe_exec_sip_eudebug`` (SIP entry with
+debugging off and on, the reset of a queue waiting in the SIP with no debugger; see ``SIP_ENV``).
+The list and the reason for every excluded subtest live in ``xe_eudebug.expected``,
+``xe_eudebug_online.expected`` and ``xe_exec_sip_eudebug.expected`` beside this file; a subtest on an
 expected-pass list that does not report SUCCESS fails.  IGT's own result line of every subtest is
 printed at the end of the session (conftest.py beside this file).  The online binary's client
 and debugger talk through SysV message queues sized 1 MiB: with a smaller
@@ -34,6 +37,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 EXPECTED = os.path.join(HERE, "xe_eudebug.expected")
 ONLINE_EXPECTED = os.path.join(HERE, "xe_eudebug_online.expected")
+SIP_EXPECTED = os.path.join(HERE, "xe_exec_sip_eudebug.expected")
 MSGMNB = "/proc/sys/kernel/msgmnb"
 MSGMNB_NEEDED = 1 << 20          # IGT's allocator queue: MAXQLEN requests (intel_allocator)
 SUBTEST_TIMEOUT = 300  # seconds; the slowest subtest (basic-vm-bind-ufence-delay-ack) sleeps ~50 s
@@ -65,6 +69,13 @@ def _load(path: str = EXPECTED) -> list[tuple[str, str | None]]:
 
 SUBTESTS = _load()
 ONLINE_SUBTESTS = _load(ONLINE_EXPECTED)
+SIP_SUBTESTS = _load(SIP_EXPECTED)
+#: xe_exec_sip_eudebug's environment.  Its subtests wait for a job timeout or for the reset of a
+#: queue stuck in the SIP and allow the engine's job_timeout_ms + 8 s for it, ten times that with
+#: IGT's INTEL_SIMULATION=1 (its switch for simulated devices: 512 interpreted EU threads on a
+#: loaded 2-core machine can take longer than a GPU).  The simulator's job timeout is scaled to
+#: 1 s (served as job_timeout_ms), so the nodebug wait's job timeout costs 1 s, not 5.
+SIP_ENV = {"INTEL_SIMULATION": "1", "XE_EUDEBUG_SIM_JOB_TIMEOUT_MS": "1000"}
 
 
 def igt_binary(name: str = "xe_eudebug") -> str:
@@ -96,14 +107,18 @@ def _missing(name: str = "xe_eudebug") -> str | None:
     return None
 
 
-def test_list_matches_the_binary() -> None:
-    """The expected list names exactly the binary's subtests (a new or renamed one is noticed)."""
-    reason = _missing()
+def _listed(binary: str) -> list[str]:
+    """The binary's subtests (``--list-subtests``), sorted; skips when it cannot run."""
+    reason = _missing(binary)
     if reason:
         pytest.skip(reason)
-    listed = subprocess.run([igt_binary(), "--list-subtests"], stdout=subprocess.PIPE, text=True,
-                            timeout=60, check=True).stdout.split()
-    assert sorted(listed) == sorted(name for name, _ in SUBTESTS)
+    return sorted(subprocess.run([igt_binary(binary), "--list-subtests"], stdout=subprocess.PIPE,
+                                 text=True, timeout=60, check=True).stdout.split())
+
+
+def test_list_matches_the_binary() -> None:
+    """The expected list names exactly the binary's subtests (a new or renamed one is noticed)."""
+    assert _listed("xe_eudebug") == sorted(name for name, _ in SUBTESTS)
 
 
 @pytest.mark.timeout(SUBTEST_TIMEOUT + 60)
@@ -114,18 +129,24 @@ def test_subtest(name: str, excluded: str | None) -> None:
 
 def test_online_list_matches_the_binary() -> None:
     """xe_eudebug_online.expected names exactly the online binary's subtests."""
-    reason = _missing("xe_eudebug_online")
-    if reason:
-        pytest.skip(reason)
-    listed = subprocess.run([igt_binary("xe_eudebug_online"), "--list-subtests"],
-                            stdout=subprocess.PIPE, text=True, timeout=60, check=True).stdout.split()
-    assert sorted(listed) == sorted(name for name, _ in ONLINE_SUBTESTS)
+    assert _listed("xe_eudebug_online") == sorted(name for name, _ in ONLINE_SUBTESTS)
 
 
 @pytest.mark.timeout(SUBTEST_TIMEOUT + 60)
 @pytest.mark.parametrize("name,excluded", ONLINE_SUBTESTS, ids=[name for name, _ in ONLINE_SUBTESTS])
 def test_online_subtest(name: str, excluded: str | None) -> None:
     _run_subtest("xe_eudebug_online", RUN_OPTIONS.get(name, []), name, excluded)
+
+
+def test_sip_list_matches_the_binary() -> None:
+    """xe_exec_sip_eudebug.expected names exactly the SIP binary's subtests."""
+    assert _listed("xe_exec_sip_eudebug") == sorted(name for name, _ in SIP_SUBTESTS)
+
+
+@pytest.mark.timeout(SUBTEST_TIMEOUT + 60)
+@pytest.mark.parametrize("name,excluded", SIP_SUBTESTS, ids=[name for name, _ in SIP_SUBTESTS])
+def test_sip_subtest(name: str, excluded: str | None) -> None:
+    _run_subtest("xe_exec_sip_eudebug", [], name, excluded, SIP_ENV)
 
 
 ALLOCATOR_KEY = "/tmp/igt.allocator.key"     # IGT's ftok() file for its allocator's SysV queue
@@ -161,7 +182,8 @@ def _private_allocator_key() -> list[str]:
     return _isolation[0]
 
 
-def _run_subtest(binary: str, run_args: list[str], name: str, excluded: str | None) -> None:
+def _run_subtest(binary: str, run_args: list[str], name: str, excluded: str | None,
+                 extra_env: dict[str, str] | None = None) -> None:
     reason = _missing(binary)
     if reason:
         pytest.skip(reason)
@@ -171,6 +193,7 @@ def _run_subtest(binary: str, run_args: list[str], name: str, excluded: str | No
     env.pop(SOCKET_ENV, None)  # a private simulator instance per subtest, not the session's
     env.pop("XE_EUDEBUG_DEVICE", None)
     env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.update(extra_env or {})
     cmd = [sys.executable, "-m", "xe_eudebug", "run", *run_args, "--",
            *_private_allocator_key(), igt_binary(binary), "--run-subtest", name]
     try:

@@ -50,8 +50,14 @@ ONLINE_ORDER = (
     "pagefault-read", "pagefault-write",
 )
 
+#: The subtests of IGT's ``tests/intel/xe_exec_sip_eudebug.c``, in the order IGT lists them.
+SIP_ORDER = (
+    "wait-writesip-nodebug", "breakpoint-writesip-nodebug", "breakpoint-writesip",
+    "breakpoint-writesip-twice", "breakpoint-waitsip", "breakpoint-waitsip-heavy",
+)
+
 #: IGT binaries with ported subtests, and the order of each one's subtests.
-BINARIES = {"xe_eudebug": IGT_ORDER, "xe_eudebug_online": ONLINE_ORDER}
+BINARIES = {"xe_eudebug": IGT_ORDER, "xe_eudebug_online": ONLINE_ORDER, "xe_exec_sip_eudebug": SIP_ORDER}
 DEFAULT_BINARY = "xe_eudebug"
 
 #: Parameters a subtest function receives from the runner instead of from its registration.
@@ -111,7 +117,7 @@ def subtest(name: str, /, binary: str = DEFAULT_BINARY, **args: Any) -> Callable
 
 def load() -> None:
     """Import the modules that register the ported subtests."""
-    from . import discovery, iface, metadata, online, vm_bind, vm_bind_clear  # noqa: F401
+    from . import discovery, iface, metadata, online, sip, vm_bind, vm_bind_clear  # noqa: F401
 
 
 def subtests(binary: str = DEFAULT_BINARY) -> list[Subtest]:

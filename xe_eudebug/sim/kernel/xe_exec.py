@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import errno as E
 import logging
+import mmap
 import os
 import struct
 import threading
@@ -43,7 +44,8 @@ __all__ = ["XeExec", "VmView", "DEFAULT_JOB_TIMEOUT_MS"]
 DEFAULT_JOB_TIMEOUT_MS = 5000
 CLASS_VM_BIND = _uapi.DRM_XE_ENGINE_CLASS_VM_BIND
 VM_CREATE_SCRATCH_PAGE = _uapi.DRM_XE_VM_CREATE_FLAG_SCRATCH_PAGE
-MAX_SYNC_BYTES = 64 << 20             # a larger sync array: kcalloc fails, ENOMEM
+MAX_SYNC_BYTES = 64 << 20
+FAST_MAPPINGS = 4                     # BO mappings an engine's VM view reaches without the lock             # a larger sync array: kcalloc fails, ENOMEM
 
 
 def _fail(errno: int, what: str) -> Exception:
@@ -59,8 +61,47 @@ class VmView:
         self._lock = lock
         self.vm = vm
         self.pagefault = pagefault        # a fault-mode VM's fault messages (xe_gt_pagefault.py)
+        self._hits: list[Any] = []                  # the BO mappings accessed last ...
+        self._maps: dict[Any, mmap.mmap] = {}       # ... their BOs' memory, mapped once ...
+        self._seen: Any = None                      # ... and the VM's mapping list they are in
+
+    def _mapped(self, va: int, size: int) -> tuple[mmap.mmap, int] | None:
+        """The fast path of an access inside a BO mapping accessed lately: its BO's memory
+        mapped in this process and the offset of `va`, or None.  The driver adds a mapping to
+        the VM's list in place but removes one only by replacing the list (xe_vm.py
+        `_unmap_range`), so while the list is the one the mappings were found in they are all
+        still bound; an unbind racing with the access is the race a GPU's TLB has too."""
+        vm = self.vm
+        if vm.vmas is not self._seen or not vm.alive:
+            self._hits = []
+            return None
+        for v in self._hits:
+            if v.start <= va and va + size <= v.end:
+                return self._maps[v.bo], v.offset + (va - v.start)
+        return None
+
+    def _remember(self, vma: Any) -> None:
+        """Map `vma`'s BO for the fast path (kernel lock held, the BO's memfd open)."""
+        bo = vma.bo
+        if bo not in self._maps:
+            try:
+                if os.fstat(bo.memfd).st_size < bo.size:     # past the end: SIGBUS, not a fault
+                    return
+                self._maps[bo] = mmap.mmap(bo.memfd, bo.size)
+            except (OSError, ValueError):
+                return
+        if self.vm.vmas is not self._seen:
+            self._hits, self._seen = [], self.vm.vmas
+        self._hits = [vma] + [v for v in self._hits if v is not vma][:FAST_MAPPINGS - 1]
 
     def _access(self, va: int, size: int, data: bytes | None) -> bytes:
+        hit = self._mapped(va, size)
+        if hit is not None:
+            mem, off = hit
+            if data is None:
+                return mem[off:off + size]
+            mem[off:off + size] = data
+            return b""
         out: list[bytes] = []
         done = 0
         with self._lock:
@@ -81,6 +122,8 @@ class VmView:
                 n = min(size - done, vma.end - pos)
                 off = vma.offset + (pos - vma.start)
                 try:
+                    if vma.kind == "bo" and n == size:
+                        self._remember(vma)
                     if vma.kind == "bo":
                         if data is None:
                             out.append(os.pread(vma.bo.memfd, n, off).ljust(n, b"\0"))
@@ -99,6 +142,9 @@ class VmView:
         return b"".join(out)
 
     def read(self, va: int, size: int) -> bytes:
+        hit = self._mapped(va, size)              # the fast path first: every instruction fetch
+        if hit is not None:
+            return hit[0][hit[1]:hit[1] + size]
         return self._access(va, size, None)
 
     def write(self, va: int, data: bytes) -> None:

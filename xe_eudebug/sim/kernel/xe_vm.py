@@ -355,7 +355,8 @@ class XeVmMixin:
         vm.vmas.insert(i, vma)
 
     def _unmap_range(self, vm: Vm, start: int, end: int) -> bool:
-        """Remove [start, end) from the VM, splitting VMAs that straddle it."""
+        """Remove [start, end) from the VM, splitting VMAs that straddle it.  The list is
+        replaced, never edited: an engine's VM view (xe_exec.py) relies on that."""
         out: list[Vma] = []
         changed = False
         for v in vm.vmas:

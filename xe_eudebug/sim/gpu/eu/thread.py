@@ -27,6 +27,8 @@ from __future__ import annotations
 import enum
 import struct
 from dataclasses import dataclass, replace
+from struct import pack_into, unpack_from
+from typing import Callable, Iterable
 
 from xe_eudebug.isa.encoding import (GRF_BYTES, GRF_COUNT, SIGNED_TYPES, TYPE_SIZE, DecodeError,
                                      Instruction, Operand, decode)
@@ -77,6 +79,40 @@ _COND = {
 }
 
 
+_ALU = {
+    "mov": lambda a, b, size: a,
+    "add": lambda a, b, size: a + b,
+    "mul": lambda a, b, size: a * b,
+    "and": lambda a, b, size: a & b,
+    "or": lambda a, b, size: a | b,
+    "xor": lambda a, b, size: a ^ b,
+    "not": lambda a, b, size: ~a,
+    "shl": lambda a, b, size: a << (b & (8 * size - 1)),
+    "shr": lambda a, b, size: (a & _MASKS[size]) >> (b & (8 * size - 1)),
+    "asr": lambda a, b, size: a >> (b & (8 * size - 1)),
+}
+
+
+def _const(value: int) -> Callable[[int], int]:
+    return lambda ch: value
+
+
+def _reader(buf: bytearray, offs: list[int], fmt: str, sign: int, absolute: bool,
+            negate: bool) -> Callable[[int], int]:
+    """Channel -> value of a register source whose channels are at `offs` in `buf`."""
+    if not (sign or absolute or negate):
+        return lambda ch: unpack_from(fmt, buf, offs[ch])[0]
+
+    def read(ch: int) -> int:
+        v = unpack_from(fmt, buf, offs[ch])[0]
+        if sign and v >= sign >> 1:
+            v -= sign
+        if absolute:
+            v = abs(v)
+        return -v if negate else v
+    return read
+
+
 def _alu(op: str, a: int, b: int, size: int) -> int:
     if op == "mov":
         return a
@@ -116,6 +152,8 @@ class EuThread:
         self.breakpoints_enabled = breakpoints_enabled
         self.grf = bytearray(GRF_BYTES * GRF_COUNT)
         self.arf = {nr: bytearray(GRF_BYTES) for nr in _KNOWN_ARF}
+        self._cr = self.arf[ARF_CR]
+        self._plans: dict[int, tuple | None] = {}  # id(instruction) -> its compiled ALU plan
         if illegal_opcode_exception:
             self.cr0_set(1, self.cr0(1) | CR0_ILLEGAL_ENABLE)
         self.state: Stop | None = None  # None while runnable
@@ -152,7 +190,7 @@ class EuThread:
 
     @property
     def in_sip(self) -> bool:
-        return bool(self.cr0(0) & CR0_MASTER_EXCEPTION)
+        return bool(self._cr[3] & 0x80)            # cr0.0 bit 31 (CR0_MASTER_EXCEPTION)
 
     def _buffer(self, o: Operand) -> tuple[bytearray, int]:
         if o.file == "grf":
@@ -281,11 +319,11 @@ class EuThread:
                 if stop:
                     return stop
                 continue
-            if not self.in_sip and self.cr0(0) & CR0_BREAKPOINT_SUPPRESS:
+            if self._cr[1] & 0x80 and not self._cr[3] & 0x80:     # suppress, not in the SIP
                 # the first instruction after the return runs without its breakpoint; the
                 # suppress bit covers that one instruction only
                 self.cr0_set(0, self.cr0(0) & ~CR0_BREAKPOINT_SUPPRESS)
-            elif inst.breakpoint and self.breakpoints_enabled and not self.in_sip and not replay:
+            elif inst.breakpoint and self.breakpoints_enabled and not self._cr[3] & 0x80 and not replay:
                 if self._enter_sip(self.ip, CR0_EXC_BREAKPOINT):
                     continue
             try:
@@ -343,6 +381,13 @@ class EuThread:
                 if o.type not in ("ub", "b", "uw", "w", "ud", "d", "uq", "q"):
                     raise ExecError(f"type :{o.type} is not executed (integer types only)")
             self._checked.add(id(inst))  # instructions stay alive in the decode cache
+        plan = self._plans.get(id(inst), False)
+        if plan is False:
+            plan = self._plans[id(inst)] = self._plan(inst)
+        if plan is not None:
+            self._run_plan(inst, plan)
+            self.ip += 16
+            return None
         size = TYPE_SIZE[inst.dst.type]
         if op == "sel":
             self._sel(inst)
@@ -361,6 +406,54 @@ class EuThread:
                 self._set_flags(inst, [(ch, _COND[inst.cond_mod](v, 0)) for ch, v in values])
         self.ip += 16
         return None
+
+    # -- the compiled form of a plain ALU instruction --
+    # Register operands resolve once per thread to (buffer, byte offset of every channel,
+    # struct format); the loop then packs and unpacks without walking the operand again.
+    # Anything else (the IP register, a write to cr0.0 that may return from the SIP, a region
+    # that leaves its register, predication other than a flag's bits) takes the general path.
+    def _plan(self, inst: Instruction) -> tuple | None:
+        fn = _ALU.get(inst.opcode)
+        if fn is None or inst.cond_mod or inst.pred_ctrl not in (0, 1):
+            return None
+        n = inst.exec_size
+        srcs = []
+        for o in inst.srcs[:2]:
+            size = TYPE_SIZE[o.type]
+            if o.file == "imm" or (o.file == "arf" and o.nr == ARF_NULL):
+                srcs.append(_const(self._read(o, 0)))
+                continue
+            if o.file == "arf" and (o.nr == ARF_IP or o.nr not in self.arf):
+                return None
+            buf, base = self._buffer(o)
+            offs = [base + (o.subreg + (ch // o.width) * o.vstride + (ch % o.width) * o.hstride)
+                    * size for ch in range(n)]
+            if max(offs) + size > len(buf):
+                return None
+            srcs.append(_reader(buf, offs, _FMT[size], 1 << (8 * size) if o.type in SIGNED_TYPES
+                                else 0, o.absolute, o.negate))
+        if len(srcs) < 2:
+            srcs.append(_const(0))
+        d = inst.dst
+        if d.file == "arf" and (d.nr == ARF_NULL or d.nr == ARF_IP or d.nr == ARF_CR
+                                or d.nr not in self.arf):
+            return None
+        size = TYPE_SIZE[d.type]
+        buf, base = self._buffer(d)
+        doffs = [base + (d.subreg + ch * d.hstride) * size for ch in range(n)]
+        if max(doffs) + size > len(buf):
+            return None
+        return fn, srcs[0], srcs[1], buf, doffs, _FMT[size], _MASKS[size], size
+
+    def _run_plan(self, inst: Instruction, plan: tuple) -> None:
+        fn, ra, rb, dbuf, doffs, dfmt, dmask, size = plan
+        if inst.nomask and not inst.pred_ctrl:
+            chans: Iterable[int] = range(inst.exec_size)
+        else:
+            chans = self._channels(inst)
+        out = [(ch, fn(ra(ch), rb(ch), size)) for ch in chans]
+        for ch, v in out:
+            pack_into(dfmt, dbuf, doffs[ch], v & dmask)
 
     def _sel(self, inst: Instruction) -> None:
         """sel: the predicate picks src0 (set) or src1 per channel; without one, the
