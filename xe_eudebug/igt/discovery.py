@@ -43,6 +43,12 @@ RACE_PRIMARY_ATTACH_S = 60.0
 #: Debugger.STOP_DRAIN_LIMIT + STOP_FORCE_WAIT (90 s); the primary's last attach retries for
 #: RACE_PRIMARY_ATTACH_S and a client token wait ends after client.DEFAULT_TIMEOUT (60 s each).
 RACE_STALL_S = 180.0
+#: How long the test waits for a race client's token (its FINI: all its resources created); IGT
+#: 60 s, the framework's default.  Each of the client's 768 resource ioctls may wait for a whole
+#: discovery (the gate is device-wide) and the twelve debuggers queue discoveries back to back:
+#: on 2 cores at load average 20 with four more busy loops a client ran 60-190 s.  A client that
+#: exits is still noticed within a second.
+RACE_CLIENT_TIMEOUT_S = 300.0
 #: scaled: attach/detach cycles per discovery-empty thread (IGT 100).
 EMPTY_CYCLES = 50
 #: scaled: discovery-empty sessions (IGT 16).
@@ -79,7 +85,7 @@ class RaceClient:
     wait_done, or by the test before it sends SIGINT); each thread has its own ``done``."""
 
     def __init__(self, fd: int, flags: int) -> None:
-        self.client = Client(fd, ic.discovery_client, flags)
+        self.client = Client(fd, ic.discovery_client, flags, timeout=RACE_CLIENT_TIMEOUT_S)
         self.pid = self.client.pid
         self.debuggers = [Debugger(fd, ic.PRIMARY_THREAD if i == 0 else 0) for i in range(3)]
 
