@@ -724,14 +724,14 @@ def test_discovery_end_lets_waiting_ioctls_in_before_the_next_discovery():
     done = []
     th = threading.Thread(target=lambda: done.append(env.vm_create(f)), daemon=True)
     th.start()
-    end = time.monotonic() + 5
+    end = time.monotonic() + 30
     while not k.gate_waiters and time.monotonic() < end:
         time.sleep(0.01)
     assert k.gate_waiters and not done                           # VM_CREATE waits for A
     with k._lock:
         dev.writers_waiting += 1                                 # discovery B queued while A runs
         k._gate_write_done(dev)                                  # A ends
-    th.join(5)
+    th.join(30)
     try:
         assert done == [1]                                       # in before B, which waits
         assert dev.writers_waiting == 1 and not dev.writer and not dev.readers_granted
@@ -739,7 +739,7 @@ def test_discovery_end_lets_waiting_ioctls_in_before_the_next_discovery():
         with k._lock:                                            # B never runs here
             dev.writers_waiting -= 1
             k._gate_cv.notify_all()
-        th.join(5)
+        th.join(30)
 
 
 def test_full_fifo_detaches_with_etimedout():
