@@ -7,12 +7,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
-from typing import Iterator
+from typing import Iterator, TextIO
 
 import pytest
 
@@ -108,35 +110,72 @@ def _killed_at_exit() -> Iterator[list]:
 
 
 class Monitor:
+    """``xe-eudebug monitor`` in a subprocess.  Its stdout and stderr are each read by one thread
+    through their file objects to the end: a ``readline()`` reads ahead into the file object's
+    buffer, and ``communicate()`` reads the pipe itself, so mixing the two would drop the lines
+    read ahead (an event printed right after the one waited for)."""
+
     def __init__(self, env: dict[str, str], *args: str) -> None:
         self.proc = subprocess.Popen([sys.executable, "-m", "xe_eudebug", "monitor", "--enable", *args],
                                      env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.lines: list[str] = []
-        banner = self.proc.stderr.readline() if self.proc.stderr else ""
-        assert "attached to pid" in banner, banner + (self.proc.stderr.read() if self.proc.stderr else "")
+        self._out: queue.Queue[str | None] = queue.Queue()
+        self._err: list[str] = []
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        banner = self.proc.stderr.readline()
+        self._readers = [threading.Thread(target=self._read_stdout, args=(self.proc.stdout,), daemon=True),
+                         threading.Thread(target=self._read_stderr, args=(self.proc.stderr,), daemon=True)]
+        for reader in self._readers:
+            reader.start()
+        if "attached to pid" not in banner:
+            self.kill()
+            raise AssertionError(banner + "".join(self._err))
+
+    def _read_stdout(self, stream: TextIO) -> None:
+        for line in stream:
+            self._out.put(line.rstrip("\n"))
+        self._out.put(None)
+
+    def _read_stderr(self, stream: TextIO) -> None:
+        self._err.append(stream.read())
+
+    def _take(self, timeout: float) -> str | None:
+        """The next stdout line; None at its end."""
+        try:
+            return self._out.get(timeout=max(timeout, 0))
+        except queue.Empty:
+            raise AssertionError(f"the monitor printed nothing for {timeout:.0f} s after {self.lines}") from None
 
     def wait_for(self, text: str, count: int = 1) -> list[str]:
         """Read stdout lines until ``count`` of them contain ``text``; the lines read so far."""
-        assert self.proc.stdout is not None
         deadline = time.monotonic() + WAIT
         while sum(text in line for line in self.lines) < count:
-            assert time.monotonic() < deadline, f"no {text!r} in {self.lines}"
-            line = self.proc.stdout.readline()
-            assert line, f"monitor ended before printing {text!r}: {self.lines}"
-            self.lines.append(line.rstrip("\n"))
+            line = self._take(deadline - time.monotonic())
+            assert line is not None, f"monitor ended before printing {text!r}: {self.lines}"
+            self.lines.append(line)
         return self.lines
+
+    def _end(self) -> None:
+        self.proc.wait(WAIT)
+        for reader in self._readers:
+            reader.join(WAIT)
+            assert not reader.is_alive(), "the monitor exited but its output did not end"
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
 
     def finish(self, sig: int | None = None) -> tuple[list[str], str, int]:
         if sig is not None:
             self.proc.send_signal(sig)
-        out, err = self.proc.communicate(timeout=WAIT)
-        self.lines.extend(out.splitlines())
-        return self.lines, err, self.proc.returncode
+        self._end()
+        while (line := self._take(0)) is not None:
+            self.lines.append(line)
+        return self.lines, "".join(self._err), self.proc.returncode
 
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
-            self.proc.communicate(timeout=WAIT)
+        self._end()
 
 
 def test_monitor_prints_events_reads_metadata_acks_and_saves_a_log(sim, tmp_path):
@@ -159,8 +198,8 @@ def test_monitor_prints_events_reads_metadata_acks_and_saves_a_log(sim, tmp_path
         monitor.wait_for("acked seqno")
         assert any("vm_bind_ufence(8):create|ack" in line for line in monitor.lines)
         assert debuggee.step() == "done"
+        debuggee.finish()  # its last events reach the monitor's stdout together
         lines = monitor.wait_for("client(2):destroy")
-        debuggee.finish()
         lines, err, rc = monitor.finish()  # ends by itself once the debuggee has exited
     assert rc == 0, err
     assert err.strip().splitlines() == [

@@ -290,9 +290,12 @@ def test_altered_byte_is_caught_by_content_check(subtest: str, fault: bool, faul
     # Types 0 and 1 are shorter than the offset and pass; type 2 is the first object hit.
     assert message == (f"metadata type 2: byte {FLIP_OFFSET} is {expected ^ 0xFF:#04x}, "
                        f"expected {expected:#04x} (igt pattern)")
-    # Only the content was wrong: the debugger still saw every event.
+    # Only the content was wrong: the debugger still saw every event.  The wait for the client
+    # ends at the failed trigger once a poll slice passed without its FINI (a loaded machine),
+    # and then its log is not read: complete or unread, never partial.
     client_log, debugger_log = result.logs[0]
-    assert len(debugger_log) == len(client_log) == EVENTS_PER_CLIENT
+    assert len(debugger_log) == EVENTS_PER_CLIENT
+    assert len(client_log) in (0, EVENTS_PER_CLIENT)
 
 
 @pytest.mark.parametrize("fault", [False, True], ids=["no-fault", "fault"])

@@ -712,6 +712,37 @@ def test_discovery_blocks_resources_and_debugger_ioctls_ebusy():
     assert types(evs)[-1] == (K.EV_VM, 1)
 
 
+def test_discovery_end_lets_waiting_ioctls_in_before_the_next_discovery():
+    """A discovery's end grants the gate to the ioctls waiting then, even when another CONNECT has
+    queued the next discovery meanwhile (the kernel's rw_semaphore wakes its waiting readers):
+    back-to-back CONNECTs must not starve a client's resource ioctls."""
+    env = Env()
+    k, dev = env.k, env.k.devices[0]
+    f = env.open()
+    with k._lock:
+        dev.writers_waiting += 1                                 # discovery A, as CONNECT queues it
+        k._gate_write(dev)
+    done = []
+    th = threading.Thread(target=lambda: done.append(env.vm_create(f)), daemon=True)
+    th.start()
+    end = time.monotonic() + 30
+    while not k.gate_waiters and time.monotonic() < end:
+        time.sleep(0.01)
+    assert k.gate_waiters and not done                           # VM_CREATE waits for A
+    with k._lock:
+        dev.writers_waiting += 1                                 # discovery B queued while A runs
+        k._gate_write_done(dev)                                  # A ends
+    th.join(30)
+    try:
+        assert done == [1]                                       # in before B, which waits
+        assert dev.writers_waiting == 1 and not dev.writer and not dev.readers_granted
+    finally:
+        with k._lock:                                            # B never runs here
+            dev.writers_waiting -= 1
+            k._gate_cv.notify_all()
+        th.join(30)
+
+
 def test_full_fifo_detaches_with_etimedout():
     env = Env(fifo_capacity=3, fifo_timeout=0.3, fifo_retry=0.05)
     f = env.open()

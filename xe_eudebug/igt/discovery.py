@@ -9,8 +9,10 @@ import errno
 import os
 import random
 import signal
+import sys
 import threading
 import time
+import traceback
 from typing import Callable
 
 from . import clients as ic
@@ -35,6 +37,18 @@ RACE_DWELL_SIGINT_S = 0.1
 RACE_MAX_DWELLS = 30
 #: How long the primary thread retries -EBUSY for its final attach (IGT: without limit).
 RACE_PRIMARY_ATTACH_S = 60.0
+#: A race thread that made no step for this long is stuck.  Its run time grows with the load (its
+#: CONNECTs wait for every other connection's discovery on the device), so what is bounded is a
+#: step: one try dwells at most RACE_MAX_DWELLS * RACE_DWELL_S and stops its worker within
+#: Debugger.STOP_DRAIN_LIMIT + STOP_FORCE_WAIT (90 s); the primary's last attach retries for
+#: RACE_PRIMARY_ATTACH_S and a client token wait ends after client.DEFAULT_TIMEOUT (60 s each).
+RACE_STALL_S = 180.0
+#: How long the test waits for a race client's token (its FINI: all its resources created); IGT
+#: 60 s, the framework's default.  Each of the client's 768 resource ioctls may wait for a whole
+#: discovery (the gate is device-wide) and the twelve debuggers queue discoveries back to back:
+#: on 2 cores at load average 20 with four more busy loops a client ran 60-190 s.  A client that
+#: exits is still noticed within a second.
+RACE_CLIENT_TIMEOUT_S = 300.0
 #: scaled: attach/detach cycles per discovery-empty thread (IGT 100).
 EMPTY_CYCLES = 50
 #: scaled: discovery-empty sessions (IGT 16).
@@ -71,7 +85,7 @@ class RaceClient:
     wait_done, or by the test before it sends SIGINT); each thread has its own ``done``."""
 
     def __init__(self, fd: int, flags: int) -> None:
-        self.client = Client(fd, ic.discovery_client, flags)
+        self.client = Client(fd, ic.discovery_client, flags, timeout=RACE_CLIENT_TIMEOUT_S)
         self.pid = self.client.pid
         self.debuggers = [Debugger(fd, ic.PRIMARY_THREAD if i == 0 else 0) for i in range(3)]
 
@@ -110,6 +124,11 @@ class RaceStats:
         self.left_when_done = 0         # tries left when it first saw the client done
         self.own_full = False           # the loop ended because one of its tries read it all
         self.dwells: list[float] = []   # seconds from start_worker to the end of the dwell
+        self.step = "starting"          # what the thread does now, and since when
+        self.since = time.monotonic()
+
+    def at(self, step: str) -> None:
+        self.step, self.since = step, time.monotonic()
 
 
 def _race_routine(rc: RaceClient, d: Debugger, flags: int, st: RaceStats) -> None:
@@ -122,6 +141,7 @@ def _race_routine(rc: RaceClient, d: Debugger, flags: int, st: RaceStats) -> Non
         if done:
             break
         st.tries += 1
+        st.at(f"try {st.tries}")
         client_done = rc.client.done
         if client_done and not st.left_when_done:
             st.left_when_done = RACE_TRIES - st.tries + 1
@@ -153,13 +173,35 @@ def _race_routine(rc: RaceClient, d: Debugger, flags: int, st: RaceStats) -> Non
         # IGT retries -EBUSY without limit.  Another thread's connection can be held for up to
         # the kernel's fifo timeout (25 s) by a release of the killed client's files blocked on
         # its full fifo, so the bound is well above that.
+        st.at("final attach")
         _attach_retry(d, rc.pid, RACE_PRIMARY_ATTACH_S)
         d.start_worker()
+        st.at("waiting for the client")
         rc.client.wait_done()
+        st.at("waiting for the client's events")
         if not sigint:
             ic.wait_until(lambda: d.event_count == rc.client.seqno - 1, 5.0, 0.05)
+        st.at("final stop")
         d.stop_worker(1.0)
         d.detach()
+    st.at("finished")
+
+
+def _join_race(threads: list[threading.Thread], stats: list["RaceStats"], names: list[str]) -> None:
+    """Wait for the race threads for as long as each keeps making steps; a thread whose current
+    step has lasted RACE_STALL_S fails the test with what it was doing and where."""
+    for t, st, name in zip(threads, stats, names):
+        while True:
+            t.join(1.0)
+            if not t.is_alive():
+                break
+            step, since = st.step, st.since
+            stalled = time.monotonic() - since
+            if stalled >= RACE_STALL_S:
+                frame = sys._current_frames().get(t.ident or 0)
+                where = "".join(traceback.format_stack(frame)[-6:]) if frame is not None else "(no stack)\n"
+                raise AssertionError(f"race thread {name} stuck in {step} for {stalled:.0f} s "
+                                     f"after {st.tries} tries; it is at:\n{where}")
 
 
 @subtest("discovery-race", clients=4, flags=0)
@@ -183,11 +225,13 @@ def test_discovery_race(fd: int, clients: int, flags: int) -> None:
 
         threads = []
         stats: list[RaceStats] = []
+        names: list[str] = []
         for rc in rcs:
-            for d in rc.debuggers:
+            for i, d in enumerate(rc.debuggers):
                 if d.flags & ic.PRIMARY_THREAD:
                     rc.client.start()
                 stats.append(RaceStats())
+                names.append(f"{i} of client {rc.pid}" + (" (primary)" if d.flags & ic.PRIMARY_THREAD else ""))
                 t = threading.Thread(target=run, args=(rc, d, stats[-1]), daemon=True)
                 t.start()
                 threads.append(t)
@@ -195,9 +239,7 @@ def test_discovery_race(fd: int, clients: int, flags: int) -> None:
             time.sleep(2)
             rcs[0].client.done = True  # first, as IGT: no thread waits for events any more
             rcs[0].client.kill(signal.SIGINT)  # the threads go on racing attach/detach
-        for t in threads:
-            t.join(120)
-            assert not t.is_alive(), "a race thread did not finish within 120 s"
+        _join_race(threads, stats, names)
         if errors:
             raise errors[0]
         # IGT's semantics, not only its outcome: each thread ends its own loop, either after

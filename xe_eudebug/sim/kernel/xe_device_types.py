@@ -300,6 +300,12 @@ class Device:
         self.readers = 0                           # discovery gate (rw semaphore)
         self.writer = False
         self.writers_waiting = 0
+        # A writer's release grants the gate to every reader waiting then, ahead of the writers
+        # queued meanwhile (as the kernel's rw_semaphore wakes its waiting readers): a stream of
+        # CONNECTs, each queueing a discovery, must not starve the clients' ioctls.
+        self.gate_gen = 0                          # writer releases so far
+        self.readers_waiting = 0
+        self.readers_granted = 0                   # waiting readers the last release let in
         self.next_mmap_offset = MMAP_OFFSET_START
 
     # -- shape ------------------------------------------------------------------------------------

@@ -95,13 +95,35 @@ class XeEudebugMixin:
     def _gate_read(self, dev: Device) -> None:
         if dev.writer or dev.writers_waiting:
             me = threading.get_ident()
+            gen = dev.gate_gen
             self.gate_waiters.add(me)
+            dev.readers_waiting += 1
             try:
-                while dev.writer or dev.writers_waiting:
+                # Until a writer's release grants it (gate_gen moves on), or no writer is left.
+                while dev.writer or (dev.writers_waiting and dev.gate_gen == gen):
                     self._gate_cv.wait()
             finally:
                 self.gate_waiters.discard(me)
+                dev.readers_waiting -= 1
+                if dev.gate_gen != gen and dev.readers_granted:
+                    dev.readers_granted -= 1
+                    if not dev.readers_granted:
+                        self._gate_cv.notify_all()
         dev.readers += 1
+
+    def _gate_write(self, dev: Device) -> None:
+        """Take the gate for writing (discovery; its CONNECT counted it in writers_waiting)."""
+        while dev.writer or dev.readers or dev.readers_granted:
+            self._gate_cv.wait()
+        dev.writers_waiting -= 1
+        dev.writer = True
+
+    def _gate_write_done(self, dev: Device) -> None:
+        """Release the write side: every reader waiting now is let in before the next writer."""
+        dev.writer = False
+        dev.gate_gen += 1
+        dev.readers_granted = dev.readers_waiting
+        self._gate_cv.notify_all()
 
     def _gate_read_done(self, dev: Device) -> None:
         dev.readers -= 1
@@ -331,18 +353,14 @@ class XeEudebugMixin:
     def _discovery(self, conn: Connection) -> None:
         dev = conn.device
         with self._lock:
-            while dev.writer or dev.readers:
-                self._gate_cv.wait()
-            dev.writers_waiting -= 1
-            dev.writer = True
+            self._gate_write(dev)
             try:
                 self._replay(conn)
             except Exception:  # pragma: no cover - a model bug must not wedge the device
                 log.exception("discovery failed")
             finally:
-                dev.writer = False
+                self._gate_write_done(dev)
                 conn.discovery_done = True
-                self._gate_cv.notify_all()
                 conn.cv.notify_all()
 
     def _replay(self, conn: Connection) -> None:
