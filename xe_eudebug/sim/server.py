@@ -25,6 +25,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import termios
 import threading
 import time
 from collections import deque
@@ -33,6 +34,7 @@ from typing import Any
 from . import port as wire
 from . import procmem
 from .config import SimConfig, default_socket_dir, default_socket_path
+from .loop import EventLoop
 from .port import (OP_DEVICE_ENABLED, F_CLOEXEC, F_FD, KIND_DEBUGGER, KIND_DEVICE, KIND_OTHER, KIND_VM, M_DATA, M_DONE,
                    OP_CLONE, OP_FILE_INFO, OP_FSYNC, OP_GET_ENABLED, OP_INFO, OP_IOCTL, OP_LSEEK, OP_MMAP,
                    OP_OPEN, OP_POLL, OP_PREAD, OP_PWRITE, OP_READ, OP_SET_ENABLED, R_MEMREAD, R_MEMWRITE,
@@ -51,12 +53,16 @@ _VM_OPEN = 0x40286A01   # DRM_XE_EUDEBUG_IOCTL_VM_OPEN: vm fd, O_CLOEXEC
 
 _SIOCOUTQ = 0x5411
 OWNER_GONE_IDLE_EXIT = 1.0  # seconds of idleness after which an orphaned private instance exits
-RELEASE_ORDER_WAIT = 0.05  # seconds a slow release holds up the next one (see _release_worker)
+RELEASE_ORDER_WAIT = 0.05  # seconds a slow release holds up the next one (see _run_releases)
 RELEASE_SYNC_WAIT = 10.0   # seconds a call waits for releases of files closed before it (a release
 #                            waiting for a discovery to finish can take that long under load)
 RELEASE_BLOCKED_CHECK = 0.005  # seconds between checks whether such a release blocks on a full fifo
 OWN_RELEASE_WAIT = 60.0    # seconds a process's call waits for the release of a file it opened, even
 #                            one blocked in the kernel (close(2) would still be blocked in it)
+HOUSEKEEPING_INTERVAL = 0.2  # seconds between housekeeping rounds (idle exit, freed memfds)
+ACCEPT_BATCH = 64          # connections accepted per listener event (then other callers' turn)
+REPLY_INLINE_MAX = 1 << 16  # bytes of reply the loop sends itself; a larger one may block on the caller
+_CONN_EVENTS = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLONESHOT
 _GONE_EVENTS = select.POLLHUP | select.POLLERR | getattr(select, "POLLRDHUP", 0x2000)
 MEMORY_CHUNK = 1 << 20  # bytes of caller memory copied (or asked for) at a time
 MEMORY_ANSWER_TIMEOUT = 30.0  # seconds a caller may take to answer a memory request
@@ -84,11 +90,13 @@ class _Conn:
     its clones) only name it in logs: a call's identity is `creds`, the SCM_CREDENTIALS the
     kernel attached to the call's message (SO_PASSCRED), whoever holds the connection."""
 
-    __slots__ = ("sock", "buf", "pid", "uid", "gid", "direct", "dead", "held", "creds")
+    __slots__ = ("sock", "fd", "buf", "pid", "uid", "gid", "direct", "dead", "held", "creds", "sleep", "closed")
 
-    def __init__(self, sock: socket.socket, pid: int, uid: int, gid: int, direct: bool) -> None:
+    def __init__(self, sock: socket.socket, pid: int, uid: int, gid: int, direct: bool,
+                 sleep: Any = None) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         self.sock = sock
+        self.fd = sock.fileno()
         self.buf = bytearray(65536 + wire.HEADER_SIZE)
         self.pid = pid
         self.uid = uid
@@ -97,6 +105,8 @@ class _Conn:
         self.dead = False
         self.held: list[int] = []  # fds received with the call being served
         self.creds: list[int] = [0, 0, 0]  # [pid, uid, gid] of the sender of the call being served
+        self.sleep = sleep or (lambda: None)  # the event loop's might_sleep
+        self.closed = False
 
 
 class Caller:
@@ -197,6 +207,7 @@ class Caller:
         conn = self._conn
         if conn.dead:
             raise self._fault()
+        conn.sleep()  # the answer takes a round trip through the caller: not on the loop
         try:
             send_msg(conn.sock, kind, 0, addr, size, 0, data)
             # The caller answers at once while blocked in its call; a stopped or wedged process
@@ -297,15 +308,20 @@ class Server:
         self.by_fd: dict[int, _Entry] = {}
         self.detached: set[_Entry] = set()
         self.conns = 0
-        self.epoll = select.epoll()
+        self.by_conn: dict[int, _Conn] = {}  # control connections by fd
+        self.loop = EventLoop(self._tick, self._interval)
+        self._idle_since: float | None = None
+        self._next_housekeeping = 0.0
+        self.epoll = select.epoll()  # the simulated files' server ends (end-of-file: last close)
         self._epfd = self.epoll.fileno()
         self.stopping = threading.Event()
         self.owner_pid = 0  # set for private instances: see serve_forever
         self.release_queue: deque[_Entry] = deque()
         self.release_cv = threading.Condition()
         self.releases_pending: set[_Entry] = set()  # scheduled releases not yet done
-        self.dirty: set[int] = set()
-        self.dirty_cv = threading.Condition()
+        self._release_running: tuple[_Entry, float] | None = None  # the latest release started
+        self.dirty: set[int] = set()  # files whose readiness changed outside a call
+        self._dirty_lock = threading.Lock()
         self.tls = threading.local()
         self.listener: socket.socket | None = None
         self._listener_ino = 0
@@ -315,6 +331,10 @@ class Server:
             kernel.on_poll_change = self._on_poll_change
         except AttributeError:
             log.warning("kernel model does not accept on_poll_change; poll readiness disabled")
+        try:  # the kernel announces its sleeps: a call about to block leaves the loop first
+            kernel.might_sleep = self.loop.might_sleep
+        except AttributeError:
+            pass
 
     # -- lifecycle --------------------------------------------------------------------------
     def bind(self) -> None:
@@ -367,138 +387,204 @@ class Server:
         if self.listener is None:
             self.bind()
         assert self.listener is not None
-        # Calls hand the interpreter lock between connection threads constantly (a producer
-        # wakes a blocked READ_EVENT); the default 5 ms switch interval makes each handoff slow.
+        # Calls hand the interpreter lock between threads (a producer wakes a parked READ_EVENT);
+        # the default 5 ms switch interval makes each handoff slow.
         sys.setswitchinterval(0.0002)
-        threads = [
-            threading.Thread(target=self._watch_files, name="sim-files", daemon=True),
-            threading.Thread(target=self._release_worker, name="sim-release", daemon=True),
-            threading.Thread(target=self._poll_worker, name="sim-poll", daemon=True),
-        ]
-        for t in threads:
-            t.start()
+        loop = self.loop
+        self.listener.setblocking(False)
+        loop.add(self.listener.fileno(), select.EPOLLIN, self._accept)
+        # the files' epoll set is itself watched: readable when a simulated file was closed
+        loop.add(self._epfd, select.EPOLLIN, self._files_event)
         log.info("xe_eudebug simulator pid %d listening on %s (%d device%s)", os.getpid(),
                  self.socket_path, self.config.devices, "" if self.config.devices == 1 else "s")
-        idle_since: float | None = None
+        self._next_housekeeping = time.monotonic()
         try:
-            while not self.stopping.is_set():
+            if _PROFILE_DIR:
+                import cProfile
+
+                profiler = cProfile.Profile()
                 try:
-                    sock, _ = self.listener.accept()
-                except socket.timeout:
-                    sock = None
-                except OSError as exc:
-                    if self.stopping.is_set():
-                        break
-                    log.warning("accept failed: %s", exc)
-                    time.sleep(0.05)
-                    sock = None
-                if sock is not None:
-                    self._start_conn(sock)
-                    idle_since = None
-                    continue
-                housekeeping = getattr(self.kernel, "housekeeping", None)
-                if housekeeping is not None:
-                    try:
-                        housekeeping()
-                    except Exception:
-                        log.exception("kernel model failed in housekeeping")
-                idle_exit = self.config.idle_exit
-                if self.owner_pid and not _alive(self.owner_pid):
-                    # the process that started this private instance is gone (killed without
-                    # stopping it): nobody else knows its socket, so do not outlive its users
-                    idle_exit = min(idle_exit, OWNER_GONE_IDLE_EXIT) if idle_exit > 0 else OWNER_GONE_IDLE_EXIT
-                if idle_exit > 0:
-                    with self.lock:
-                        idle = self.conns == 0 and not self.by_key and not self.detached
-                    if not idle:
-                        idle_since = None
-                    elif idle_since is None:
-                        idle_since = time.monotonic()
-                    elif time.monotonic() - idle_since >= idle_exit:
-                        log.info("idle for %.1f s, exiting", idle_exit)
-                        break
+                    profiler.runcall(loop.run)
+                finally:
+                    profiler.dump_stats(os.path.join(_PROFILE_DIR, f"loop-{os.getpid()}.prof"))
+            else:
+                loop.run()
         finally:
             self.close()
             if self.owner_pid and not _alive(self.owner_pid):
                 _remove_private_dir(os.path.dirname(self.socket_path))
 
+    def _interval(self) -> float:
+        """Seconds the loop may wait in epoll: until the next housekeeping, a detached file's
+        check, or the next release that waits for the one before it (RELEASE_ORDER_WAIT)."""
+        left = max(0.0, self._next_housekeeping - time.monotonic())
+        if self.detached:
+            left = min(left, 0.25)
+        running = self._release_running
+        if running is not None and self.release_queue:
+            left = min(left, max(0.0, running[1] + RELEASE_ORDER_WAIT - time.monotonic()))
+        return left
+
+    def _tick(self) -> None:
+        """Work of the loop between rounds of events: readiness changed outside calls, releases
+        of closed files, and a few times a second housekeeping and the idle exit."""
+        if self.dirty:
+            self._reconcile_dirty()
+        if self.release_queue:
+            self._run_releases()
+        now = time.monotonic()
+        if now < self._next_housekeeping or not self.loop.is_leader():
+            return
+        self._next_housekeeping = now + HOUSEKEEPING_INTERVAL
+        if self.detached:
+            self._check_closed([])
+        housekeeping = getattr(self.kernel, "housekeeping", None)
+        if housekeeping is not None:
+            try:
+                housekeeping()
+            except Exception:
+                log.exception("kernel model failed in housekeeping")
+        idle_exit = self.config.idle_exit
+        if self.owner_pid and not _alive(self.owner_pid):
+            # the process that started this private instance is gone (killed without
+            # stopping it): nobody else knows its socket, so do not outlive its users
+            idle_exit = min(idle_exit, OWNER_GONE_IDLE_EXIT) if idle_exit > 0 else OWNER_GONE_IDLE_EXIT
+        if idle_exit > 0:
+            with self.lock:
+                idle = self.conns == 0 and not self.by_key and not self.detached
+            if not idle:
+                self._idle_since = None
+            elif self._idle_since is None:
+                self._idle_since = now
+            elif now - self._idle_since >= idle_exit:
+                log.info("idle for %.1f s, exiting", idle_exit)
+                self.stop()
+
     def stop(self) -> None:
         self.stopping.set()
+        self.loop.stop()
 
     def close(self) -> None:
-        self.stopping.set()
+        self.stop()
         if self.listener is not None:
             try:
                 if os.stat(self.socket_path).st_ino == self._listener_ino:
                     os.unlink(self.socket_path)
             except OSError:
                 pass
+            self.loop.remove(self.listener.fileno())
             self.listener.close()
             self.listener = None
         with self.release_cv:
             self.release_cv.notify_all()
-        with self.dirty_cv:
-            self.dirty_cv.notify_all()
 
     # -- control connections ----------------------------------------------------------------
+    def _accept(self, _fd: int, _mask: int) -> None:
+        for _ in range(ACCEPT_BATCH):
+            listener = self.listener
+            if listener is None:
+                return
+            try:
+                sock, _ = listener.accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                # EMFILE and the like: the connection stays in the backlog; try again later
+                log.warning("accept failed: %s", exc)
+                return
+            self._start_conn(sock)
+            self._idle_since = None
+
     def _start_conn(self, sock: socket.socket) -> None:
-        sock.settimeout(None)
+        sock.setblocking(True)
         creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
         pid, uid, gid = int.from_bytes(creds[0:4], "little"), int.from_bytes(creds[4:8], "little"), \
             int.from_bytes(creds[8:12], "little")
-        self._spawn_conn(_Conn(sock, pid, uid, gid, self.direct_default))
+        self._spawn_conn(_Conn(sock, pid, uid, gid, self.direct_default, self.loop.might_sleep))
 
     def _spawn_conn(self, conn: _Conn) -> None:
+        """Watch a new control connection: the loop reads its requests (no thread of its own)."""
         with self.lock:
             self.conns += 1
-        t = threading.Thread(target=self._serve_conn, args=(conn,), name=f"sim-conn-{conn.pid}", daemon=True)
-        t.start()
+            self.by_conn[conn.fd] = conn
+        self.loop.add(conn.fd, _CONN_EVENTS, self._conn_event)
 
-    def _serve_conn(self, conn: _Conn) -> None:
-        if _PROFILE_DIR:
-            import cProfile
-
-            profiler = cProfile.Profile()
-            try:
-                profiler.runcall(self._serve_conn_loop, conn)
-            finally:
-                profiler.dump_stats(os.path.join(_PROFILE_DIR, f"conn-{os.getpid()}-{threading.get_ident()}.prof"))
-            return
-        self._serve_conn_loop(conn)
-
-    def _serve_conn_loop(self, conn: _Conn) -> None:
+    def _end_conn(self, conn: _Conn) -> None:
+        with self.lock:
+            if conn.closed:
+                return
+            conn.closed = True
+            self.conns -= 1
+            if self.by_conn.get(conn.fd) is conn:
+                del self.by_conn[conn.fd]
+                self.loop.remove(conn.fd)
         try:
-            while not conn.dead:
-                try:
-                    msg = recv_msg(conn.sock, conn.buf, creds=conn.creds)
-                except wire.FdsDropped:
-                    # the fd of the call could not be received: the server's fd table is full
-                    self._reply(conn, err=_errno.EMFILE)
-                    continue
-                if msg is None:
-                    break
+            conn.sock.close()
+        except OSError:
+            pass
+
+    def _conn_event(self, fd: int, mask: int) -> None:
+        """A control connection is readable (EPOLLONESHOT: no other thread serves it now)."""
+        conn = self.by_conn.get(fd)
+        if conn is None:
+            return
+        try:
+            queued = int.from_bytes(fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"), "little")
+            head = conn.sock.recv(wire.HEADER_SIZE, socket.MSG_PEEK | socket.MSG_DONTWAIT) if queued else b""
+        except BlockingIOError:
+            self.loop.rearm(fd, _CONN_EVENTS)  # a stale event: nothing to read yet
+            return
+        except OSError:
+            head = b""
+        if not head:
+            if queued or mask & (select.EPOLLHUP | select.EPOLLRDHUP | select.EPOLLERR):
+                self._end_conn(conn)  # end-of-file: the loop closes it, no thread involved
+            else:
+                self.loop.rearm(fd, _CONN_EVENTS)
+            return
+        if len(head) < wire.HEADER_SIZE or queued < wire.HEADER_SIZE + wire.HEADER.unpack_from(head)[0]:
+            # the rest of the message is still in transit: reading it may block
+            self.loop.might_sleep()
+        self._serve_one(conn)
+
+    def _serve_one(self, conn: _Conn) -> None:
+        """Read and serve one request of `conn`, then watch it again (or close it)."""
+        try:
+            try:
+                msg = recv_msg(conn.sock, conn.buf, creds=conn.creds)
+            except wire.FdsDropped:
+                # the fd of the call could not be received: the server's fd table is full
+                self._reply(conn, err=_errno.EMFILE)
+                msg = False
+            if msg is None:
+                self._end_conn(conn)
+                return
+            if msg:
                 kind, flags, a, b, c, payload, fds = msg
                 conn.held = fds
-                if conn.creds[0] <= 0 and kind != OP_CLONE and kind != OP_INFO:
-                    raise ProtocolError(f"request {kind} without sender credentials")
                 try:
+                    if conn.creds[0] <= 0 and kind != OP_CLONE and kind != OP_INFO:
+                        raise ProtocolError(f"request {kind} without sender credentials")
                     self._dispatch(conn, kind, a, b, c, payload, fds)
                 finally:
                     wire._close_fds(conn.held)
                     conn.held = []
         except ProtocolError as exc:
             log.warning("closing the control connection of pid %d: malformed message (%s)", conn.pid, exc)
+            conn.dead = True
         except OSError as exc:
             log.debug("control connection of pid %d ended: %s", conn.pid, exc)
+            conn.dead = True
         except Exception:
             log.exception("closing the control connection of pid %d after an internal error", conn.pid)
-        finally:
-            try:
-                conn.sock.close()
-            except OSError:
-                pass
-            with self.lock:
-                self.conns -= 1
+            conn.dead = True
+        if conn.dead:
+            self._end_conn(conn)
+            return
+        try:
+            self.loop.rearm(conn.fd, _CONN_EVENTS)
+        except (OSError, ValueError):
+            self._end_conn(conn)
 
     def _reply(self, conn: _Conn, result: int = 0, err: int = 0, drain: int = 0,
                payload: bytes = b"", fd: int = -1, flags: int = 0) -> None:
@@ -511,6 +597,8 @@ class Server:
             return
         if fd >= 0:
             flags |= F_FD
+        if len(payload) > REPLY_INLINE_MAX:
+            conn.sleep()  # the caller drains a large reply at its own pace
         send_msg(conn.sock, R_REPLY, flags, to_u64(result), err, drain, payload, fd)
 
     def _dispatch(self, conn: _Conn, kind: int, a: int, b: int, c: int, payload: bytes,
@@ -535,7 +623,7 @@ class Server:
                 except OSError as exc:
                     self._reply(conn, err=exc.errno or _errno.EMFILE)
                     return
-                self._spawn_conn(_Conn(mine, conn.pid, conn.uid, conn.gid, conn.direct))
+                self._spawn_conn(_Conn(mine, conn.pid, conn.uid, conn.gid, conn.direct, conn.sleep))
                 try:
                     self._reply(conn, fd=theirs.fileno())
                 finally:
@@ -741,16 +829,9 @@ class Server:
         self.tls.dirty.add(id(file))
         return entry, theirs
 
-    def _watch_files(self) -> None:
-        """Detect the last close of every simulated file (end-of-file on the server's end)."""
-        while not self.stopping.is_set():
-            try:
-                events = self.epoll.poll(0.25 if self.detached else 1.0)
-            except InterruptedError:
-                continue
-            except OSError:
-                return
-            self._check_closed(events)
+    def _files_event(self, _fd: int, _mask: int) -> None:
+        """Some simulated file's server end is readable: detect last closes (end-of-file)."""
+        self._check_closed(self.epoll.poll(0))
 
     def _check_closed(self, events: list[tuple[int, int]]) -> None:
         for fd, _mask in events:
@@ -803,6 +884,8 @@ class Server:
         start = time.monotonic()
         with self.release_cv:
             waiting = list(self.releases_pending)  # the closes before this call, not later ones
+            if any(limit(e) > 0 for e in waiting):
+                self.loop.might_sleep()  # the loop runs the releases meanwhile
             while True:
                 elapsed = time.monotonic() - start
                 waiting = [e for e in waiting if e in self.releases_pending and elapsed < limit(e)]
@@ -843,22 +926,26 @@ class Server:
                 pass
             self.release_queue.append(entry)
             self.release_cv.notify_all()
+        if not self.loop.is_leader():
+            self.loop.wake()  # the loop runs releases
 
-    def _release_worker(self) -> None:
-        """Run releases in the order their last closes were seen.  A release that blocks (an
-        OPEN DESTROY event waiting on a full fifo, up to fifo_timeout) must not hold up the
-        releases of other processes' files, as it would not in the kernel: each release runs in
-        its own thread and the next one starts when it finishes or after RELEASE_ORDER_WAIT."""
-        while True:
+    def _run_releases(self) -> None:
+        """Run releases (on the loop) in the order their last closes were seen.  A release that
+        blocks (an OPEN DESTROY event waiting on a full fifo, up to fifo_timeout) must not hold up
+        the releases of other processes' files, as it would not in the kernel: it sleeps in its
+        own thread (might_sleep), and the next one starts when it finishes or after
+        RELEASE_ORDER_WAIT."""
+        while self.loop.is_leader():
             with self.release_cv:
-                while not self.release_queue and not self.stopping.is_set():
-                    self.release_cv.wait(1.0)
                 if not self.release_queue:
                     return
+                now = time.monotonic()
+                running = self._release_running
+                if running is not None and now - running[1] < RELEASE_ORDER_WAIT:
+                    return  # the loop comes back when it is over (_release_one) or in time
                 entry = self.release_queue.popleft()
-            t = threading.Thread(target=self._release_one, args=(entry,), name="sim-release-one", daemon=True)
-            t.start()
-            t.join(RELEASE_ORDER_WAIT)
+                self._release_running = (entry, now)
+            self._release_one(entry)
 
     def _release_one(self, entry: _Entry) -> None:
         entry.thread = threading.get_ident()
@@ -872,7 +959,12 @@ class Server:
                 entry.sock.close()
             with self.release_cv:
                 self.releases_pending.discard(entry)
+                if self._release_running is not None and self._release_running[0] is entry:
+                    self._release_running = None
                 self.release_cv.notify_all()
+                more = bool(self.release_queue)
+            if more and not self.loop.is_leader():
+                self.loop.wake()
 
     # -- poll readiness -------------------------------------------------------------------
     def _on_poll_change(self, file: Any) -> None:
@@ -880,9 +972,9 @@ class Server:
         if dirty is not None:
             dirty.add(id(file))
             return
-        with self.dirty_cv:
-            self.dirty.add(id(file))
-            self.dirty_cv.notify()
+        with self._dirty_lock:  # a change outside any call (a job, a discovery): the loop
+            self.dirty.add(id(file))  # reconciles it
+        self.loop.wake()
 
     def _finish_dirty(self, current: _Entry | None) -> int:
         """Reconcile the files whose readiness changed during this call; returns the number of
@@ -901,17 +993,14 @@ class Server:
                 drain = n
         return drain
 
-    def _poll_worker(self) -> None:
+    def _reconcile_dirty(self) -> None:
         self.tls.dirty = None
-        while not self.stopping.is_set():
-            with self.dirty_cv:
-                while not self.dirty and not self.stopping.is_set():
-                    self.dirty_cv.wait(1.0)
-                keys, self.dirty = self.dirty, set()
-            for key in keys:
-                entry = self.by_file.get(key)
-                if entry is not None:
-                    self._reconcile(entry, False)
+        with self._dirty_lock:
+            keys, self.dirty = self.dirty, set()
+        for key in keys:
+            entry = self.by_file.get(key)
+            if entry is not None:
+                self._reconcile(entry, False)
 
     def _reconcile(self, entry: _Entry, may_drain: bool) -> int:
         with entry.lock:

@@ -9,6 +9,7 @@ import errno as E
 import heapq
 import os
 import struct
+import threading
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol
 
 from ... import uapi as _uapi
@@ -340,6 +341,20 @@ def _proc_status(pid: int) -> dict[str, str] | None:
 
 
 CALLER_CHECK = 0.2  # seconds between checks, in a sleeping call, whether its caller is gone
+
+
+class WaitQueue(threading.Condition):
+    """A condition on the kernel lock whose sleeps are announced first, as kernel code calls
+    might_sleep() before it blocks: `kernel.might_sleep()` (set by the server) lets the server's
+    event loop go on in another thread while this one sleeps."""
+
+    def __init__(self, kernel: Any) -> None:
+        super().__init__(kernel._lock)
+        self._kernel = kernel
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self._kernel.might_sleep()
+        return super().wait(timeout)
 
 
 def _caller_gone(caller: Caller) -> bool:

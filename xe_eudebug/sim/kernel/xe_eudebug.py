@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from .. import procmem
 from .xe_device_types import (
+    WaitQueue,
     CALLER_CHECK, CAP_SYS_PTRACE, EUDEBUG_VERSION, EU_BITMASK_SIZE, EU_CONTROL_INTERRUPT_ALL,
     EU_CONTROL_RESUME, EU_CONTROL_STOPPED, EVENT_HEADER, EV_EXEC_QUEUE, EV_MAX, EV_METADATA,
     EV_NONE, EV_OPEN, EV_READ, EV_VM, EV_VM_BIND, EV_VM_BIND_OP, EV_VM_BIND_OP_METADATA,
@@ -39,7 +40,7 @@ class Connection:
         self.target_task = procmem.task_of(target)  # the debuggee, held as a task
         self.status = 1                            # 1 attached; 0 or -errno detached
         self.fifo: deque[bytes] = deque()
-        self.cv = threading.Condition(kernel._lock)
+        self.cv = WaitQueue(kernel)
         self.discovery_done = False
         self.seqno = 0
         self.clients = HandleMap()
