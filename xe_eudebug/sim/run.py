@@ -180,7 +180,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "xe-eudebug run") -> int
                 print(f"{prog}: {SOCKET_ENV}={socket_path} has device id {device_id:#06x}", file=sys.stderr)
                 return 2
         else:
-            from .server import start_server
+            from .launch import start_server
 
             overrides: dict[str, object] = {"devices": args.devices or 1}
             if args.device_id is not None:
