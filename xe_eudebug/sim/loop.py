@@ -56,6 +56,7 @@ class EventLoop:
         self._threads = 0       # pool threads besides the one that called run()
         self._seq = 0           # handlers started by leaders so far
         self._busy = 0          # the leader's thread while it runs a handler, else 0
+        self._parked: set[int] = set()  # threads that gave up the lead inside a handler
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.add(self._wake_r, select.EPOLLIN, self._drain_wake)
 
@@ -90,6 +91,10 @@ class EventLoop:
             pass
 
     # -- the lead --------------------------------------------------------------------------------
+    def parked(self) -> int:
+        """Handlers (calls) that went on sleeping after they gave up the lead."""
+        return len(self._parked)
+
     def is_leader(self) -> bool:
         return self.leader == threading.get_ident()
 
@@ -106,6 +111,7 @@ class EventLoop:
                 return
             self.leader = 0
             self._busy = 0
+            self._parked.add(ident)
             if self._idle > self._promote:
                 self._promote += 1
                 self._cv.notify()
@@ -170,6 +176,7 @@ class EventLoop:
     def _follow(self, main: bool) -> bool:
         """Wait in the pool until handed the lead (True) or no longer needed (False)."""
         with self._cv:
+            self._parked.discard(threading.get_ident())
             if not main and self._idle >= IDLE_THREADS:
                 return False
             self._idle += 1

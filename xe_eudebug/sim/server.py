@@ -408,7 +408,8 @@ class Server(FileTable):
                     theirs.close()
             elif kind == OP_INFO:
                 info = {"pid": os.getpid(), "protocol": wire.PROTOCOL_VERSION, "devices": self.config.devices,
-                        "socket": self.socket_path, "config": self.config.to_env()}
+                        "socket": self.socket_path, "config": self.config.to_env(),
+                        "connections": self.conns, "parked": self.loop.parked()}
                 self._reply(conn, payload=json.dumps(info).encode())
             else:
                 self._open(conn, a)

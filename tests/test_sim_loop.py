@@ -1,0 +1,149 @@
+"""The simulator server's event loop (issue 8, item 14): idle connections and their closes cost
+no thread, a call that sleeps leaves the loop to another thread, and a handler that holds the
+loop without saying it sleeps loses it to the watchdog.  Every assertion is an ordering or a
+count, never a duration."""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import threading
+
+from xe_eudebug.sim import loop as loop_mod
+from xe_eudebug.sim import port
+
+WAIT = 30.0  # seconds any step may take on a loaded machine before the test gives up
+
+
+def _threads(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def _info_call(sock: socket.socket) -> None:
+    """One OP_INFO round trip on a raw control connection (served once the server accepted it)."""
+    port.send_msg(sock, port.OP_INFO)
+    msg = port.recv_msg(sock, bytearray(4096))
+    assert msg is not None and msg[0] == port.R_REPLY and msg[3] == 0
+    port._close_fds(msg[6])
+
+
+def test_idle_connections_and_their_closes_cost_no_server_thread(sim_server):
+    """400 served, then idle, control connections: the server's thread count does not grow with
+    them (a thread per connection would add 400), and after they all close at once an unrelated
+    caller's calls are served by the same few threads."""
+    srv = sim_server()
+    dev = srv.open_device()
+    before = _threads(srv.pid)
+    socks = []
+    try:
+        for _ in range(400):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(WAIT)
+            s.connect(srv.socket)
+            socks.append(s)
+        for s in socks:  # every connection accepted and served once, then left idle
+            _info_call(s)
+        during = _threads(srv.pid)
+        assert during < before + 16, f"{during} server threads with 400 idle connections (before: {before})"
+    finally:
+        for s in socks:
+            s.close()
+    for _ in range(20):  # the unrelated caller, while and after the closes are processed
+        assert port.file_info(dev)[0] == 0
+    after = _threads(srv.pid)
+    assert after < before + 16, f"{after} server threads after 400 closes (before: {before})"
+    os.close(dev)
+
+
+class _Pipes:
+    """Pipes whose read ends are registered with an EventLoop; `fire(i)` makes pipe i ready."""
+
+    def __init__(self, n: int) -> None:
+        self.fds = [os.pipe() for _ in range(n)]
+
+    def fire(self, i: int) -> None:
+        os.write(self.fds[i][1], b"x")
+
+    def close(self) -> None:
+        for r, w in self.fds:
+            os.close(r)
+            os.close(w)
+
+
+def _run_loop(handlers: list) -> tuple[loop_mod.EventLoop, _Pipes, threading.Thread]:
+    loop = loop_mod.EventLoop(lambda: None, lambda: 0.5, name="test")
+    pipes = _Pipes(len(handlers))
+    for (r, _w), handler in zip(pipes.fds, handlers):
+        def on_ready(fd: int, _mask: int, handler=handler) -> None:
+            os.read(fd, 1)
+            handler()
+        loop.add(r, select.EPOLLIN, on_ready)
+    thread = threading.Thread(target=loop.run, daemon=True)
+    thread.start()
+    return loop, pipes, thread
+
+
+def _stop(loop: loop_mod.EventLoop, pipes: _Pipes, thread: threading.Thread) -> None:
+    loop.stop()
+    thread.join(WAIT)
+    loop.close()
+    pipes.close()
+
+
+def test_a_handler_that_announces_its_sleep_leaves_the_loop_to_another_thread(monkeypatch):
+    """With the watchdog out of the way, a handler that calls might_sleep() and then blocks does
+    not hold up the next handler: the second handler runs while the first still sleeps."""
+    monkeypatch.setattr(loop_mod, "STALL", 3600.0)  # the watchdog never steps in
+    release = threading.Event()
+    order: list[str] = []
+    second_ran = threading.Event()
+    holder: list[loop_mod.EventLoop] = []
+
+    def sleeper() -> None:
+        order.append("sleeping")
+        holder[0].might_sleep()
+        release.wait(WAIT)
+        order.append("woke")
+
+    def other() -> None:
+        order.append("other")
+        second_ran.set()
+
+    loop, pipes, thread = _run_loop([sleeper, other])
+    holder.append(loop)
+    try:
+        pipes.fire(0)
+        pipes.fire(1)
+        assert second_ran.wait(WAIT), f"the loop waited for the sleeping handler: {order}"
+        assert order == ["sleeping", "other"]  # while the first still sleeps
+    finally:
+        release.set()
+        _stop(loop, pipes, thread)
+
+
+def test_the_watchdog_takes_the_loop_from_a_handler_that_blocks_without_saying_so():
+    """A handler that blocks without might_sleep() (a model that does not announce a sleep)
+    loses the lead: the next handler runs while it is still blocked."""
+    release = threading.Event()
+    second_ran = threading.Event()
+    order: list[str] = []
+
+    def blocker() -> None:
+        order.append("blocked")
+        release.wait(WAIT)
+        order.append("unblocked")
+
+    def other() -> None:
+        order.append("other")
+        second_ran.set()
+
+    loop, pipes, thread = _run_loop([blocker, other])
+    try:
+        pipes.fire(0)
+        pipes.fire(1)
+        assert second_ran.wait(WAIT), f"the loop stayed with the blocked handler: {order}"
+        assert order == ["blocked", "other"]
+    finally:
+        release.set()
+        _stop(loop, pipes, thread)
