@@ -126,6 +126,14 @@ class EventLoop:
         threading.Thread(target=self._watchdog, name=f"{self.name}-watchdog", daemon=True).start()
         self._serve(main=True)
 
+    def start(self) -> None:
+        """Serve in threads of the loop's own until `stop()` (the caller's thread stays free)."""
+        with self._cv:
+            self._threads += 1
+        threading.Thread(target=self._pool_thread, args=(True, True), name=f"{self.name}-loop",
+                         daemon=True).start()
+        threading.Thread(target=self._watchdog, name=f"{self.name}-watchdog", daemon=True).start()
+
     def _watchdog(self) -> None:
         """Take the lead from a handler that has held it for STALL without announcing a sleep."""
         seen = -1
@@ -152,11 +160,11 @@ class EventLoop:
             except OSError:
                 pass
 
-    def _pool_thread(self, lead: bool) -> None:
+    def _pool_thread(self, lead: bool, main: bool = False) -> None:
         if lead:
             self.leader = threading.get_ident()
         try:
-            self._serve(main=False)
+            self._serve(main)
         finally:
             with self._cv:
                 self._threads -= 1

@@ -1,13 +1,13 @@
 """The simulator server: hosts the kernel model behind real file descriptors.
 
 One process holds the whole simulated driver state (`sim/kernel/`).  Clients reach it through
-control connections on a Unix socket (one per thread, see `sim/port.py`).  Every file the kernel
-model creates (device, debugger, VM) is handed out as the client's end of a socketpair; the server
-keeps the other end, identifies the file of a call by the inode of the fd passed with the call, and
-sees the last close of all copies as end-of-file on its end, which runs `kernel.release(file)`.
-
-Poll readiness of a debugger fd is a byte kept in the client's receive queue while the kernel
-reports POLLIN; a detached connection shuts the server's end down, so raw poll() shows POLLHUP.
+control connections on a Unix socket (one per thread, see `sim/port.py`), all served by one event
+loop (`sim/loop.py`): its leading thread reads each request and runs it; a call that is about to
+sleep in the model hands the loop to another thread first.  Every file the kernel model creates
+(device, debugger, VM) is handed out as the client's end of a socketpair; the server keeps the
+other end (`sim/files.py`), identifies the file of a call by the socket cookie of the fd passed
+with the call, and sees the last close of all copies as end-of-file on its end, which runs
+`kernel.release(file)`.  `sim/caller.py` is the calling process: credentials and memory.
 """
 
 from __future__ import annotations
@@ -56,8 +56,8 @@ ACCEPT_BATCH = 64          # connections accepted per listener event (then other
 REPLY_INLINE_MAX = 1 << 16  # bytes of reply the loop sends itself; a larger one may block on the caller
 _CONN_EVENTS = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLONESHOT
 _MAX_RW = wire._MAX_RW  # largest read served in one call (short counts beyond, like the VFS)
-# Diagnostics: a directory in XE_EUDEBUG_SIM_PROFILE gets one cProfile dump per control
-# connection (written when the connection ends); read them with `python3 -m pstats`.
+# Diagnostics: a directory in XE_EUDEBUG_SIM_PROFILE gets a cProfile dump of the server's main
+# thread, which then takes part in the event loop (written at exit); read it with `python3 -m pstats`.
 PROFILE_ENV = "XE_EUDEBUG_SIM_PROFILE"
 _PROFILE_DIR = os.environ.get(PROFILE_ENV, "")
 
@@ -177,7 +177,7 @@ class Server(FileTable):
                  self.socket_path, self.config.devices, "" if self.config.devices == 1 else "s")
         self._next_housekeeping = time.monotonic()
         try:
-            if _PROFILE_DIR:
+            if _PROFILE_DIR:  # the main thread leads first (and is the one profiled)
                 import cProfile
 
                 profiler = cProfile.Profile()
@@ -186,7 +186,11 @@ class Server(FileTable):
                 finally:
                     profiler.dump_stats(os.path.join(_PROFILE_DIR, f"loop-{os.getpid()}.prof"))
             else:
-                loop.run()
+                # The loop runs in threads of its own: this one stays free for signals and stops
+                # the server at once, even while calls are parked.
+                loop.start()
+                while not self.stopping.wait(0.5):
+                    pass
         finally:
             self.close()
             if self.owner_pid and not _alive(self.owner_pid):
