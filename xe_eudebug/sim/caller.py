@@ -43,7 +43,7 @@ class _Conn:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         self.sock = sock
         self.fd = sock.fileno()
-        self.buf = bytearray(65536 + wire.HEADER_SIZE)
+        self.buf = bytearray(4096 + wire.HEADER_SIZE)  # grows with a larger message
         self.pid = pid
         self.uid = uid
         self.gid = gid

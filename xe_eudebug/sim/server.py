@@ -52,7 +52,8 @@ _VM_OPEN = 0x40286A01   # DRM_XE_EUDEBUG_IOCTL_VM_OPEN: vm fd, O_CLOEXEC
 
 OWNER_GONE_IDLE_EXIT = 1.0  # seconds of idleness after which an orphaned private instance exits
 HOUSEKEEPING_INTERVAL = 0.2  # seconds between housekeeping rounds (idle exit, freed memfds)
-ACCEPT_BATCH = 64          # connections accepted per listener event (then other callers' turn)
+ACCEPT_BATCH = 16          # connections accepted per listener event (then other callers' turn)
+CLOSE_BATCH = 16           # ended control connections closed per round of the loop (see _conn_event)
 REPLY_INLINE_MAX = 1 << 16  # bytes of reply the loop sends itself; a larger one may block on the caller
 _CONN_EVENTS = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLONESHOT
 _MAX_RW = wire._MAX_RW  # largest read served in one call (short counts beyond, like the VFS)
@@ -87,6 +88,7 @@ class Server(FileTable):
         self.detached: set[_Entry] = set()
         self.conns = 0
         self.by_conn: dict[int, _Conn] = {}  # control connections by fd
+        self._ended: deque[_Conn] = deque()  # control connections at end-of-file, to close
         self.loop = EventLoop(self._tick, self._interval)
         self._idle_since: float | None = None
         self._next_housekeeping = 0.0
@@ -199,6 +201,8 @@ class Server(FileTable):
     def _interval(self) -> float:
         """Seconds the loop may wait in epoll: until the next housekeeping, a detached file's
         check, or the next release that waits for the one before it (RELEASE_ORDER_WAIT)."""
+        if self._ended:
+            return 0.0
         left = max(0.0, self._next_housekeeping - time.monotonic())
         if self.detached:
             left = min(left, 0.25)
@@ -212,6 +216,9 @@ class Server(FileTable):
         of closed files, and a few times a second housekeeping and the idle exit."""
         if self.dirty:
             self._reconcile_dirty()
+        ended = self._ended
+        for _ in range(min(CLOSE_BATCH, len(ended))):
+            self._end_conn(ended.popleft())
         if self.release_queue:
             self._run_releases()
         now = time.monotonic()
@@ -320,7 +327,10 @@ class Server(FileTable):
             head = b""
         if not head:
             if queued or mask & (select.EPOLLHUP | select.EPOLLRDHUP | select.EPOLLERR):
-                self._end_conn(conn)  # end-of-file: the loop closes it, no thread involved
+                # End-of-file (EPOLLONESHOT: it does not fire again).  Closed between rounds, a
+                # few at a time: requests of other connections ready now go first, so a burst
+                # of closes delays no caller by more than a round.
+                self._ended.append(conn)
             else:
                 self.loop.rearm(fd, _CONN_EVENTS)
             return
