@@ -13,6 +13,7 @@ import logging
 import os
 import select
 import socket
+import threading
 from typing import Any
 
 from . import wire
@@ -36,7 +37,8 @@ class _Conn:
     its clones) only name it in logs: a call's identity is `creds`, the SCM_CREDENTIALS the
     kernel attached to the call's message (SO_PASSCRED), whoever holds the connection."""
 
-    __slots__ = ("sock", "fd", "buf", "pid", "uid", "gid", "direct", "dead", "held", "creds", "sleep", "closed")
+    __slots__ = ("sock", "fd", "buf", "pid", "uid", "gid", "direct", "dead", "held", "creds", "sleep", "closed",
+                 "msg", "parked", "busy", "resume_deadline")
 
     def __init__(self, sock: socket.socket, pid: int, uid: int, gid: int, direct: bool,
                  sleep: Any = None) -> None:
@@ -53,12 +55,16 @@ class _Conn:
         self.creds: list[int] = [0, 0, 0]  # [pid, uid, gid] of the sender of the call being served
         self.sleep = sleep or (lambda: None)  # the event loop's might_sleep
         self.closed = False
+        self.msg: tuple | None = None        # the request being served
+        self.parked: Parked | None = None     # its call, parked (see Parked)
+        self.busy = False                     # a thread serves a request of it now
+        self.resume_deadline: float | None = None  # the deadline of a parked call run again
 
 
 class Caller:
     """The process blocked in a call: copy_from_user / copy_to_user on its memory."""
 
-    __slots__ = ("_conn", "_error", "pid", "uid", "gid", "arg_addr", "nonblock", "on_return")
+    __slots__ = ("_conn", "_error", "pid", "uid", "gid", "arg_addr", "nonblock", "on_return", "park", "deadline")
 
     def __init__(self, conn: _Conn, error_class: type, arg_addr: int = 0, nonblock: bool = False) -> None:
         self._conn = conn
@@ -69,6 +75,8 @@ class Caller:
         self.arg_addr = arg_addr
         self.nonblock = nonblock
         self.on_return: bytes | None = None  # bytes the caller writes at arg_addr as the call returns
+        self.park: Any = None                # set where the server can continue the call later
+        self.deadline: float | None = None   # the deadline of the call's first run (a continued call)
 
     def _fault(self) -> Exception:
         return _make_error(self._error, _errno.EFAULT)
@@ -180,6 +188,21 @@ class Caller:
         if err:
             raise self._fault()
         return reply
+
+
+class Parked(BaseException):
+    """A call parked in the kernel model instead of sleeping (Caller.park): it holds its request
+    and its fds, and runs again from the start when the condition it waited on is notified or at
+    its deadline.  Raised through the model (a BaseException: no model code catches it)."""
+
+    def __init__(self, deadline: float, msg: tuple) -> None:
+        super().__init__()
+        self.deadline = deadline
+        self.msg = msg
+        self.lock = threading.Lock()
+        self.armed = False      # the parking call has unwound: the record may be resumed
+        self.fired = False      # its condition was notified
+        self.scheduled = False  # queued to run again (once)
 
 
 class UnreadableArg(bytes):

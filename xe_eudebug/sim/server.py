@@ -13,7 +13,6 @@ with the call, and sees the last close of all copies as end-of-file on its end, 
 from __future__ import annotations
 
 import errno as _errno
-import fcntl
 import importlib
 import json
 import logging
@@ -22,7 +21,6 @@ import select
 import socket
 import stat
 import sys
-import termios
 import threading
 import time
 from collections import deque
@@ -32,13 +30,14 @@ from . import procmem, wire
 from .caller import (MEMORY_ANSWER_TIMEOUT, MEMORY_CHUNK, Caller, UnreadableArg, _Conn,  # noqa: F401
                      _FallbackKernelError, _make_error)
 from .config import SimConfig
+from .conns import CLOSE_BATCH, ConnTable
 from .files import (OWN_RELEASE_WAIT, RELEASE_BLOCKED_CHECK, RELEASE_ORDER_WAIT,  # noqa: F401
                     RELEASE_SYNC_WAIT, FileTable, _Entry)  # (constants re-exported)
 from .loop import EventLoop
 from .wire import (OP_DEVICE_ENABLED, F_CLOEXEC, F_FD, KIND_DEBUGGER, KIND_DEVICE, KIND_OTHER, KIND_VM, OP_CLONE,
                    OP_FILE_INFO, OP_FSYNC, OP_GET_ENABLED, OP_INFO, OP_IOCTL, OP_LSEEK, OP_MMAP, OP_OPEN, OP_POLL,
                    OP_PREAD, OP_PWRITE, OP_READ, OP_SET_ENABLED, R_REPLY, ProtocolError, epoll_ready, file_key,
-                   recv_msg, send_msg, status_flags, to_s64, to_u64)
+                   send_msg, status_flags, to_s64, to_u64)
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +51,7 @@ _VM_OPEN = 0x40286A01   # DRM_XE_EUDEBUG_IOCTL_VM_OPEN: vm fd, O_CLOEXEC
 
 OWNER_GONE_IDLE_EXIT = 1.0  # seconds of idleness after which an orphaned private instance exits
 HOUSEKEEPING_INTERVAL = 0.2  # seconds between housekeeping rounds (idle exit, freed memfds)
-ACCEPT_BATCH = 16          # connections accepted per listener event (then other callers' turn)
-CLOSE_BATCH = 16           # ended control connections closed per round of the loop (see _conn_event)
 REPLY_INLINE_MAX = 1 << 16  # bytes of reply the loop sends itself; a larger one may block on the caller
-_CONN_EVENTS = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLONESHOT
 _MAX_RW = wire._MAX_RW  # largest read served in one call (short counts beyond, like the VFS)
 # Diagnostics: a directory in XE_EUDEBUG_SIM_PROFILE gets a cProfile dump of the server's main
 # thread, which then takes part in the event loop (written at exit); read it with `python3 -m pstats`.
@@ -69,7 +65,7 @@ def load_kernel_class(spec: str) -> type:
     return getattr(module, attr or "Kernel")
 
 
-class Server(FileTable):
+class Server(FileTable, ConnTable):
     """A simulator instance listening on `socket_path`."""
 
     def __init__(self, socket_path: str, config: SimConfig | None = None, kernel: Any = None,
@@ -89,6 +85,8 @@ class Server(FileTable):
         self.conns = 0
         self.by_conn: dict[int, _Conn] = {}  # control connections by fd
         self._ended: deque[_Conn] = deque()  # control connections at end-of-file, to close
+        self.parked_conns: set[_Conn] = set()  # connections whose call is parked (conns.py)
+        self.resume_queue: deque[_Conn] = deque()  # parked calls to run again
         self.loop = EventLoop(self._tick, self._interval)
         self._idle_since: float | None = None
         self._next_housekeeping = 0.0
@@ -204,6 +202,8 @@ class Server(FileTable):
         if self._ended:
             return 0.0
         left = max(0.0, self._next_housekeeping - time.monotonic())
+        if self.parked_conns or self.resume_queue:
+            left = self._parked_interval(left)
         if self.detached:
             left = min(left, 0.25)
         running = self._release_running
@@ -216,6 +216,8 @@ class Server(FileTable):
         of closed files, and a few times a second housekeeping and the idle exit."""
         if self.dirty:
             self._reconcile_dirty()
+        if self.resume_queue or self.parked_conns:
+            self._resume_parked()
         ended = self._ended
         for _ in range(min(CLOSE_BATCH, len(ended))):
             self._end_conn(ended.popleft())
@@ -267,117 +269,6 @@ class Server(FileTable):
         with self.release_cv:
             self.release_cv.notify_all()
 
-    # -- control connections ----------------------------------------------------------------
-    def _accept(self, _fd: int, _mask: int) -> None:
-        for _ in range(ACCEPT_BATCH):
-            listener = self.listener
-            if listener is None:
-                return
-            try:
-                sock, _ = listener.accept()
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                # EMFILE and the like: the connection stays in the backlog; try again later
-                log.warning("accept failed: %s", exc)
-                return
-            self._start_conn(sock)
-            self._idle_since = None
-
-    def _start_conn(self, sock: socket.socket) -> None:
-        sock.setblocking(True)
-        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
-        pid, uid, gid = int.from_bytes(creds[0:4], "little"), int.from_bytes(creds[4:8], "little"), \
-            int.from_bytes(creds[8:12], "little")
-        self._spawn_conn(_Conn(sock, pid, uid, gid, self.direct_default, self.loop.might_sleep))
-
-    def _spawn_conn(self, conn: _Conn) -> None:
-        """Watch a new control connection: the loop reads its requests (no thread of its own)."""
-        with self.lock:
-            self.conns += 1
-            self.by_conn[conn.fd] = conn
-        self.loop.add(conn.fd, _CONN_EVENTS, self._conn_event)
-
-    def _end_conn(self, conn: _Conn) -> None:
-        with self.lock:
-            if conn.closed:
-                return
-            conn.closed = True
-            self.conns -= 1
-            if self.by_conn.get(conn.fd) is conn:
-                del self.by_conn[conn.fd]
-                self.loop.remove(conn.fd)
-        try:
-            conn.sock.close()
-        except OSError:
-            pass
-
-    def _conn_event(self, fd: int, mask: int) -> None:
-        """A control connection is readable (EPOLLONESHOT: no other thread serves it now)."""
-        conn = self.by_conn.get(fd)
-        if conn is None:
-            return
-        try:
-            queued = int.from_bytes(fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"), "little")
-            head = conn.sock.recv(wire.HEADER_SIZE, socket.MSG_PEEK | socket.MSG_DONTWAIT) if queued else b""
-        except BlockingIOError:
-            self.loop.rearm(fd, _CONN_EVENTS)  # a stale event: nothing to read yet
-            return
-        except OSError:
-            head = b""
-        if not head:
-            if queued or mask & (select.EPOLLHUP | select.EPOLLRDHUP | select.EPOLLERR):
-                # End-of-file (EPOLLONESHOT: it does not fire again).  Closed between rounds, a
-                # few at a time: requests of other connections ready now go first, so a burst
-                # of closes delays no caller by more than a round.
-                self._ended.append(conn)
-            else:
-                self.loop.rearm(fd, _CONN_EVENTS)
-            return
-        if len(head) < wire.HEADER_SIZE or queued < wire.HEADER_SIZE + wire.HEADER.unpack_from(head)[0]:
-            # the rest of the message is still in transit: reading it may block
-            self.loop.might_sleep()
-        self._serve_one(conn)
-
-    def _serve_one(self, conn: _Conn) -> None:
-        """Read and serve one request of `conn`, then watch it again (or close it)."""
-        try:
-            try:
-                msg = recv_msg(conn.sock, conn.buf, creds=conn.creds)
-            except wire.FdsDropped:
-                # the fd of the call could not be received: the server's fd table is full
-                self._reply(conn, err=_errno.EMFILE)
-                msg = False
-            if msg is None:
-                self._end_conn(conn)
-                return
-            if msg:
-                kind, flags, a, b, c, payload, fds = msg
-                conn.held = fds
-                try:
-                    if conn.creds[0] <= 0 and kind != OP_CLONE and kind != OP_INFO:
-                        raise ProtocolError(f"request {kind} without sender credentials")
-                    self._dispatch(conn, kind, a, b, c, payload, fds)
-                finally:
-                    wire._close_fds(conn.held)
-                    conn.held = []
-        except ProtocolError as exc:
-            log.warning("closing the control connection of pid %d: malformed message (%s)", conn.pid, exc)
-            conn.dead = True
-        except OSError as exc:
-            log.debug("control connection of pid %d ended: %s", conn.pid, exc)
-            conn.dead = True
-        except Exception:
-            log.exception("closing the control connection of pid %d after an internal error", conn.pid)
-            conn.dead = True
-        if conn.dead:
-            self._end_conn(conn)
-            return
-        try:
-            self.loop.rearm(conn.fd, _CONN_EVENTS)
-        except (OSError, ValueError):
-            self._end_conn(conn)
-
     def _reply(self, conn: _Conn, result: int = 0, err: int = 0, drain: int = 0,
                payload: bytes = b"", fd: int = -1, flags: int = 0) -> None:
         # The call's reference to the caller's file ends before the caller sees the result, as the
@@ -423,7 +314,8 @@ class Server(FileTable):
             elif kind == OP_INFO:
                 info = {"pid": os.getpid(), "protocol": wire.PROTOCOL_VERSION, "devices": self.config.devices,
                         "socket": self.socket_path, "config": self.config.to_env(),
-                        "connections": self.conns, "parked": self.loop.parked()}
+                        "connections": self.conns,
+                        "parked": self.loop.parked() + len(self.parked_conns)}
                 self._reply(conn, payload=json.dumps(info).encode())
             else:
                 self._open(conn, a)
@@ -515,6 +407,8 @@ class Server(FileTable):
         # O_NONBLOCK lives in the open file description shared with the caller's fd.
         nonblock = entry.kind != KIND_DEVICE and bool(status_flags(fd) & os.O_NONBLOCK)
         caller = Caller(conn, self.error_class, addr, nonblock)
+        caller.park = lambda cv, deadline: self._park(conn, cv, deadline)
+        caller.deadline = conn.resume_deadline
         self.tls.dirty = set()
         err = 0
         result: Any = 0

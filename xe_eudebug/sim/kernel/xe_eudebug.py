@@ -391,7 +391,12 @@ class XeEudebugMixin:
         nonblock = bool(getattr(caller, "nonblock", False))
         with self._lock:
             if not nonblock and not conn.fifo and conn.status == 1:
-                deadline = time.monotonic() + float(_cfg(self.config, "read_event_timeout"))
+                # a call the server continues (see Caller.park) keeps the deadline of its start
+                deadline = getattr(caller, "deadline", None) or \
+                    time.monotonic() + float(_cfg(self.config, "read_event_timeout"))
+                park = getattr(caller, "park", None)
+                if park is not None and time.monotonic() < deadline:
+                    park(conn.cv, deadline)        # does not return: the call goes on later
                 while not conn.fifo and conn.status == 1:
                     left = deadline - time.monotonic()
                     if left <= 0:
