@@ -7,9 +7,10 @@ memory request to the caller) calls `might_sleep()` first, as kernel code does b
 the lead passes to an idle thread of the pool (or a new one) and the sleeping call goes on in the
 thread it started in, which joins the pool once its call returns.  So the loop never waits for a
 call, an idle connection costs no thread, and a parked call costs one thread for as long as it
-sleeps (leader/followers).  A handler that holds the lead longer than STALL without announcing
-a sleep (long work, a contended lock, a kernel model that does not announce its sleeps) loses it
-the same way, by the loop's watchdog thread: the loop is late by STALL at most, never stuck.
+sleeps (leader/followers).  A handler that holds the lead longer than STALL and is found asleep
+without having announced it (a contended lock, a kernel model that does not announce its sleeps)
+loses it the same way, by the loop's watchdog thread: the loop is never stuck.  A handler that
+is running (long work, or only preempted on a loaded machine) keeps the lead.
 
 Handlers are registered per fd with the events they wait for; connections use EPOLLONESHOT so a
 connection with a call in flight is not read again until its handler re-arms it.
@@ -56,6 +57,7 @@ class EventLoop:
         self._threads = 0       # pool threads besides the one that called run()
         self._seq = 0           # handlers started by leaders so far
         self._busy = 0          # the leader's thread while it runs a handler, else 0
+        self._busy_tid = 0      # its kernel thread id (the watchdog reads its state)
         self._parked: set[int] = set()  # threads that gave up the lead inside a handler
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.add(self._wake_r, select.EPOLLIN, self._drain_wake)
@@ -139,10 +141,11 @@ class EventLoop:
         seen = -1
         while not self.stopping:
             time.sleep(STALL)
-            busy, seq = self._busy, self._seq
+            busy, seq, tid = self._busy, self._seq, self._busy_tid
             if busy and seq == seen:
-                self._hand_off(busy)
-                seen = -1
+                if _asleep(tid):
+                    self._hand_off(busy)
+                    seen = -1
             else:
                 seen = seq if busy else -1
 
@@ -171,13 +174,14 @@ class EventLoop:
 
     def _serve(self, main: bool) -> None:
         me = threading.get_ident()
+        tid = threading.get_native_id()
         while not self.stopping:
             if self.leader != me:
                 if not self._follow(main):
                     return
                 continue
             try:
-                self._lead_once(me)
+                self._lead_once(me, tid)
             except Exception:  # a handler's bug must not end the loop
                 log.exception("simulator event loop: handler failed")
 
@@ -200,7 +204,7 @@ class EventLoop:
             finally:
                 self._idle -= 1
 
-    def _lead_once(self, me: int) -> None:
+    def _lead_once(self, me: int, tid: int) -> None:
         pending = self.pending
         if not pending:
             try:
@@ -215,14 +219,27 @@ class EventLoop:
                 handler = handlers.get(fd)
                 if handler is not None:
                     self._seq += 1
+                    self._busy_tid = tid
                     self._busy = me
                     handler(fd, mask)
                     if self._busy == me:
                         self._busy = 0
             if self.leader == me and not self.stopping:
                 self._seq += 1
+                self._busy_tid = tid
                 self._busy = me
                 self._tick()
         finally:
             if self._busy == me:
                 self._busy = 0
+
+
+def _asleep(tid: int) -> bool:
+    """Whether thread `tid` of this process sleeps (state S or D), rather than runs or waits
+    for a CPU (R)."""
+    try:
+        with open(f"/proc/self/task/{tid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state in (b"S", b"D")
