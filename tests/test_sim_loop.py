@@ -147,3 +147,48 @@ def test_the_watchdog_takes_the_loop_from_a_handler_that_blocks_without_saying_s
     finally:
         release.set()
         _stop(loop, pipes, thread)
+
+
+def test_blocking_read_events_park_without_a_thread_and_get_the_events_made_later(sim_server):
+    """Eight threads block in READ_EVENT on one debugger fd: all eight calls park in the server
+    without a server thread each; eight VM_CREATEs made afterwards each wake one of them with
+    its VM event (the producer's calls complete while the readers are parked)."""
+    from tests.kbhelpers import U, connect, read_event_raw, seam, set_nonblock, try_read
+
+    srv = sim_server(enable_default=True, read_event_timeout=60)
+    dev = srv.open_device()
+    dfd, _ = connect(dev, os.getpid())
+    assert dfd >= 0
+    set_nonblock(dfd)
+    while try_read(dfd)[0] == 0:  # discovery of this process's open device
+        pass
+    set_nonblock(dfd, False)
+    before = _threads(srv.pid)
+    results: list[tuple[int, int]] = []
+
+    def reader() -> None:
+        ret, buf = read_event_raw(dfd)
+        results.append((ret, int.from_bytes(buf[4:6], "little")))
+
+    readers = [threading.Thread(target=reader) for _ in range(8)]
+    try:
+        for t in readers:
+            t.start()
+        deadline_ok = False
+        for _ in range(1500):
+            if port.server_info(srv.socket)["parked"] == 8:
+                deadline_ok = True
+                break
+            threading.Event().wait(0.02)
+        assert deadline_ok, "the READ_EVENTs did not all park"
+        assert _threads(srv.pid) < before + 4, "parked READ_EVENTs took server threads"
+        for _ in range(8):
+            vm = U.drm_xe_vm_create(flags=U.DRM_XE_VM_CREATE_FLAG_LR_MODE)
+            assert seam.try_ioctl(dev, U.DRM_IOCTL_XE_VM_CREATE, vm) == 0
+    finally:
+        for t in readers:
+            t.join(WAIT)
+    assert results == [(0, U.DRM_XE_EUDEBUG_EVENT_VM)] * 8
+    assert port.server_info(srv.socket)["parked"] == 0
+    os.close(dfd)
+    os.close(dev)

@@ -199,10 +199,12 @@ class Server(FileTable, ConnTable):
     def _interval(self) -> float:
         """Seconds the loop may wait in epoll: until the next housekeeping, a detached file's
         check, or the next release that waits for the one before it (RELEASE_ORDER_WAIT)."""
-        if self._ended:
+        if self._ended or self.resume_queue:
             return 0.0
         left = max(0.0, self._next_housekeeping - time.monotonic())
-        if self.parked_conns or self.resume_queue:
+        if not (self.parked_conns or self.detached or self.release_queue):
+            return left
+        if self.parked_conns:
             left = self._parked_interval(left)
         if self.detached:
             left = min(left, 0.25)
@@ -214,15 +216,16 @@ class Server(FileTable, ConnTable):
     def _tick(self) -> None:
         """Work of the loop between rounds of events: readiness changed outside calls, releases
         of closed files, and a few times a second housekeeping and the idle exit."""
-        if self.dirty:
-            self._reconcile_dirty()
-        if self.resume_queue or self.parked_conns:
-            self._resume_parked()
-        ended = self._ended
-        for _ in range(min(CLOSE_BATCH, len(ended))):
-            self._end_conn(ended.popleft())
-        if self.release_queue:
-            self._run_releases()
+        if self.dirty or self.resume_queue or self.parked_conns or self._ended or self.release_queue:
+            if self.dirty:
+                self._reconcile_dirty()
+            if self.resume_queue or self.parked_conns:
+                self._resume_parked()
+            ended = self._ended
+            for _ in range(min(CLOSE_BATCH, len(ended))):
+                self._end_conn(ended.popleft())
+            if self.release_queue:
+                self._run_releases()
         now = time.monotonic()
         if now < self._next_housekeeping or not self.loop.is_leader():
             return
