@@ -126,6 +126,7 @@ class GpuClient:
         arg = U.drm_xe_vm_bind(vm_id=vm, num_binds=1, num_syncs=len(all_syncs), syncs=ctypes.addressof(arr))
         arg.bind.op = op
         arg.bind.obj = bo
+        arg.bind.pat_index = 2                   # Xe2's write-back, coherent index
         arg.bind.flags = flags
         if userptr:
             arg.bind.userptr = userptr
@@ -134,8 +135,8 @@ class GpuClient:
         seam.ioctl(self.fd, U.DRM_IOCTL_XE_VM_BIND, arg)
         assert self.wait_ufence(ctypes.addressof(cell), 1, 10 * NSEC) == 0
 
-    def queue(self, vm: int, engine_class: int = RENDER, instance: int = 0) -> int:
-        eci = U.drm_xe_engine_class_instance(engine_class=engine_class, engine_instance=instance)
+    def queue(self, vm: int, engine_class: int = RENDER, instance: int = 0, gt: int = 0) -> int:
+        eci = U.drm_xe_engine_class_instance(engine_class=engine_class, engine_instance=instance, gt_id=gt)
         self.keep.append(eci)
         arg = U.drm_xe_exec_queue_create(width=1, num_placements=1, vm_id=vm,
                                          instances=ctypes.addressof(eci))

@@ -260,12 +260,18 @@ def read_metadata(dfd: int, client: int, md: int, size: int, *, flags: int = 0, 
 
 
 def eu_control(dfd: int, client: int, cmd: int, *, exec_queue: int = 0, lrc: int = 0, flags: int = 0,
-               bitmask_size: int = 0, seqno: int = 0) -> tuple[int, Any]:
-    buf = (ctypes.c_uint8 * max(bitmask_size, 8))()
+               bitmask_size: int | None = None, seqno: int = 0, bitmask: bytes = b"",
+               out: bytearray | None = None) -> tuple[int, Any]:
+    """EU_CONTROL; `bitmask` fills the buffer (its length is the size unless `bitmask_size`
+    says otherwise); `out` receives the buffer after the call."""
+    size = len(bitmask) if bitmask_size is None else bitmask_size
+    buf = (ctypes.c_uint8 * max(size, len(bitmask), 8))(*bitmask)
     arg = U.drm_xe_eudebug_eu_control(client_handle=client, cmd=cmd, flags=flags, seqno=seqno,
                                       exec_queue_handle=exec_queue, lrc_handle=lrc,
-                                      bitmask_size=bitmask_size, bitmask_ptr=ctypes.addressof(buf))
+                                      bitmask_size=size, bitmask_ptr=ctypes.addressof(buf))
     ret = seam.try_ioctl(dfd, U.DRM_XE_EUDEBUG_IOCTL_EU_CONTROL, arg)
+    if out is not None:
+        out[:] = bytes(buf)[:size]
     return ret, arg
 
 
@@ -389,6 +395,7 @@ class Actions:
             b.addr = o.get("addr", 0)
             b.range = o.get("range", 0)
             b.flags = o.get("flags", 0)
+            b.pat_index = o.get("pat", 2)     # Xe2's write-back, coherent index
             b.prefetch_mem_region_instance = o.get("region", 0)
             b.extensions = self._ext_chain(o.get("ext", []))
         arg = U.drm_xe_vm_bind(vm_id=vm, num_binds=n)
@@ -432,6 +439,11 @@ class Actions:
                                          extensions=ctypes.addressof(ext) if eudebug is not None else 0)
         ret = seam.try_ioctl(fd, U.DRM_IOCTL_XE_EXEC_QUEUE_CREATE, arg)
         return ret, int(arg.exec_queue_id)
+
+    def exec(self, fd: int, eq: int, address: int) -> int:
+        """DRM_IOCTL_XE_EXEC of one batch at `address`, no syncs; 0 or -errno."""
+        arg = U.drm_xe_exec(exec_queue_id=eq, num_batch_buffer=1, address=address)
+        return seam.try_ioctl(fd, U.DRM_IOCTL_XE_EXEC, arg)
 
     def exec_queue_destroy(self, fd: int, eq: int) -> int:
         return seam.try_ioctl(fd, U.DRM_IOCTL_XE_EXEC_QUEUE_DESTROY, U.drm_xe_exec_queue_destroy(exec_queue_id=eq))

@@ -279,6 +279,7 @@ def test_bo_mmap_shares_memory_with_the_debugger_vm_fd(two_devices):
             bind.vm_id = vm.vm_id
             bind.num_binds = 1
             bind.bind.obj = bo.handle
+            bind.bind.pat_index = 2                   # write-back, coherent (Xe2)
             bind.bind.range = 8192
             bind.bind.addr = 0x100000
             bind.bind.op = xe.DRM_XE_VM_BIND_OP_MAP

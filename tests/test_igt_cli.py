@@ -106,7 +106,7 @@ def extra_subtest() -> Iterator[Any]:
 
     yield register
     for name in names:
-        registry._REGISTRY.pop(name, None)
+        registry._REGISTRY.pop((registry.DEFAULT_BINARY, name), None)
 
 
 def test_failing_subtest_prints_one_traceback_and_bounded_output(extra_subtest: Any, capfd: Any,

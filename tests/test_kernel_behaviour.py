@@ -172,6 +172,67 @@ def debuggable_queue(fd: int, child: Debuggee):
     return dfd, c, ch, vm, vh, eq, ev
 
 
+SHADER_BATCH, SHADER_TARGET = 0x100000, 0x100000 + SZ   # one BO: the batch, then the target
+SHADER_X, SHADER_Y = 4, 2                                 # thread groups: one thread each
+SHADER_THREADS = SHADER_X * SHADER_Y
+SHADER_CANARY, SHADER_END = 0x01010101, 0xDEADCA11
+SHADER_PITCH = 64 * 4                                     # 64 pixels of 32 bits
+SHADER_STEERING = SHADER_Y * SHADER_PITCH                 # the dword the loop compares
+
+
+def running_shader(fd: int, child: Debuggee):
+    """A debuggable queue running SHADER_THREADS EU threads that loop until the steering dword
+    (row SHADER_Y of the target) holds SHADER_END, with IGT's online SIP (write the AIP, wait
+    for the debugger, return).  Returns (dfd, c, ch, eq, EXEC_QUEUE event, last seqno, bo) once
+    every thread has written its canary (the threads run)."""
+    from xe_eudebug.gpgpu import Target, gpgpu_batch
+    from xe_eudebug.isa.gpgpu import GpgpuShader
+    shader = GpgpuShader()
+    shader.write_dword(SHADER_CANARY, 0)
+    shader.label(0)
+    shader.jump_neq(0, SHADER_Y, SHADER_END)
+    shader.eot()
+    sip = GpgpuShader()
+    sip.write_aip(0)
+    sip.wait()
+    sip.end_system_routine(True)
+    dfd, c, ch, vm, vh, eq, qev = debuggable_queue(fd, child)
+    bo = make_bo(child, c)
+    batch = gpgpu_batch(SHADER_BATCH, Target(SHADER_TARGET, SHADER_PITCH // 4, SHADER_Y + 1),
+                        SHADER_X, SHADER_Y, shader, sip)
+    assert child.do("bo_write", c, bo, 2 * SZ, 0, batch) == 0
+    assert child.do("bind", c, vm, [dict(obj=bo, addr=SHADER_BATCH, range=2 * SZ)]) == 0
+    evs = drain(dfd)
+    assert [e.name for e in evs] == ["VM_BIND", "VM_BIND_OP"], evs
+    assert child.do("exec", c, eq, SHADER_BATCH) == 0
+    deadline = time.monotonic() + 30
+    while True:
+        rows = child.do("bo_read", c, bo, 2 * SZ, SZ, SHADER_Y * SHADER_PITCH)
+        canaries = [struct.unpack_from("<I", rows, y * SHADER_PITCH + 4 * x)[0]
+                    for y in range(SHADER_Y) for x in range(SHADER_X)]
+        if all(v == SHADER_CANARY for v in canaries):
+            break
+        assert time.monotonic() < deadline, f"the shader did not start: {canaries}"
+        time.sleep(0.01)
+    return dfd, c, ch, eq, qev, evs[-1].seqno, bo
+
+
+def dss_count(fd: int) -> int:
+    """Enabled DSS of GT 0 (geometry | compute masks of DEVICE_QUERY GT_TOPOLOGY)."""
+    q = U.drm_xe_device_query(query=U.DRM_XE_DEVICE_QUERY_GT_TOPOLOGY)
+    seam.ioctl(fd, U.DRM_IOCTL_XE_DEVICE_QUERY, q)
+    buf = (ctypes.c_uint8 * q.size)()
+    q.data = ctypes.addressof(buf)
+    seam.ioctl(fd, U.DRM_IOCTL_XE_DEVICE_QUERY, q)
+    raw, pos, mask = bytes(buf), 0, 0
+    while pos + 8 <= len(raw):
+        gt, kind, n = struct.unpack_from("<HHI", raw, pos)
+        if gt == 0 and kind in (U.DRM_XE_TOPO_DSS_GEOMETRY, U.DRM_XE_TOPO_DSS_COMPUTE):
+            mask |= int.from_bytes(raw[pos + 8:pos + 8 + n], "little")
+        pos += 8 + n
+    return bin(mask).count("1")
+
+
 def reconnect(fd: int, pid: int) -> int:
     """Connect again right after the last close of the previous debugger fd (close(2) ran the
     release before it returned, so no retry is needed)."""
@@ -452,15 +513,13 @@ def test_b12_seqnos_start_at_1_and_increase(fd, child):
 def test_b13_eu_control_consumes_seqno(fd, child):
     """13. A successful EU_CONTROL consumes a seqno from the same counter, creating a gap in
     event seqnos."""
-    dfd, c, ch, vm, vh, eq, qev = debuggable_queue(fd, child)
+    dfd, c, ch, eq, qev, last, _bo = running_shader(fd, child)
     ret, arg = eu_control(dfd, ch, U.DRM_XE_EUDEBUG_EU_CONTROL_CMD_INTERRUPT_ALL,
                           exec_queue=qev.exec_queue_handle, lrc=qev.lrc_handles[0])
-    if ret != 0:
-        pytest.skip(f"EU_CONTROL cannot succeed without EU threads running on the queue "
-                    f"(got {errno.errorcode.get(-ret, ret)}); needs an EU execution model")
-    assert arg.seqno == qev.seqno + 1
+    assert ret == 0, errno.errorcode.get(-ret, ret)
+    assert arg.seqno == last + 1
     assert child.do("vm_create", c, LR)[0] == 0
-    assert next_event(dfd).seqno == arg.seqno + 1
+    assert next_event(dfd).seqno == arg.seqno + 1     # the sentinel, or an EU_ATTENTION
 
 
 def test_b14_discovery_order(fd, child):
@@ -1606,19 +1665,48 @@ def test_b60_eu_control_interrupt_all_bitmask_and_bad_cmd_einval(fd, child):
 def test_b61_eu_control_reports_hw_bitmask_size(fd, child):
     """61. EU_CONTROL returns the hardware bitmask size in `bitmask_size` whenever the caller
     passed a different size."""
-    dfd, c, ch, vm, vh, eq, q = debuggable_queue(fd, child)
-    ret, arg = eu_control(dfd, ch, INTERRUPT_ALL, exec_queue=q.exec_queue_handle, lrc=q.lrc_handles[0])
-    if ret != 0:
-        pytest.skip(f"EU_CONTROL cannot succeed without EU threads running on the queue "
-                    f"(got {errno.errorcode.get(-ret, ret)}); needs an EU execution model")
-    assert arg.bitmask_size > 0 and arg.bitmask_size % 8 == 0
+    dfd, c, ch, eq, q, _last, bo = running_shader(fd, child)
+    args = dict(exec_queue=q.exec_queue_handle, lrc=q.lrc_handles[0])
+    ret, arg = eu_control(dfd, ch, INTERRUPT_ALL, **args)
+    assert ret == 0, errno.errorcode.get(-ret, ret)
+    hw = arg.bitmask_size
+    assert hw > 0 and hw % 8 == 0
+    for size in (4, hw + 64):
+        ret, arg = eu_control(dfd, ch, STOPPED, bitmask_size=size, **args)
+        assert ret == 0 and arg.bitmask_size == hw, (size, ret, arg.bitmask_size)
+    ret, arg = eu_control(dfd, ch, STOPPED, bitmask_size=hw, **args)
+    assert ret == 0 and arg.bitmask_size == hw
 
 
-def test_b62_eu_attention_events():
+def test_b62_eu_attention_events(fd, child):
     """62. EU_ATTENTION events have STATE_CHANGE, `flags` 0, `bitmask_size` = 8 × DSS count, and
     repeat every scan (~100 ms) while threads remain halted."""
-    pytest.skip("needs EU threads that raise attention: no shader submission in this raw suite and "
-                "no EU thread model in the simulator")
+    dfd, c, ch, eq, q, _last, bo = running_shader(fd, child)
+    args = dict(exec_queue=q.exec_queue_handle, lrc=q.lrc_handles[0])
+    assert eu_control(dfd, ch, INTERRUPT_ALL, **args)[0] == 0
+    dss = dss_count(fd)
+    seen = []
+    deadline = time.monotonic() + 10
+    while len(seen) < 3 and time.monotonic() < deadline:
+        ev = next_event(dfd)
+        if ev.is_("EU_ATTENTION"):
+            seen.append(ev)
+    assert len(seen) == 3, seen
+    bitmaps = [ev.raw[HDR_SIZE + 32:] for ev in seen]
+    for ev, bits in zip(seen, bitmaps):
+        assert ev.flags == STATE_CHANGE and ev.ev_flags == 0
+        assert ev.bitmask_size == 8 * dss == len(bits)
+        assert (ev.client_handle, ev.exec_queue_handle, ev.lrc_handle) == \
+            (ch, q.exec_queue_handle, q.lrc_handles[0])
+    # the threads stay halted: the same bitmap again, one bit per thread
+    assert bitmaps[0] == bitmaps[1] == bitmaps[2]
+    assert sum(bin(b).count("1") for b in bitmaps[0]) == SHADER_THREADS
+    assert seen[0].seqno < seen[1].seqno < seen[2].seqno
+    # resuming every halted thread stops the repetition once the loop is told to end
+    child.do("bo_write", c, bo, 2 * SZ, SZ + SHADER_STEERING, struct.pack("<I", SHADER_END))
+    ret, arg = eu_control(dfd, ch, U.DRM_XE_EUDEBUG_EU_CONTROL_CMD_RESUME, bitmask=bitmaps[2],
+                          **args)
+    assert ret == 0, errno.errorcode.get(-ret, ret)
 
 
 # === fifo, disconnect ==========================================================================

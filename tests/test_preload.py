@@ -220,3 +220,67 @@ def test_umockdev_description_names_every_node() -> None:
     for name, minor in (("card0", 0), ("renderD128", 128), ("card1", 1), ("renderD129", 129)):
         assert f"E: DEVNAME=/dev/dri/{name}" in text and f"E: MINOR={minor}" in text
     assert text.count("E: PCI_ID=8086:64A0") == 2 and text.count("A: enable_eudebug=0") == 2
+    assert text.count("A: tile0/gt0/engines/ccs/job_timeout_ms=") == 2 and "tile1/" not in text
+    two = umockdev_description(1, 0xE20B, tiles=2)
+    assert "A: tile1/gt1/engines/rcs/.defaults/preempt_timeout_us=" in two
+
+
+@pytest.mark.skipif(shutil.which("umockdev-run") is None, reason="umockdev-run not installed: no sysfs for C programs")
+def test_c_program_reads_and_writes_job_timeout_ms(sim_server, probe: str) -> None:
+    """IGT's route (xe_sysfs_engine_open + openat): the simulator's value, a write it honours,
+    the default beside it, and the kernel's bounds."""
+    two = sim_server(devices=1, tiles=2, job_timeout_ms=700)
+    out = run(two, probe, "engine", "1", "ccs").stdout
+    assert "job_timeout_ms 700" in out and "default 700" in out
+    out = run(two, probe, "engine", "1", "ccs", "1234").stdout
+    assert "write 1234 ok" in out and "job_timeout_ms 1234" in out and "default 700" in out
+    assert port.sysfs(0, "tile1/gt1/engines/ccs/job_timeout_ms", socket_path=two.socket) == b"1234\n"
+    assert port.sysfs(0, "tile0/gt0/engines/ccs/job_timeout_ms", socket_path=two.socket) == b"700\n"
+    out = run(two, probe, "engine", "0", "rcs", "0").stdout                   # below job_timeout_min
+    assert "write 0 Invalid argument" in out and "job_timeout_ms 700" in out
+
+
+def test_c_program_sees_the_vram_of_a_discrete_device(sim_server, probe: str) -> None:
+    dgfx = sim_server(devices=1, discrete=True, tiles=2, vram_size=1 << 30)
+    out = run(dgfx, probe, "regions").stdout
+    assert "region 0 class 0" in out
+    assert f"region 1 class 1 size {1 << 30} visible {1 << 30}" in out
+    assert f"region 2 class 1 size {1 << 30} visible {1 << 30}" in out
+    assert "devid 0xe20b flags 1" in out
+    proc = run(dgfx, probe, "exit", "0", run_args=("--tiles", "1"), check=False)
+    assert proc.returncode == 2 and "--tiles" in proc.stderr
+
+
+def test_run_starts_a_discrete_private_instance(probe: str) -> None:
+    env = _env("")
+    env.pop(SOCKET_ENV)
+    proc = subprocess.run([sys.executable, "-m", "xe_eudebug", "run", "--discrete", "--", probe, "regions"],
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "region 1 class 1" in proc.stdout and "devid 0xe20b flags 1" in proc.stdout
+
+
+def test_c_program_resets_a_gt_through_debugfs(sim_server, probe: str) -> None:
+    """IGT's xe_force_gt_reset_async: debugfs looks mounted, dri/<minor>/gtN/force_reset exists, and
+    the write resets that GT: its running LR job stops and its queue is banned; GT 0's runs on."""
+    from gpuexec import ERR, GpuClient, MI_ARB_CHECK, bbs, pack
+
+    two = sim_server(devices=1, tiles=2)
+    batch = 0x1A0000
+    with GpuClient(fd=two.open_device(0)) as c:
+        vm = c.vm()                                                     # LR: no job timeout
+        bo = c.bo()
+        c.bind(vm, bo, batch)
+        c.write(bo, 0, pack(MI_ARB_CHECK, bbs(batch)))                 # jumps to itself forever
+        on_gt1 = c.queue(vm, engine_class=uapi.DRM_XE_ENGINE_CLASS_COMPUTE, gt=1)
+        on_gt0 = c.queue(vm, engine_class=uapi.DRM_XE_ENGINE_CLASS_COMPUTE, gt=0)
+        assert c.exec(on_gt1, batch) == 0 and c.exec(on_gt0, batch) == 0
+        out = run(two, probe, "reset", "/dev/dri/card0", "1").stdout
+        assert "mountpoint 1" in out and "reset ok" in out
+        deadline = time.monotonic() + 30
+        while c.exec(on_gt1, batch) == 0:                              # queued behind the loop until banned
+            assert time.monotonic() < deadline, "GT 1's queue was not banned by the reset"
+            time.sleep(0.1)
+        assert c.exec(on_gt1, batch) == ERR["ECANCELED"]
+        assert c.exec(on_gt0, batch) == 0                               # GT 0 was not reset
+        c.queue_destroy(on_gt0)

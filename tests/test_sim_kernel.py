@@ -193,8 +193,9 @@ def types(evs):
     return [(hdr(e)[1], hdr(e)[2]) for e in evs]
 
 
-def op(op_code, addr, rng, obj=0, offset=0, flags=0, ext=0):
-    return struct.pack("<QIHHQQQIIII24x", ext, obj, 0, 0, offset, rng, addr, op_code, flags, 0, 0)
+def op(op_code, addr, rng, obj=0, offset=0, flags=0, ext=0, pat=2):
+    # pat 2: Xe2's write-back, 1-way-coherent index (WB BOs and userptrs need a coherent one)
+    return struct.pack("<QIHHQQQIIII24x", ext, obj, pat, 0, offset, rng, addr, op_code, flags, 0, 0)
 
 
 def ufence_sync(addr, value):

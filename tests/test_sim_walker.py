@@ -158,10 +158,10 @@ def test_illegal_opcode_without_the_exception_enabled_fails_the_job():
     assert _target(space)[0][0] == 1 and _target(space)[2][:2] == [CANARY, CANARY]
 
 
-def _start_job(space: Space):
-    """Run the batch at BATCH on a job thread (stopped after 30 s): engine, thread, results,
-    deadline."""
-    cs = CommandStreamer(EngineInfo(U.DRM_XE_ENGINE_CLASS_COMPUTE, 0))
+def _start_job(space: Space, gt=None):
+    """Run the batch at BATCH on a job thread (stopped after 30 s) on the engine of `gt` (an
+    EuArray; a private one by default): engine, thread, results, deadline."""
+    cs = CommandStreamer(EngineInfo(U.DRM_XE_ENGINE_CLASS_COMPUTE, 0), gt)
     deadline = time.monotonic() + 30
     results: list = []
     job = threading.Thread(target=lambda: results.append(

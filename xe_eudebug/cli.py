@@ -8,9 +8,9 @@
         attach to a running process and print its eudebug events live (xe_eudebug.monitor)
     xe-eudebug log print FILE... | log compare A B
         print or compare saved event logs (xe_eudebug.logcmd)
-    xe-eudebug igt [--list-subtests] [--run-subtest GLOB] [--device DEV] [--results F] [--junit F]
+    xe-eudebug igt [--binary xe_eudebug|xe_eudebug_online] [--list-subtests] [--run-subtest GLOB] [--device DEV] [--results F] [--junit F]
         list and run the ported IGT subtests the way an IGT binary does
-    xe-eudebug run [--devices N] [--enable] [--device-id 0xNNNN] -- CMD [ARGS...]
+    xe-eudebug run [--devices N] [--enable] [--device-id 0xNNNN] [--discrete] [--tiles N] -- CMD [ARGS...]
         run an unmodified C program on the simulator (docs/c-programs.md)
 
 ``--debug`` (before the command) or ``XE_EUDEBUG_DEBUG=1`` turns on the library's debug logging

@@ -1051,13 +1051,18 @@ class Client:
     def bo_create(fd: int, size: int, placement: int = 1, flags: int = 0, vm: int = 0,
                   cpu_caching: int | None = None) -> int:
         """``DRM_IOCTL_XE_GEM_CREATE`` (nothing is logged: BOs produce no events).  The default
-        placement is system memory (region 0), write-back CPU caching."""
+        placement is system memory (region 0).  The default CPU caching is IGT's
+        (``__xe_default_cpu_caching``): write-combined for a placement with VRAM or a scanout BO
+        (the kernel refuses write-back there), else write-back."""
         arg = _uapi.drm_xe_gem_create()
         arg.size = size
         arg.placement = placement
         arg.flags = flags
         arg.vm_id = vm
-        arg.cpu_caching = _uapi.DRM_XE_GEM_CPU_CACHING_WB if cpu_caching is None else cpu_caching
+        if cpu_caching is None:
+            wc = placement & ~1 or flags & _uapi.DRM_XE_GEM_CREATE_FLAG_SCANOUT
+            cpu_caching = _uapi.DRM_XE_GEM_CPU_CACHING_WC if wc else _uapi.DRM_XE_GEM_CPU_CACHING_WB
+        arg.cpu_caching = cpu_caching
         retry_ioctl(fd, _uapi.DRM_IOCTL_XE_GEM_CREATE, arg)
         return int(arg.handle)
 

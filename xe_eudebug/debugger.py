@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Callable, Iterator
 
+from . import eucontrol as _eu
 from . import ioctl as _seam
 from . import uapi as _uapi
 from .client import (
@@ -440,6 +441,32 @@ class Debugger:
         arg.flags = flags
         arg.timeout_ns = timeout_ns
         return VmFile(retry_ioctl(self.fd, _uapi.DRM_XE_EUDEBUG_IOCTL_VM_OPEN, arg))
+
+    # -- EU control (xe_eudebug.eucontrol on this connection) ------------------------------------
+    def eu_control(self, client_handle: int, exec_queue_handle: int, lrc_handle: int, cmd: int,
+                   bitmask: bytes | bytearray | None = None, bitmask_size: int | None = None) -> Any:
+        """EU_CONTROL that must succeed (an ``eucontrol.EuControl``); raises ``OSError`` naming
+        the ioctl, the command, the handles and the errno.  ``try_eu_control`` returns the
+        ``-errno`` in ``.ret`` instead."""
+        return _eu.eu_control(self.fd, client_handle, exec_queue_handle, lrc_handle, cmd, bitmask, bitmask_size)
+
+    def try_eu_control(self, client_handle: int, exec_queue_handle: int, lrc_handle: int, cmd: int,
+                       bitmask: bytes | bytearray | None = None, bitmask_size: int | None = None) -> Any:
+        return _eu.try_eu_control(self.fd, client_handle, exec_queue_handle, lrc_handle, cmd, bitmask, bitmask_size)
+
+    def interrupt_all(self, client_handle: int, exec_queue_handle: int, lrc_handle: int) -> int:
+        """EU_CONTROL INTERRUPT_ALL; the command's seqno."""
+        return _eu.interrupt_all(self.fd, client_handle, exec_queue_handle, lrc_handle)
+
+    def eu_stopped(self, client_handle: int, exec_queue_handle: int, lrc_handle: int,
+                   bitmask_size: int) -> tuple[int, bytes]:
+        """EU_CONTROL STOPPED: ``(seqno, bitmask of the threads stopped in the SIP)``."""
+        return _eu.stopped(self.fd, client_handle, exec_queue_handle, lrc_handle, bitmask_size)
+
+    def eu_resume(self, client_handle: int, exec_queue_handle: int, lrc_handle: int,
+                  bitmask: bytes | bytearray) -> int:
+        """EU_CONTROL RESUME of the threads set in ``bitmask``; the command's seqno."""
+        return _eu.resume(self.fd, client_handle, exec_queue_handle, lrc_handle, bitmask)
 
     # -- worker ----------------------------------------------------------------------------
     def start_worker(self) -> None:

@@ -47,6 +47,11 @@ __all__ = [
     "query_config",
     "min_alignment",
     "query_gts",
+    "query_mem_regions",
+    "has_vram",
+    "system_memory",
+    "vram_memory",
+    "vram_if_possible",
     "graphics_version",
     "device_id",
     "list_devices",
@@ -283,6 +288,17 @@ def _query(fd: int, query: int) -> bytes:
     return buf.raw[: int(q.size)]
 
 
+def _query_list(fd: int, query: int, item: Any) -> list[Any]:
+    """A query answered as a u32 count, a u32 pad and `count` structs of type `item`."""
+    data = _query(fd, query)
+    if len(data) < 8:
+        return []
+    count = int.from_bytes(data[0:4], "little")
+    stride = ctypes.sizeof(item)
+    return [item.from_buffer_copy(data, 8 + i * stride) for i in range(count)
+            if 8 + (i + 1) * stride <= len(data)]
+
+
 def query_engines(fd: int) -> list[Any]:
     """The device's engines as ``drm_xe_engine_class_instance`` structs."""
     data = _query(fd, _xe.DRM_XE_DEVICE_QUERY_ENGINES)
@@ -336,13 +352,7 @@ def device_id(fd: int) -> int:
 
 def query_gts(fd: int) -> list[Any]:
     """The device's GTs as ``drm_xe_gt`` structs (``DRM_XE_DEVICE_QUERY_GT_LIST``)."""
-    data = _query(fd, _xe.DRM_XE_DEVICE_QUERY_GT_LIST)
-    if len(data) < 8:
-        return []
-    count = int.from_bytes(data[0:4], "little")
-    stride = ctypes.sizeof(_xe.drm_xe_gt)
-    return [_xe.drm_xe_gt.from_buffer_copy(data, 8 + i * stride) for i in range(count)
-            if 8 + (i + 1) * stride <= len(data)]
+    return _query_list(fd, _xe.DRM_XE_DEVICE_QUERY_GT_LIST, _xe.drm_xe_gt)
 
 
 def graphics_version(fd: int) -> tuple[int, int, int]:
@@ -354,6 +364,38 @@ def graphics_version(fd: int) -> tuple[int, int, int]:
         if gt.type == _xe.DRM_XE_QUERY_GT_TYPE_MAIN:
             return int(gt.ip_ver_major), int(gt.ip_ver_minor), int(gt.ip_ver_rev)
     raise OSError(errno.ENODEV, f"DRM_XE_DEVICE_QUERY_GT_LIST on fd {fd}: no main GT")
+
+
+def query_mem_regions(fd: int) -> list[Any]:
+    """The device's memory regions as ``drm_xe_mem_region`` structs (``QUERY_MEM_REGIONS``):
+    system memory first, then each tile's VRAM on a discrete device."""
+    return _query_list(fd, _xe.DRM_XE_DEVICE_QUERY_MEM_REGIONS, _xe.drm_xe_mem_region)
+
+
+def has_vram(fd: int) -> bool:
+    """Whether the device has VRAM (``DRM_XE_QUERY_CONFIG_FLAG_HAS_VRAM``; IGT ``xe_has_vram``)."""
+    return bool(query_config(fd).get("flags", 0) & _xe.DRM_XE_QUERY_CONFIG_FLAG_HAS_VRAM)
+
+
+def system_memory(fd: int) -> int:
+    """The placement bit of system memory (IGT ``system_memory``)."""
+    return 1 if any(r.mem_class == _xe.DRM_XE_MEM_REGION_CLASS_SYSMEM for r in query_mem_regions(fd)) else 0
+
+
+def vram_memory(fd: int, gt: int) -> int:
+    """The placement bits of the VRAM near GT `gt`, 0 on a device without VRAM (IGT
+    ``vram_memory``)."""
+    if not has_vram(fd):
+        return 0
+    for entry in query_gts(fd):
+        if entry.gt_id == gt:
+            return int(entry.near_mem_regions)
+    raise OSError(errno.EINVAL, f"DRM_XE_DEVICE_QUERY_GT_LIST on fd {fd}: no GT {gt}")
+
+
+def vram_if_possible(fd: int, gt: int) -> int:
+    """GT `gt`'s VRAM, else system memory (IGT ``vram_if_possible``): a GEM_CREATE placement."""
+    return vram_memory(fd, gt) or system_memory(fd)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -45,9 +45,10 @@ Type and flag values come from :mod:`xe_eudebug.uapi`; nothing here repeats thos
 
 from __future__ import annotations
 
+import ctypes
 import struct
 from enum import IntEnum, IntFlag
-from typing import Any, Callable, ClassVar, Iterable, NamedTuple, Sequence
+from typing import Any, Callable, ClassVar, Iterable, NamedTuple
 
 from xe_eudebug import uapi as _uapi
 
@@ -84,9 +85,9 @@ __all__ = [
     "VM_BIND_FLAG_UFENCE",
 ]
 
-#: The common header ``struct drm_xe_eudebug_event``: len u32, type u16, flags u16,
-#: seqno u64, reserved u64 (host byte order, no padding).
-HEADER = struct.Struct("=IHHQQ")
+#: The common header ``struct drm_xe_eudebug_event`` (len, type, flags, seqno, reserved), a
+#: precompiled ``struct.Struct`` derived from the uapi layout.
+HEADER = _uapi.layout(_uapi.drm_xe_eudebug_event)
 HEADER_SIZE = HEADER.size
 #: Size of the debugger's read buffer (IGT ``MAX_EVENT_SIZE``).
 MAX_EVENT_SIZE = 32 * 1024
@@ -235,9 +236,11 @@ class EventHeader(NamedTuple):
 
 
 _HDR_UNPACK = HEADER.unpack_from
-_LEN_TYPE = struct.Struct("=IH")
-_U16 = struct.Struct("=H")
-_U64 = struct.Struct("=Q")
+_LEN_TYPE = _uapi.layout(_uapi.drm_xe_eudebug_event, "len", "type")
+_TYPE = _uapi.layout(_uapi.drm_xe_eudebug_event, "type")
+_FLAGS = _uapi.layout(_uapi.drm_xe_eudebug_event, "flags")
+_SEQNO = _uapi.layout(_uapi.drm_xe_eudebug_event, "seqno")
+_TYPE_AT, _FLAGS_AT, _SEQNO_AT = _TYPE.offset, _FLAGS.offset, _SEQNO.offset
 
 
 class Event:
@@ -283,15 +286,15 @@ class Event:
 
     @property
     def type(self) -> Any:  # overridden by a class constant on typed views
-        return _as_type(_U16.unpack_from(self._buf, 4)[0])
+        return _as_type(_TYPE.unpack_from(self._buf, _TYPE_AT)[0])
 
     @property
     def flags(self) -> Any:
-        return _as_flags(_U16.unpack_from(self._buf, 6)[0])
+        return _as_flags(_FLAGS.unpack_from(self._buf, _FLAGS_AT)[0])
 
     @property
     def seqno(self) -> int:
-        return _U64.unpack_from(self._buf, 8)[0]
+        return _SEQNO.unpack_from(self._buf, _SEQNO_AT)[0]
 
     # -- payload -----------------------------------------------------------------------
     @property
@@ -330,16 +333,16 @@ class Event:
         return "<...>"
 
     def __str__(self) -> str:
-        ty = _U16.unpack_from(self._buf, 4)[0]
+        ty = _TYPE.unpack_from(self._buf, _TYPE_AT)[0]
         head = f"{type_name(ty)}({ty})"
-        s = f"({self.seqno}) {head:>15}:{flags_str(_U16.unpack_from(self._buf, 6)[0])}: {self.members_str()}"
+        s = f"({self.seqno}) {head:>15}:{flags_str(_FLAGS.unpack_from(self._buf, _FLAGS_AT)[0])}: {self.members_str()}"
         return s[: EVENT_STRING_MAX_LEN - 1]
 
     def __repr__(self) -> str:
         try:
             text = str(self)
         except AssertionError as exc:  # NEED_ACK without CREATE: repr still describes it
-            text = f"({self.seqno}) type {_U16.unpack_from(self._buf, 4)[0]}: {exc}"
+            text = f"({self.seqno}) type {_TYPE.unpack_from(self._buf, _TYPE_AT)[0]}: {exc}"
         return f"<{type(self).__name__} {text}>"
 
     def __reduce__(self) -> tuple[Callable[..., Event], tuple[bytes]]:
@@ -396,8 +399,8 @@ _SHADOWED = ("type", "flags", "seqno")
 _CLASSES: dict[int, type[Event]] = {}
 
 
-def _scalar_getter(offset: int, fmt: str) -> Callable[[Event], int]:
-    unpack = struct.Struct("=" + fmt).unpack_from
+def _scalar_getter(lay: _uapi.Layout) -> Callable[[Event], int]:
+    unpack, offset = lay.unpack_from, lay.offset
 
     def get(self: Event) -> int:
         return unpack(self._buf, offset)[0]
@@ -429,13 +432,29 @@ def _array_getter(offset: int, itemfmt: str, count_getter: Callable[[Event], int
 def _define(
     name: str,
     event_type: Any,
-    size: int,
-    fields: Sequence[tuple[str, int, str]],
-    array: tuple[str, int, str, str] | None = None,
+    ctype: type,
+    count: str | None = None,
     members: Callable[[Event], str] | None = None,
     aliases: dict[str, str] | None = None,
     doc: str = "",
 ) -> type[Event]:
+    """A view class of the uapi event struct ``ctype``: its payload fields (after ``base``) with
+    offsets and types from the uapi layout; a flexible array member is a list (bytes for u8)
+    of ``count`` items."""
+    fields: list[tuple[str, int, str]] = []
+    layouts: dict[str, _uapi.Layout] = {}
+    array: tuple[str, int, str, str] | None = None
+    for fname, ftype, *_ in ctype._fields_[1:]:
+        if issubclass(ftype, ctypes.Array) and ftype._length_ == 0:
+            elem = ftype._type_
+            itemfmt = "s" if elem is ctypes.c_uint8 else _uapi.struct_code(elem)
+            assert count is not None, f"{name}: the count field of {fname}"
+            array = (fname, getattr(ctype, fname).offset, itemfmt, count)
+            continue
+        lay = _uapi.layout(ctype, fname)
+        layouts[fname] = lay
+        fields.append((fname, lay.offset, lay.format.strip("=x")))
+    size = ctypes.sizeof(ctype)
     getters: dict[str, Callable[[Event], Any]] = {}
     ns: dict[str, Any] = {
         "__slots__": (),
@@ -448,7 +467,7 @@ def _define(
         "__module__": __name__,
     }
     for fname, off, fmt in fields:
-        g = _scalar_getter(off, fmt)
+        g = _scalar_getter(layouts[fname])
         getters[fname] = g
         if fname not in _SHADOWED:
             ns[fname] = property(g, doc=f"``{fname}`` (offset {off})")
@@ -470,36 +489,25 @@ def _define(
     return cls
 
 
-Q, I = "Q", "I"
-
 ClientEvent = _define(
     "ClientEvent",
     EventType.OPEN,
-    32,
-    [("client_handle", 24, Q)],
+    _uapi.drm_xe_eudebug_event_client,
     members=lambda e: f"handle={e.client_handle}",
     doc="OPEN: ``struct drm_xe_eudebug_event_client`` (a DRM client of the target).",
 )
 VmEvent = _define(
     "VmEvent",
     EventType.VM,
-    40,
-    [("client_handle", 24, Q), ("vm_handle", 32, Q)],
+    _uapi.drm_xe_eudebug_event_vm,
     members=lambda e: f"client_handle={e.client_handle}, handle={e.vm_handle}",
     doc="VM: ``struct drm_xe_eudebug_event_vm``.",
 )
 ExecQueueEvent = _define(
     "ExecQueueEvent",
     EventType.EXEC_QUEUE,
-    56,
-    [
-        ("client_handle", 24, Q),
-        ("vm_handle", 32, Q),
-        ("exec_queue_handle", 40, Q),
-        ("engine_class", 48, I),
-        ("width", 52, I),
-    ],
-    array=("lrc_handle", 56, Q, "width"),
+    _uapi.drm_xe_eudebug_event_exec_queue,
+    count="width",
     members=lambda e: (
         f"client_handle={e.client_handle}, vm_handle={e.vm_handle}, "
         f"exec_queue_handle={e.exec_queue_handle}, engine_class={_s32(e.engine_class)}, "
@@ -511,15 +519,8 @@ ExecQueueEvent = _define(
 EuAttentionEvent = _define(
     "EuAttentionEvent",
     EventType.EU_ATTENTION,
-    56,
-    [
-        ("client_handle", 24, Q),
-        ("exec_queue_handle", 32, Q),
-        ("lrc_handle", 40, Q),
-        ("flags", 48, I),
-        ("bitmask_size", 52, I),
-    ],
-    array=("bitmask", 56, "s", "bitmask_size"),
+    _uapi.drm_xe_eudebug_event_eu_attention,
+    count="bitmask_size",
     members=lambda e: (
         f"client_handle={e.client_handle}, exec_queue_handle={e.exec_queue_handle}, "
         f"lrc_handle={e.lrc_handle}, bitmask_size={_s32(e.bitmask_size)}"
@@ -530,8 +531,7 @@ EuAttentionEvent = _define(
 VmBindEvent = _define(
     "VmBindEvent",
     EventType.VM_BIND,
-    48,
-    [("client_handle", 24, Q), ("vm_handle", 32, Q), ("flags", 40, I), ("num_binds", 44, I)],
+    _uapi.drm_xe_eudebug_event_vm_bind,
     aliases={"bind_flags": "flags"},
     members=lambda e: (
         f"client_handle={e.client_handle}, vm_handle={e.vm_handle}, "
@@ -543,8 +543,7 @@ VmBindEvent = _define(
 VmBindOpEvent = _define(
     "VmBindOpEvent",
     EventType.VM_BIND_OP,
-    56,
-    [("vm_bind_ref_seqno", 24, Q), ("num_extensions", 32, Q), ("addr", 40, Q), ("range", 48, Q)],
+    _uapi.drm_xe_eudebug_event_vm_bind_op,
     members=lambda e: (
         f"vm_bind_ref_seqno={_s64(e.vm_bind_ref_seqno)}, addr={e.addr:016x}, "
         f"range={e.range} num_extensions={e.num_extensions}"
@@ -554,16 +553,14 @@ VmBindOpEvent = _define(
 VmBindUfenceEvent = _define(
     "VmBindUfenceEvent",
     EventType.VM_BIND_UFENCE,
-    32,
-    [("vm_bind_ref_seqno", 24, Q)],
+    _uapi.drm_xe_eudebug_event_vm_bind_ufence,
     members=lambda e: f"vm_bind_ref_seqno={_s64(e.vm_bind_ref_seqno)}",
     doc="VM_BIND_UFENCE: ``struct drm_xe_eudebug_event_vm_bind_ufence``.",
 )
 MetadataEvent = _define(
     "MetadataEvent",
     EventType.METADATA,
-    56,
-    [("client_handle", 24, Q), ("metadata_handle", 32, Q), ("type", 40, Q), ("len", 48, Q)],
+    _uapi.drm_xe_eudebug_event_metadata,
     aliases={"metadata_type": "type"},
     members=lambda e: (
         f"client_handle={e.client_handle}, metadata_handle={e.metadata_handle}, "
@@ -576,8 +573,7 @@ MetadataEvent = _define(
 VmBindOpMetadataEvent = _define(
     "VmBindOpMetadataEvent",
     EventType.VM_BIND_OP_METADATA,
-    48,
-    [("vm_bind_op_ref_seqno", 24, Q), ("metadata_handle", 32, Q), ("metadata_cookie", 40, Q)],
+    _uapi.drm_xe_eudebug_event_vm_bind_op_metadata,
     members=lambda e: (
         f"vm_bind_op_ref_seqno={_s64(e.vm_bind_op_ref_seqno)}, "
         f"metadata_handle={e.metadata_handle}, metadata_cookie={e.metadata_cookie}"
@@ -587,16 +583,8 @@ VmBindOpMetadataEvent = _define(
 PagefaultEvent = _define(
     "PagefaultEvent",
     EventType.PAGEFAULT,
-    64,
-    [
-        ("client_handle", 24, Q),
-        ("exec_queue_handle", 32, Q),
-        ("lrc_handle", 40, Q),
-        ("flags", 48, I),
-        ("bitmask_size", 52, I),
-        ("pagefault_address", 56, Q),
-    ],
-    array=("bitmask", 64, "s", "bitmask_size"),
+    _uapi.drm_xe_eudebug_event_pagefault,
+    count="bitmask_size",
     members=lambda e: (
         f"client_handle={e.client_handle}, exec_queue_handle={e.exec_queue_handle}, "
         f"lrc_handle={e.lrc_handle}, bitmask_size={_s32(e.bitmask_size)}, "
@@ -605,7 +593,6 @@ PagefaultEvent = _define(
     doc="PAGEFAULT: ``struct drm_xe_eudebug_event_pagefault``; payload ``flags`` is "
     "``e.payload.flags``; ``bitmask`` is bytes.",
 )
-del Q, I
 
 
 def event_class(event_type: int) -> type[Event]:

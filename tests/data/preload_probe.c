@@ -205,6 +205,99 @@ static int mode_sysfs(const char *value)
 	return 0;
 }
 
+/* The engine-class directory of GT `gt` as IGT's xe_sysfs_engine_open finds it. */
+static int engine_dir(int gt, const char *cls)
+{
+	struct stat st;
+	char path[128];
+	int fd = open_node("/dev/dri/card0");
+	if (fstat(fd, &st))
+		fail("fstat");
+	snprintf(path, sizeof(path), "/sys/dev/char/%u:%u/device/tile%d/gt%d/engines/%s",
+		 major(st.st_rdev), minor(st.st_rdev), gt, gt, cls);
+	check(access(path, F_OK) == 0, "engine directory exists");
+	int dir = open(path, O_RDONLY);
+	if (dir < 0)
+		fail(path);
+	return dir;
+}
+
+static long read_attr(int dir, const char *name)
+{
+	char buf[32] = { 0 };
+	int fd = openat(dir, name, O_RDONLY);
+	if (fd < 0 || read(fd, buf, sizeof(buf) - 1) <= 0)
+		fail(name);
+	close(fd);
+	return strtol(buf, NULL, 0);
+}
+
+/* engine GT CLASS [VALUE]: job_timeout_ms (and its default), VALUE written first if given */
+static int mode_engine(int gt, const char *cls, const char *value)
+{
+	int dir = engine_dir(gt, cls);
+	if (value) {
+		int fd = openat(dir, "job_timeout_ms", O_WRONLY);
+		ssize_t n = fd < 0 ? -1 : write(fd, value, strlen(value));
+		printf("write %s %s\n", value, n == (ssize_t)strlen(value) ? "ok" : strerror(errno));
+		if (fd >= 0)
+			close(fd);
+	}
+	printf("job_timeout_ms %ld\n", read_attr(dir, "job_timeout_ms"));
+	printf("default %ld\n", read_attr(dir, ".defaults/job_timeout_ms"));
+	return 0;
+}
+
+/* reset GT: IGT's xe_force_gt_reset_async path (igt_debugfs_mount's mount-point check, the
+ * dri/<minor>/name lookup, the GT directory, force_reset) on /dev/dri/NODE. */
+static int mode_reset(const char *node, int gt)
+{
+	struct stat st, dot, dotdot;
+	char path[128];
+	int fd = open_node(node);
+	if (fstat(fd, &st))
+		fail("fstat");
+	check(stat("/sys/kernel/debug/.", &dot) == 0 && stat("/sys/kernel/debug/..", &dotdot) == 0 &&
+	      S_ISDIR(dot.st_mode) && S_ISDIR(dotdot.st_mode), "debugfs directories");
+	printf("mountpoint %d\n", dot.st_dev != dotdot.st_dev);
+	snprintf(path, sizeof(path), "/sys/kernel/debug/dri/%u/name", minor(st.st_rdev));
+	check(stat(path, &dot) == 0, "debugfs name");
+	snprintf(path, sizeof(path), "/sys/kernel/debug/dri/%u/gt%d", minor(st.st_rdev), gt);
+	int dir = open(path, O_RDONLY);
+	if (dir < 0)
+		fail(path);
+	int attr = openat(dir, "force_reset", O_WRONLY);
+	if (attr < 0)
+		fail("force_reset");
+	printf("reset %s\n", write(attr, "1", 1) == 1 ? "ok" : strerror(errno));
+	return 0;
+}
+
+/* The memory regions and the config flags the device reports. */
+static int mode_regions(void)
+{
+	int fd = open_node("/dev/dri/card0");
+	struct device_query q = { .query = QUERY_MEM_REGIONS };
+	if (ioctl(fd, XE_DEVICE_QUERY, &q))
+		fail("DEVICE_QUERY size");
+	char *buf = calloc(1, q.size);
+	q.data = (uintptr_t)buf;
+	if (ioctl(fd, XE_DEVICE_QUERY, &q))
+		fail("DEVICE_QUERY MEM_REGIONS");
+	uint32_t n = *(uint32_t *)buf;
+	struct mem_region *r = (struct mem_region *)(buf + 8);
+	for (uint32_t i = 0; i < n; i++)
+		printf("region %u class %u size %llu visible %llu\n", r[i].instance, r[i].mem_class,
+		       (unsigned long long)r[i].total_size, (unsigned long long)r[i].cpu_visible_size);
+	free(buf);
+	uint64_t cfg[8] = { 0 };
+	struct device_query c = { .query = QUERY_CONFIG, .size = 8 + 5 * 8, .data = (uintptr_t)cfg };
+	if (ioctl(fd, XE_DEVICE_QUERY, &c))
+		fail("DEVICE_QUERY CONFIG");
+	printf("devid %#llx flags %llu\n", (unsigned long long)(cfg[1] & 0xffff), (unsigned long long)cfg[2]);
+	return 0;
+}
+
 /* A client with a BO bound at BIND_ADDR and filled through a CPU mapping; waits for stdin. */
 static int mode_client(void)
 {
@@ -224,6 +317,7 @@ static int mode_client(void)
 		map[i] = (unsigned char)(i * 7 + 1);
 	struct vm_bind b = { .vm_id = vm, .num_binds = 1 };
 	b.bind.obj = gc.handle;
+	b.bind.pat_index = 2;  /* Xe2's write-back, coherent index: the BO is WB-cached */
 	b.bind.range = BO_SIZE;
 	b.bind.addr = BIND_ADDR;
 	/* the bind's argument itself lives in another write-only BO mapping, which the kernel's
@@ -297,6 +391,12 @@ int main(int argc, char **argv)
 		return mode_sysfs(argv[2]);
 	if (!strcmp(argv[1], "client"))
 		return mode_client();
+	if (!strcmp(argv[1], "engine") && argc > 3)
+		return mode_engine(atoi(argv[2]), argv[3], argc > 4 ? argv[4] : NULL);
+	if (!strcmp(argv[1], "regions"))
+		return mode_regions();
+	if (!strcmp(argv[1], "reset") && argc > 3)
+		return mode_reset(argv[2], atoi(argv[3]));
 	if (!strcmp(argv[1], "debugger") && argc > 2)
 		return mode_debugger(argv[2]);
 	if (!strcmp(argv[1], "exit") && argc > 2)

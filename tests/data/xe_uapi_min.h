@@ -45,7 +45,17 @@ struct vm_bind {
 struct eudebug_connect { uint64_t extensions, pid; uint32_t flags, version; };
 struct eudebug_event { uint32_t len; uint16_t type, flags; uint64_t seqno, reserved; };
 
+struct device_query { uint64_t extensions; uint32_t query, size; uint64_t data, reserved[2]; };
+struct mem_region {
+	uint16_t mem_class, instance;
+	uint32_t min_page_size;
+	uint64_t total_size, used, cpu_visible_size, cpu_visible_used, reserved[6];
+};
+#define QUERY_MEM_REGIONS 1
+#define QUERY_CONFIG 2
+#define MEM_CLASS_VRAM 1
 #define DRM_IOCTL_VERSION _IOWR('d', 0x00, struct drm_version)
+#define XE_DEVICE_QUERY _IOWR('d', 0x40, struct device_query)
 #define XE_VM_CREATE _IOWR('d', 0x43, struct vm_create)
 #define XE_VM_DESTROY _IOW('d', 0x44, struct vm_destroy)
 #define XE_GEM_CREATE _IOWR('d', 0x41, struct gem_create)

@@ -34,6 +34,26 @@ IGT_ORDER = (
     "discovery-empty", "discovery-empty-clients", "multigpu-basic-client", "multigpu-basic-client-many",
 )
 
+#: The subtests of IGT's ``tests/intel/xe_eudebug_online.c``, in the order IGT lists them.
+ONLINE_ORDER = (
+    "basic-breakpoint", "preempt-breakpoint", "set-breakpoint", "set-breakpoint-faultable",
+    "set-breakpoint-sigint-debugger", "breakpoint-not-in-debug-mode", "stopped-thread",
+    "resume-one", "resume-dss", "interrupt-all", "interrupt-other-debuggable", "interrupt-other",
+    "interrupt-all-set-breakpoint", "interrupt-all-set-breakpoint-faultable", "tdctl-parameters",
+    "reset-with-attention", "interrupt-reconnect", "single-step", "single-step-one",
+    "debugger-reopen",
+    "writes-caching-sram-bb-sram-target-sram", "writes-caching-sram-bb-sram-target-vram",
+    "writes-caching-sram-bb-vram-target-sram", "writes-caching-sram-bb-vram-target-vram",
+    "writes-caching-vram-bb-sram-target-sram", "writes-caching-vram-bb-sram-target-vram",
+    "writes-caching-vram-bb-vram-target-sram", "writes-caching-vram-bb-vram-target-vram",
+    "breakpoint-many-sessions-single-tile", "breakpoint-many-sessions-tiles",
+    "pagefault-read", "pagefault-write",
+)
+
+#: IGT binaries with ported subtests, and the order of each one's subtests.
+BINARIES = {"xe_eudebug": IGT_ORDER, "xe_eudebug_online": ONLINE_ORDER}
+DEFAULT_BINARY = "xe_eudebug"
+
 #: Parameters a subtest function receives from the runner instead of from its registration.
 FIXTURES = ("fd", "sim_server")
 
@@ -58,28 +78,32 @@ class Subtest:
     func: Callable[..., None]
     args: dict[str, Any]
     fixtures: tuple[str, ...]
+    binary: str = DEFAULT_BINARY
 
     @property
     def doc(self) -> str:
         return (inspect.getdoc(self.func) or "").split("\n\n")[0]
 
 
-_REGISTRY: dict[str, Subtest] = {}
+_REGISTRY: dict[tuple[str, str], Subtest] = {}
 
 
-def subtest(name: str, /, **args: Any) -> Callable[[Callable[..., None]], Callable[..., None]]:
-    """Register the decorated function as IGT subtest ``name``; ``args`` fill its other
-    parameters.  Stack the decorator to register one function under several names."""
+def subtest(name: str, /, binary: str = DEFAULT_BINARY, **args: Any) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Register the decorated function as subtest ``name`` of IGT binary ``binary``; ``args``
+    fill its other parameters.  Stack the decorator to register one function under several
+    names."""
+    if binary not in BINARIES:
+        raise ValueError(f"IGT binary {binary!r}: not one of {sorted(BINARIES)}")
 
     def register(func: Callable[..., None]) -> Callable[..., None]:
-        if name in _REGISTRY:
-            raise ValueError(f"IGT subtest {name!r} is registered twice")
+        if (binary, name) in _REGISTRY:
+            raise ValueError(f"IGT subtest {binary}@{name} is registered twice")
         params = inspect.signature(func).parameters
         fixtures = tuple(p for p in params if p in FIXTURES)
         missing = [p for p in params if p not in FIXTURES and p not in args]
         if missing:
             raise TypeError(f"subtest {name!r}: no value for parameter(s) {missing}")
-        _REGISTRY[name] = Subtest(name, func, dict(args), fixtures)
+        _REGISTRY[(binary, name)] = Subtest(name, func, dict(args), fixtures, binary)
         return func
 
     return register
@@ -87,14 +111,16 @@ def subtest(name: str, /, **args: Any) -> Callable[[Callable[..., None]], Callab
 
 def load() -> None:
     """Import the modules that register the ported subtests."""
-    from . import discovery, iface, metadata, vm_bind, vm_bind_clear  # noqa: F401
+    from . import discovery, iface, metadata, online, vm_bind, vm_bind_clear  # noqa: F401
 
 
-def subtests() -> list[Subtest]:
-    """Every registered subtest, in IGT's order (then any others, in registration order)."""
+def subtests(binary: str = DEFAULT_BINARY) -> list[Subtest]:
+    """Every registered subtest of ``binary``, in IGT's order (then any others, in
+    registration order)."""
     load()
-    order = {name: i for i, name in enumerate(IGT_ORDER)}
-    return sorted(_REGISTRY.values(), key=lambda s: order.get(s.name, len(order)))
+    order = {name: i for i, name in enumerate(BINARIES[binary])}
+    return sorted((s for s in _REGISTRY.values() if s.binary == binary),
+                  key=lambda s: order.get(s.name, len(order)))
 
 
 def wildmat(name: str, pattern: str) -> bool:
@@ -110,7 +136,8 @@ def wildmat(name: str, pattern: str) -> bool:
     return matched
 
 
-def select(patterns: Iterable[str] | None) -> list[Subtest]:
-    """The subtests any of ``patterns`` matches (all without patterns), in IGT's order."""
+def select(patterns: Iterable[str] | None, binary: str = DEFAULT_BINARY) -> list[Subtest]:
+    """The subtests of ``binary`` any of ``patterns`` matches (all without patterns), in IGT's
+    order."""
     patterns = list(patterns or [])
-    return [s for s in subtests() if not patterns or any(wildmat(s.name, p) for p in patterns)]
+    return [s for s in subtests(binary) if not patterns or any(wildmat(s.name, p) for p in patterns)]

@@ -21,14 +21,15 @@ import traceback
 from typing import Any, Callable, Iterator
 from xml.etree import ElementTree
 
-from .registry import Skip, Subtest, select, subtests
+from .registry import BINARIES, Skip, Subtest, select, subtests
 
 EXIT_SUCCESS = 0
 EXIT_SKIP = 77
 EXIT_INVALID = 79
 EXIT_FAILURE = 98
 EXIT_INTERRUPTED = 130
-#: IGT's binary name, the middle of the runner's test names (``igt@xe_eudebug@basic-connect``).
+#: IGT's binary name, the middle of the runner's test names (``igt@xe_eudebug@basic-connect``);
+#: ``--binary xe_eudebug_online`` selects the ports of the online tests.
 BINARY = "xe_eudebug"
 #: Lines of a failed subtest's captured output printed on the terminal (all of it goes to
 #: ``--results``).
@@ -200,7 +201,8 @@ def _time(seconds: float, start: float = 0.0) -> dict[str, Any]:
     return {"__type__": "TimeAttribute", "start": start, "end": start + seconds}
 
 
-def results_json(outcomes: list[Outcome], started: float, ended: float, argv: list[str]) -> dict[str, Any]:
+def results_json(outcomes: list[Outcome], started: float, ended: float, argv: list[str],
+                 binary: str = BINARY) -> dict[str, Any]:
     """igt_runner's results.json (results_version 10): one ``igt@xe_eudebug@NAME`` entry per
     subtest with result, time, out, err and dmesg, then totals and runtimes."""
     tests: dict[str, Any] = {}
@@ -213,7 +215,7 @@ def results_json(outcomes: list[Outcome], started: float, ended: float, argv: li
                f"{'Test requirement not met: ' + o.reason + chr(10) if o.result == 'SKIP' else ''}"
                f"Subtest {o.name}: {o.result} ({o.seconds:.3f}s)\n")
         err = o.err + (o.reason if o.result == "FAIL" else "")
-        tests[f"igt@{BINARY}@{o.name}"] = {
+        tests[f"igt@{binary}@{o.name}"] = {
             "out": out[-RESULTS_OUTPUT_LIMIT:], "err": err[-RESULTS_OUTPUT_LIMIT:], "dmesg": "",
             "result": result, "time": _time(o.seconds),
         }
@@ -223,22 +225,22 @@ def results_json(outcomes: list[Outcome], started: float, ended: float, argv: li
         "uname": " ".join(platform.uname()[:4]), "cmdline": argv,
         "time_elapsed": {"__type__": "TimeAttribute", "start": started, "end": ended},
         "tests": tests,
-        "totals": {"": dict(counts), "root": dict(counts), f"igt@{BINARY}": dict(counts)},
-        "runtimes": {f"igt@{BINARY}": {"time": _time(total)}},
+        "totals": {"": dict(counts), "root": dict(counts), f"igt@{binary}": dict(counts)},
+        "runtimes": {f"igt@{binary}": {"time": _time(total)}},
     }
 
 
-def junit_xml(outcomes: list[Outcome]) -> bytes:
+def junit_xml(outcomes: list[Outcome], binary: str = BINARY) -> bytes:
     """JUnit XML: one testsuite ``xe_eudebug``, one testcase per subtest (failure/skipped
     elements with the traceback or the reason, system-out/system-err with the output)."""
     suite = ElementTree.Element("testsuite", {
-        "name": BINARY, "tests": str(len(outcomes)),
+        "name": binary, "tests": str(len(outcomes)),
         "failures": str(sum(o.result == "FAIL" for o in outcomes)),
         "skipped": str(sum(o.result == "SKIP" for o in outcomes)), "errors": "0",
         "time": f"{sum(o.seconds for o in outcomes):.3f}",
     })
     for o in outcomes:
-        case = ElementTree.SubElement(suite, "testcase", {"classname": f"igt.{BINARY}", "name": o.name,
+        case = ElementTree.SubElement(suite, "testcase", {"classname": f"igt.{binary}", "name": o.name,
                                                           "time": f"{o.seconds:.3f}"})
         if o.result == "FAIL":
             failure = ElementTree.SubElement(case, "failure", {"message": o.reason.strip().splitlines()[-1]})
@@ -266,6 +268,8 @@ def _write(path: str, data: bytes) -> None:
 def main(argv: list[str] | None = None, prog: str = "xe-eudebug igt") -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog=prog, description="List and run the ported IGT xe_eudebug subtests.")
+    parser.add_argument("--binary", default=BINARY, choices=sorted(BINARIES),
+                        help="the IGT binary whose ported subtests to list and run (default: %(default)s)")
     parser.add_argument("--list-subtests", action="store_true", help="print the subtest names (those --run-subtest selects)")
     parser.add_argument("--run-subtest", action="append", metavar="GLOB",
                         help="run the subtests GLOB matches (IGT's wildcards: *, ?, [...], a comma list, !NAME "
@@ -277,7 +281,7 @@ def main(argv: list[str] | None = None, prog: str = "xe-eudebug igt") -> int:
     args = parser.parse_args(argv)
     if args.device:
         os.environ["XE_EUDEBUG_DEVICE"] = args.device
-    chosen = select(args.run_subtest)
+    chosen = select(args.run_subtest, args.binary)
     if args.run_subtest and not chosen:
         print(f"Unknown subtest: {','.join(args.run_subtest)}", file=sys.stderr)
         return EXIT_INVALID
@@ -301,7 +305,7 @@ def main(argv: list[str] | None = None, prog: str = "xe-eudebug igt") -> int:
     finally:
         ended = time.time()
         if args.results:
-            _write(args.results, json.dumps(results_json(outcomes, started, ended, [prog, *argv]), indent=2).encode())
+            _write(args.results, json.dumps(results_json(outcomes, started, ended, [prog, *argv], args.binary), indent=2).encode())
         if args.junit:
-            _write(args.junit, junit_xml(outcomes))
+            _write(args.junit, junit_xml(outcomes, args.binary))
     return exit_code(outcomes)

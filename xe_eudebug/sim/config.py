@@ -12,11 +12,17 @@ import dataclasses
 import os
 from typing import Mapping
 
-__all__ = ["SimConfig", "ENV_PREFIX", "SOCKET_ENV", "default_socket_dir", "default_socket_path"]
+__all__ = ["SimConfig", "INTEGRATED_DEVICE_ID", "DISCRETE_DEVICE_ID", "MAX_TILES", "ENV_PREFIX", "SOCKET_ENV", "default_socket_dir", "default_socket_path"]
 
 ENV_PREFIX = "XE_EUDEBUG_SIM_"
 #: Socket of the simulator instance to use (set by test harnesses and private instances).
 SOCKET_ENV = "XE_EUDEBUG_SIM_SOCKET"
+
+#: PCI device ids of the two shapes: Lunar Lake (integrated Xe2) and Battlemage B580 (discrete Xe2).
+INTEGRATED_DEVICE_ID = 0x64A0
+DISCRETE_DEVICE_ID = 0xE20B
+#: The kernel's XE_MAX_TILES_PER_DEVICE.
+MAX_TILES = 2
 
 _TRUE = {"1", "y", "yes", "t", "true", "on"}
 _FALSE = {"0", "n", "no", "f", "false", "off", ""}
@@ -37,8 +43,15 @@ class SimConfig:
                         and its queue banned (kernel: 5000, the engine class's job_timeout_ms).
     idle_exit:          seconds the server keeps running with no control connection and no
                         open simulated file; 0 or less never exits on idleness.
-    device_id:          PCI device id the devices report (QUERY_CONFIG; kernel model: 0x64A0,
-                        Lunar Lake).
+    device_id:          PCI device id the devices report (QUERY_CONFIG); 0 (default) picks the
+                        shape's own: 0x64A0 (Lunar Lake, integrated) or, when `discrete`, 0xE20B
+                        (Battlemage B580).
+    discrete:           a discrete Xe2 device (Battlemage): one VRAM region per tile in
+                        QUERY_MEM_REGIONS, QUERY_CONFIG's HAS_VRAM flag, GEM_CREATE placements in
+                        VRAM, graphics IP 20.01 (28 PAT entries).  Default: integrated (Lunar Lake).
+    tiles:              tiles of each device, one main GT per tile (GT n on tile n), each with its
+                        own engines, topology and (when `discrete`) VRAM.  Default 1.
+    vram_size:          bytes of VRAM per tile when `discrete` (default 12 GiB, all CPU-visible).
     memory_access:      how the server reaches a blocked caller's memory: "auto" (direct
                         process_vm_readv/writev when permitted, else ask the caller), "caller"
                         (always ask the caller's side of the control connection).
@@ -58,7 +71,10 @@ class SimConfig:
     idle_exit: float = 30.0
     memory_access: str = "auto"
     group: str = ""
-    device_id: int = 0x64A0
+    device_id: int = 0
+    discrete: bool = False
+    tiles: int = 1
+    vram_size: int = 12 << 30
 
     def __post_init__(self) -> None:
         if int(self.devices) < 1:
@@ -70,6 +86,12 @@ class SimConfig:
             raise ValueError("SimConfig.job_timeout_ms must be >= 1")
         if int(self.fifo_capacity) < 1:
             raise ValueError("SimConfig.fifo_capacity must be >= 1")
+        if not int(self.device_id):
+            self.device_id = DISCRETE_DEVICE_ID if self.discrete else INTEGRATED_DEVICE_ID
+        if not 1 <= int(self.tiles) <= MAX_TILES:
+            raise ValueError(f"SimConfig.tiles must be between 1 and {MAX_TILES}, got {self.tiles!r}")
+        if int(self.vram_size) < 1 << 20 or int(self.vram_size) % 4096:
+            raise ValueError(f"SimConfig.vram_size must be a multiple of 4096 of at least 1 MiB, got {self.vram_size!r}")
         if not 0 < int(self.device_id) <= 0xFFFF:
             raise ValueError(f"SimConfig.device_id must be a 16-bit PCI device id, got {self.device_id!r}")
         if self.memory_access not in ("auto", "caller"):

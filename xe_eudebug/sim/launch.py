@@ -166,6 +166,9 @@ def main(argv: list[str] | None = None, prog: str = "python3 -m xe_eudebug.sim")
     parser.add_argument("--devices", type=int, help="number of simulated devices (XE_EUDEBUG_SIM_DEVICES)")
     parser.add_argument("--idle-exit", type=float, help="exit after this many idle seconds; 0 = never (XE_EUDEBUG_SIM_IDLE_EXIT)")
     parser.add_argument("--enable", action="store_true", help="start with eudebug enabled on every device")
+    parser.add_argument("--discrete", action="store_true",
+                        help="discrete devices with VRAM per tile (XE_EUDEBUG_SIM_DISCRETE)")
+    parser.add_argument("--tiles", type=int, help="tiles per device, one GT each (XE_EUDEBUG_SIM_TILES)")
     # Testing hook: another kernel model ("module:Class"), also from XE_EUDEBUG_SIM_KERNEL.
     parser.add_argument("--kernel", default=os.environ.get(KERNEL_ENV) or DEFAULT_KERNEL, help=argparse.SUPPRESS)
     parser.add_argument("--owner-pid", type=int, default=0,
@@ -182,6 +185,10 @@ def main(argv: list[str] | None = None, prog: str = "python3 -m xe_eudebug.sim")
         overrides["idle_exit"] = args.idle_exit
     if args.enable:
         overrides["enable_default"] = True
+    if args.discrete:
+        overrides["discrete"] = True
+    if args.tiles is not None:
+        overrides["tiles"] = args.tiles
     try:
         config = SimConfig.from_env(**overrides)
     except ValueError as exc:

@@ -28,7 +28,7 @@ from .wire import *  # noqa: F401,F403  (the wire protocol's names, for users of
 from .wire import (_MAX_RW, _MSG_DONTWAIT, _close_fds, _libc,  # noqa: F401
                    F_CLOEXEC, F_FD, IOCTL_ARG_UNREADABLE, OP_DEVICE_ENABLED, OP_FILE_INFO, OP_FSYNC,
                    OP_GET_ENABLED, OP_INFO, OP_IOCTL, OP_LSEEK, OP_MMAP, OP_OPEN, OP_POLL, OP_PREAD,
-                   OP_PWRITE, OP_READ, OP_SET_ENABLED, to_s64, to_u64, vm_read, vm_write)
+                   OP_PWRITE, OP_READ, OP_SET_ENABLED, OP_SYSFS, to_s64, to_u64, vm_read, vm_write)
 from .link import *  # noqa: F401,F403
 from .link import (_Link, _alive, _claimed, _link_for_fd, _path_connect, _self_pid,  # noqa: F401
                    SimulatorConnectionLost, connect, forget)
@@ -141,6 +141,17 @@ def device_enabled(index: int, value: bool | None = None, socket_path: str | Non
         OP_DEVICE_ENABLED, a=to_u64(index), b=0 if value is None else 1, c=1 if value else 0)
     _close_fds(fds)
     return bool(a)
+
+
+def sysfs(index: int, path: str, data: bytes | None = None, socket_path: str | None = None) -> bytes | int:
+    """Device `index`'s sysfs attribute `path` (relative to its PCI directory, for example
+    ``tile0/gt0/engines/ccs/job_timeout_ms``): its contents, or, with `data`, the count written.
+    OSError(ENOENT) when the simulator does not serve that attribute."""
+    body = path.encode() + (b"\0" + bytes(data) if data is not None else b"")
+    _f, a, _c, payload, fds = connect(socket_path).call(
+        OP_SYSFS, a=to_u64(index), b=0 if data is None else 1, payload=body)
+    _close_fds(fds)
+    return payload if data is None else int(a)
 
 
 def reopen(fd: int) -> int:

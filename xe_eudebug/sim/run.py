@@ -1,13 +1,19 @@
 """``xe-eudebug run``: an unmodified C program on the simulator.
 
-    xe-eudebug run [--devices N] [--enable] [--device-id 0xNNNN] [--no-umockdev] -- CMD [ARGS...]
+    xe-eudebug run [--devices N] [--enable] [--device-id 0xNNNN] [--discrete] [--tiles N]
+                   [--no-umockdev] -- CMD [ARGS...]
 
 CMD runs with the preload library (``sim/preload/xe_eudebug_preload.c``, compiled on first use
 into a per-user cache) so that ``/dev/dri/cardN`` and ``/dev/dri/renderD(128+N)`` open simulated
 device N of the instance named by ``XE_EUDEBUG_SIM_SOCKET``, or of a private instance started for
 the run.  When Debian's ``umockdev-run`` is installed, CMD runs under it with a device description
 generated from the simulator's configuration, so libudev enumerates the devices and their sysfs
-directory (``enable_eudebug``) exists.  The exit status is CMD's (128+N for a signal N).
+directory exists: ``enable_eudebug`` and each GT's engine-class attributes
+(``tileN/gtN/engines/<class>/job_timeout_ms`` and the rest, served by the simulator through the
+preload library, so a write changes the simulated driver).  Paths below ``/sys/kernel/debug`` go
+to a debugfs directory built for the run (``dri/<minor>/name`` and each GT's ``force_reset`` and
+``force_reset_sync``, whose writes reset that GT of the simulated device).  The exit status is
+CMD's (128+N for a signal N).
 """
 
 from __future__ import annotations
@@ -24,10 +30,11 @@ import tempfile
 from typing import Sequence
 
 from . import port as wire
-from .config import SOCKET_ENV, SimConfig
+from .config import MAX_TILES, SOCKET_ENV, SimConfig
+from .kernel.xe_sysfs import attribute_paths
 
 __all__ = ["main", "preload_library", "umockdev_description", "RunError", "PRELOAD_SOURCE",
-           "pci_slot", "MSGMNB_NEEDED"]
+           "pci_slot", "MSGMNB_NEEDED", "make_debugfs", "DEBUGFS_ENV"]
 
 PRELOAD_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "preload", "xe_eudebug_preload.c")
 CC_FLAGS = ["-O2", "-fPIC", "-shared", "-Wall", "-fvisibility=hidden"]
@@ -35,6 +42,10 @@ CC_LIBS = ["-ldl", "-lpthread"]
 MSGMNB_NEEDED = 1 << 20  # xe_eudebug_online's System V message queue
 PCI_VENDOR_INTEL = 0x8086
 DRM_MAJOR = 226
+
+
+#: Where the preload library finds the run's debugfs directory.
+DEBUGFS_ENV = "XE_EUDEBUG_DEBUGFS"
 
 
 class RunError(Exception):
@@ -83,9 +94,10 @@ def pci_slot(index: int) -> str:
     return f"0000:{0x10 + index:02x}:00.0"
 
 
-def umockdev_description(devices: int, device_id: int) -> str:
-    """umockdev device description (``umockdev-run -d``) of `devices` Xe devices: a PCI device
-    bound to xe with its card and render nodes under drm/."""
+def umockdev_description(devices: int, device_id: int, tiles: int = 1) -> str:
+    """umockdev device description (``umockdev-run -d``) of `devices` Xe devices of `tiles` tiles:
+    a PCI device bound to xe with its card and render nodes under drm/ and its tile/GT/engine
+    sysfs attributes (their contents come from the simulator through the preload library)."""
     out: list[str] = []
     for i in range(devices):
         slot = pci_slot(i)
@@ -103,6 +115,9 @@ def umockdev_description(devices: int, device_id: int) -> str:
             f"A: vendor=0x{PCI_VENDOR_INTEL:04x}",
             f"A: device=0x{device_id:04x}",
             "A: enable_eudebug=0",
+        ]
+        out += [f"A: {path}=0" for path in attribute_paths(tiles)]
+        out += [
             "L: driver=../../../bus/pci/drivers/xe",
             "",
         ]
@@ -120,6 +135,25 @@ def umockdev_description(devices: int, device_id: int) -> str:
                 "",
             ]
     return "\n".join(out)
+
+
+def make_debugfs(root: str, devices: int, tiles: int = 1) -> None:
+    """The debugfs tree of `devices` devices below `root`: ``dri/<minor>/name`` for the card and
+    render minors (the same name, as igt_debugfs_path matches them) and ``dri/<minor>/gtN/`` with
+    the GT-reset files (their reads and writes go to the simulator through the preload)."""
+    from .kernel.xe_sysfs import DEBUGFS_ATTRIBUTES
+
+    for i in range(devices):
+        slot = pci_slot(i)
+        for minor in (i, 128 + i):
+            base = os.path.join(root, "dri", str(minor))
+            os.makedirs(base, exist_ok=True)
+            with open(os.path.join(base, "name"), "w") as f:
+                f.write(f"xe dev={slot} unique={slot}\n")
+            for gt in range(tiles):
+                os.makedirs(os.path.join(base, f"gt{gt}"), exist_ok=True)
+                for name in DEBUGFS_ATTRIBUTES:
+                    open(os.path.join(base, f"gt{gt}", name), "w").close()
 
 
 def _msgmnb() -> int | None:
@@ -145,6 +179,11 @@ def _parse(argv: Sequence[str], prog: str) -> argparse.Namespace:
     parser.add_argument("--enable", action="store_true", help="turn eudebug on for every device first")
     parser.add_argument("--device-id", type=lambda s: int(s, 0), default=None,
                         help="PCI device id of a private instance's devices (default 0x64A0)")
+    parser.add_argument("--discrete", action="store_true",
+                        help="a private instance's devices are discrete (Battlemage, VRAM per tile; "
+                             "device id 0xE20B unless --device-id)")
+    parser.add_argument("--tiles", type=int, default=None,
+                        help=f"tiles of a private instance's devices, one GT each (1-{MAX_TILES}, default 1)")
     parser.add_argument("--no-umockdev", action="store_true",
                         help="do not run under umockdev-run even if installed (no udev, no sysfs)")
     parser.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
@@ -155,6 +194,8 @@ def _parse(argv: Sequence[str], prog: str) -> argparse.Namespace:
         parser.error("no command given (xe-eudebug run [options] -- CMD [ARGS...])")
     if args.devices is not None and not 1 <= args.devices <= 64:
         parser.error("--devices must be between 1 and 64")
+    if args.tiles is not None and not 1 <= args.tiles <= MAX_TILES:
+        parser.error(f"--tiles must be between 1 and {MAX_TILES}")
     return args
 
 
@@ -171,7 +212,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "xe-eudebug run") -> int
         if socket_path:
             info = wire.server_info(socket_path)
             devices = int(info["devices"])
-            device_id = int(info.get("config", {}).get("XE_EUDEBUG_SIM_DEVICE_ID", "0x64A0"), 0)
+            remote = SimConfig.from_env(info.get("config", {}))
+            device_id, tiles = remote.device_id, remote.tiles
             if args.devices is not None and args.devices != devices:
                 print(f"{prog}: {SOCKET_ENV}={socket_path} has {devices} device(s), not {args.devices}",
                       file=sys.stderr)
@@ -179,20 +221,30 @@ def main(argv: Sequence[str] | None = None, prog: str = "xe-eudebug run") -> int
             if args.device_id is not None and args.device_id != device_id:
                 print(f"{prog}: {SOCKET_ENV}={socket_path} has device id {device_id:#06x}", file=sys.stderr)
                 return 2
+            for option, wanted, has in (("--discrete", args.discrete or None, remote.discrete),
+                                        ("--tiles", args.tiles, tiles)):
+                if wanted is not None and wanted != has:
+                    print(f"{prog}: {SOCKET_ENV}={socket_path} does not match {option} (it has {has})",
+                          file=sys.stderr)
+                    return 2
         else:
             from .launch import start_server
 
             overrides: dict[str, object] = {"devices": args.devices or 1}
             if args.device_id is not None:
                 overrides["device_id"] = args.device_id
+            if args.discrete:
+                overrides["discrete"] = True
+            if args.tiles is not None:
+                overrides["tiles"] = args.tiles
             config = SimConfig.from_env(**overrides)
-            devices, device_id = config.devices, config.device_id
+            devices, device_id, tiles = config.devices, config.device_id, config.tiles
             handle = start_server(config)
             socket_path = handle.socket
         if args.enable:
             for index in range(devices):
                 wire.device_enabled(index, True, socket_path)
-        return _run(args, prog, library, socket_path, devices, device_id)
+        return _run(args, prog, library, socket_path, devices, device_id, tiles)
     except (OSError, ValueError) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 125
@@ -202,7 +254,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "xe-eudebug run") -> int
 
 
 def _run(args: argparse.Namespace, prog: str, library: str, socket_path: str, devices: int,
-         device_id: int) -> int:
+         device_id: int, tiles: int = 1) -> int:
     env = dict(os.environ)
     env[SOCKET_ENV] = socket_path
     env["LD_PRELOAD"] = library + (":" + env["LD_PRELOAD"] if env.get("LD_PRELOAD") else "")
@@ -211,13 +263,15 @@ def _run(args: argparse.Namespace, prog: str, library: str, socket_path: str, de
         print(f"{prog}: /proc/sys/kernel/msgmnb is {size}; xe_eudebug_online needs {MSGMNB_NEEDED} "
               "(sysctl -w kernel.msgmnb=1048576)", file=sys.stderr)
     cmd = list(args.cmd)
-    tmpdir = None
+    tmpdir = tempfile.mkdtemp(prefix="xe_eudebug-run-")
+    env[DEBUGFS_ENV] = os.path.join(tmpdir, "debugfs")
+    make_debugfs(env[DEBUGFS_ENV], devices, tiles)
     umockdev = None if args.no_umockdev else shutil.which("umockdev-run")
+    status_file = None
     if umockdev:
-        tmpdir = tempfile.mkdtemp(prefix="xe_eudebug-run-")
         description = os.path.join(tmpdir, "devices.umockdev")
         with open(description, "w") as f:
-            f.write(umockdev_description(devices, device_id))
+            f.write(umockdev_description(devices, device_id, tiles))
         # umockdev-run reports a signal N as exit status N: a shell inside it records the real
         # status (128+N for a signal) in a file
         status_file = os.path.join(tmpdir, "status")
@@ -240,9 +294,9 @@ def _run(args: argparse.Namespace, prog: str, library: str, socket_path: str, de
                 for s in (signal.SIGTERM, signal.SIGHUP)})
     try:
         status = _status(proc.wait())
-        if tmpdir:
+        if status_file:
             try:
-                with open(os.path.join(tmpdir, "status")) as f:
+                with open(status_file) as f:
                     status = int(f.read().strip())
             except (OSError, ValueError):
                 pass  # the shell did not finish: umockdev-run's own status stands

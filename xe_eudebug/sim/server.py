@@ -34,7 +34,7 @@ from .conns import CLOSE_BATCH, ConnTable
 from .files import (OWN_RELEASE_WAIT, RELEASE_BLOCKED_CHECK, RELEASE_ORDER_WAIT,  # noqa: F401
                     RELEASE_SYNC_WAIT, FileTable, _Entry)  # (constants re-exported)
 from .loop import EventLoop
-from .wire import (OP_DEVICE_ENABLED, F_CLOEXEC, F_FD, KIND_DEBUGGER, KIND_DEVICE, KIND_OTHER, KIND_VM, OP_CLONE,
+from .wire import (OP_DEVICE_ENABLED, OP_SYSFS, F_CLOEXEC, F_FD, KIND_DEBUGGER, KIND_DEVICE, KIND_OTHER, KIND_VM, OP_CLONE,
                    OP_FILE_INFO, OP_FSYNC, OP_GET_ENABLED, OP_INFO, OP_IOCTL, OP_LSEEK, OP_MMAP, OP_OPEN, OP_POLL,
                    OP_PREAD, OP_PWRITE, OP_READ, OP_SET_ENABLED, R_REPLY, ProtocolError, epoll_ready, file_key,
                    send_msg, status_flags, to_s64, to_u64)
@@ -300,6 +300,11 @@ class Server(FileTable, ConnTable):
                 raise ProtocolError(f"request {kind} carries unexpected data")
             self._device_enabled(conn, to_s64(a), b, c)
             return
+        if kind == OP_SYSFS:  # the device's other sysfs attributes
+            if fds:
+                raise ProtocolError(f"request {kind} carries fds")
+            self._sysfs(conn, to_s64(a), b, payload)
+            return
         if kind == OP_CLONE or kind == OP_INFO or kind == OP_OPEN:
             if fds or payload:
                 raise ProtocolError(f"request {kind} carries unexpected data")
@@ -383,6 +388,35 @@ class Server(FileTable, ConnTable):
             return
         self._finish_dirty(None)
         self._reply(conn, result=int(bool(result)))
+
+    def _sysfs(self, conn: _Conn, index: int, write: int, payload: bytes) -> None:
+        path, sep, data = bytes(payload).partition(b"\0")
+        if not hasattr(self.kernel, "sysfs_read"):  # a kernel model without sysfs attributes
+            self._reply(conn, err=_errno.ENOENT)
+            return
+        try:
+            name = path.decode("utf-8")
+            if write:
+                if not sep:
+                    raise ProtocolError("sysfs write without data")
+                # the attributes are root-owned 0644 files, as enable_eudebug
+                if not procmem.may_write_root_file(conn.creds[0]):
+                    raise _make_error(self.error_class, _errno.EACCES)
+                count = self.kernel.sysfs_write(index, name, data)
+            else:
+                text = self.kernel.sysfs_read(index, name)
+        except ProtocolError:
+            raise
+        except UnicodeDecodeError:
+            self._reply(conn, err=_errno.ENOENT)
+            return
+        except Exception as exc:
+            self._reply(conn, err=self._errno_of(exc, "sysfs"))
+            return
+        if write:
+            self._reply(conn, result=count)
+        else:
+            self._reply(conn, payload=text)
 
     def _errno_of(self, exc: Exception, what: str) -> int:
         err = getattr(exc, "errno", None)

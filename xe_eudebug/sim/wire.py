@@ -47,7 +47,10 @@ OP_CLONE = 12        #                                           -> a new contro
 OP_INFO = 13         #                                           -> payload JSON
 OP_FILE_INFO = 14    # fd                                        -> a = device index, c = kind
 OP_DEVICE_ENABLED = 15  # no fd; a = device index, b = 1 to set, c = value -> a = value before
-MAX_OP = OP_DEVICE_ENABLED
+OP_SYSFS = 16        # no fd; a = device index, b = 1 to write; payload = path below the device's
+                     # sysfs directory, then a NUL and the data written -> payload = contents read,
+                     # or a = count written
+MAX_OP = OP_SYSFS
 
 IOCTL_ARG_UNREADABLE = 1
 

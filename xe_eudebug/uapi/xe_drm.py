@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..ioctl import DRM_COMMAND_BASE, DRM_IOW, DRM_IOWR
-from ._base import Struct, Union, register_requests, s64, u16, u32, u64
+from ._base import Struct, Union, register_requests, s64, u8, u16, u32, u64
 
 # --- ioctl numbers ---------------------------------------------------------------------------
 
@@ -103,6 +103,8 @@ DRM_XE_QUERY_CONFIG_FLAGS = 1
 DRM_XE_QUERY_CONFIG_MIN_ALIGNMENT = 2
 DRM_XE_QUERY_CONFIG_VA_BITS = 3
 DRM_XE_QUERY_CONFIG_MAX_EXEC_QUEUE_PRIORITY = 4
+#: bit of info[DRM_XE_QUERY_CONFIG_FLAGS]: the device has VRAM (a discrete device)
+DRM_XE_QUERY_CONFIG_FLAG_HAS_VRAM = 1 << 0
 
 
 class drm_xe_query_config(Struct):
@@ -149,12 +151,20 @@ DRM_XE_DEVICE_QUERY_GT_LIST = 3
 DRM_XE_DEVICE_QUERY_HWCONFIG = 4
 DRM_XE_DEVICE_QUERY_GT_TOPOLOGY = 5
 
-# struct drm_xe_query_topology_mask: u16 gt_id, u16 type, u32 num_bytes, u8 mask[num_bytes]
 DRM_XE_TOPO_DSS_GEOMETRY = 1
 DRM_XE_TOPO_DSS_COMPUTE = 2
 DRM_XE_TOPO_L3_BANK = 3
 DRM_XE_TOPO_EU_PER_DSS = 4
 DRM_XE_TOPO_SIMD16_EU_PER_DSS = 5
+
+
+class drm_xe_query_topology_mask(Struct):
+    _fields_ = [
+        ("gt_id", u16),
+        ("type", u16),
+        ("num_bytes", u32),
+        ("mask", u8 * 0),
+    ]
 
 
 class drm_xe_device_query(Struct):

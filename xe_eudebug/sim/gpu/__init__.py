@@ -8,7 +8,8 @@ engine a job (a ring of commands and an `AddressSpace` view of the queue's VM) a
 
 from .engine import (AddressSpace, CommandStreamer, Context, EngineInfo, GpuFault, JobResult,
                      ENGINE_MMIO_BASE)
+from .gt import EuArray, Topology
 from ...isa import mi  # the command formats live with the ISA (a low layer)
 
 __all__ = ["AddressSpace", "CommandStreamer", "Context", "EngineInfo", "GpuFault", "JobResult",
-           "ENGINE_MMIO_BASE", "mi"]
+           "ENGINE_MMIO_BASE", "EuArray", "Topology", "mi"]

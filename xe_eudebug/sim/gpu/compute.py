@@ -35,11 +35,12 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Protocol
 
 from .eu import EuThread, Stop, Surface
+from .gt import EuArray
 
 __all__ = ["ComputeState", "Walker", "WalkerError", "HwThread", "ThreadState", "EuScheduler",
            "ThreadFault", "ThreadError", "SURFACE_FORMAT_BPP"]
 
-MAX_LIVE_THREADS = 512        # threads the engine holds at once; later groups wait for a slot
+MAX_LIVE_THREADS = 512        # thread slots of the default topology (8 DSS x 8 EUs x 8 threads)
 SLICE = 200                   # instructions a thread runs before the next thread's turn
 IDLE_POLL_S = 0.001           # all live threads halted: re-check this often
 
@@ -186,12 +187,16 @@ class _ThreadMemory:
 class HwThread:
     """One dispatched EU thread: its interpreter, where it came from, its scheduling state."""
 
-    def __init__(self, slot: int, group: tuple[int, int, int], index: int, eu: EuThread) -> None:
-        self.slot = slot              # dispatch order on the engine (a later step maps it to EUs)
+    def __init__(self, slot: int, group: tuple[int, int, int], index: int, eu: EuThread,
+                 ctx: object | None = None) -> None:
+        self.slot = slot              # dispatch order of its walker
         self.group = group
         self.index = index            # thread within its group
         self.eu = eu
         self.paused = False
+        self.ctx = ctx                # the context (LRC) that dispatched it
+        self.gt_slot: int | None = None                       # its slot on the GT's EU array
+        self.location: tuple[int, int, int] | None = None     # (DSS, EU, thread) of that slot
 
     @property
     def state(self) -> ThreadState:
@@ -216,7 +221,7 @@ class HwThread:
 
     def __repr__(self) -> str:
         return f"<HwThread {self.slot} group {self.group}.{self.index} {self.state.value} " \
-               f"ip {self.eu.ip:#x}>"
+               f"at {self.location} ip {self.eu.ip:#x}>"
 
 
 class ThreadFault(Exception):
@@ -233,11 +238,14 @@ class ThreadError(Exception):
 
 
 class EuScheduler:
-    """The EU threads of one engine: `live` is every dispatched thread not yet ended.  `run`
-    dispatches a walker's groups (at most MAX_LIVE_THREADS live at once) and interleaves the
-    live threads, SLICE instructions at a time, until every one has sent EOT."""
+    """The EU threads of one walker: `live` is every dispatched thread not yet ended.  `run`
+    dispatches a walker's groups onto free slots of the GT's `EuArray` (later groups wait for a
+    slot) and interleaves the live threads, SLICE instructions at a time, until every one has
+    sent EOT."""
 
-    def __init__(self) -> None:
+    def __init__(self, gt: EuArray | None = None, ctx: object | None = None) -> None:
+        self.gt = gt if gt is not None else EuArray()
+        self.ctx = ctx
         self.live: list[HwThread] = []
         self.dispatched = 0
         self.instructions = 0
@@ -265,32 +273,39 @@ class EuScheduler:
                         if w.inline is not None:
                             eu.write_grf(1, struct.pack("<8I", *w.inline))
                         self.dispatched += 1
-                        yield HwThread(self.dispatched - 1, (x, y, z), i, eu)
+                        yield HwThread(self.dispatched - 1, (x, y, z), i, eu, self.ctx)
 
     def run(self, w: Walker, space: _Space, state: ComputeState, fault: type[Exception],
             check_stop: Callable[[], None]) -> None:
         pending = self._threads(w, space, state, fault)
         exhausted = False
+        waiting: HwThread | None = None           # dispatched, no free slot yet
         try:
             while True:
-                while not exhausted and len(self.live) < MAX_LIVE_THREADS:
-                    t = next(pending, None)
+                while not exhausted:
+                    t = waiting or next(pending, None)
                     if t is None:
                         exhausted = True
-                    else:
+                    elif self.gt.try_place(t):
+                        waiting = None
                         self.live.append(t)
-                if not self.live:
+                    else:
+                        waiting = t
+                        break
+                if not self.live and exhausted:
                     return
                 ran = False
                 for t in list(self.live):
                     if t.paused or t.eu.state is Stop.HOST_WAIT:
                         continue
-                    before = t.eu.executed
-                    stop = t.eu.run(SLICE)
-                    self.instructions += t.eu.executed - before
+                    with self.gt.round():
+                        before = t.eu.executed
+                        stop = t.eu.run(SLICE)
+                        self.instructions += t.eu.executed - before
                     ran = True
                     if stop is Stop.EOT:
                         self.live.remove(t)
+                        self.gt.release(t)
                     elif stop is Stop.FAULT:
                         f = t.eu.fault
                         assert f is not None
@@ -301,4 +316,6 @@ class EuScheduler:
                 if not ran:
                     time.sleep(IDLE_POLL_S)
         finally:
-            self.live.clear()         # a job that ends, however, leaves no thread on the engine
+            for t in self.live:       # a job that ends, however, leaves no thread on the GT
+                self.gt.release(t)
+            self.live.clear()

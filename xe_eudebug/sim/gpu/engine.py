@@ -22,6 +22,7 @@ from typing import Callable, Protocol
 from ... import uapi as _uapi
 from ...isa import mi
 from .compute import ComputeState, EuScheduler, HwThread, ThreadError, ThreadFault, Walker, WalkerError
+from .gt import EuArray
 
 log = logging.getLogger(__name__)
 
@@ -118,9 +119,10 @@ class _Stopped(Exception):
 class CommandStreamer:
     """Executes jobs on one engine (one instance per engine; `run` is re-entrant per context)."""
 
-    def __init__(self, info: EngineInfo) -> None:
+    def __init__(self, info: EngineInfo, gt: EuArray | None = None) -> None:
         self.info = info
         self.base = info.mmio_base
+        self.gt = gt if gt is not None else EuArray()     # the EUs of the engine's GT
         self.dispatches: list[EuScheduler] = []       # one per walker running on this engine
 
     @property
@@ -290,7 +292,7 @@ class CommandStreamer:
             walker = Walker.parse(at, dw)
         except WalkerError as exc:
             raise _BadCommand(dw[0], at, str(exc)) from None
-        sched = EuScheduler()
+        sched = EuScheduler(self.gt, ctx)
         self.dispatches.append(sched)
         try:
             sched.run(walker, space, ctx.compute, GpuFault, lambda: self._check_stop(stop))

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import errno as E
-import struct
 from typing import TYPE_CHECKING
 
+from ... import uapi as _uapi
 from .xe_device_types import MAX_METADATA_LEN, METADATA_NUM, _access_ok, _fail, _lowest_free
+
+_MD_CREATE = _uapi.layout(_uapi.drm_xe_debug_metadata_create, "extensions", "type", "user_addr", "len")
+_MD_CREATE_ID = _uapi.layout(_uapi.drm_xe_debug_metadata_create, "metadata_id")
+_MD_DESTROY = _uapi.layout(_uapi.drm_xe_debug_metadata_destroy, "extensions", "metadata_id")
 
 if TYPE_CHECKING:
     from .xe_device_types import Caller, DeviceFile
@@ -26,7 +30,7 @@ class XeDebugMetadataMixin:
 
     # -- debug metadata ----------------------------------------------------------------------------
     def _metadata_create(self, file: DeviceFile, caller: Caller, k: bytearray) -> int:
-        ext, md_type, user_addr, length = struct.unpack_from("<QQQQ", k, 0)
+        ext, md_type, user_addr, length = _MD_CREATE.unpack_from(k)
         dev = file.device
         with self._reading(dev):                   # the discovery gate comes first
             pass
@@ -45,14 +49,14 @@ class XeDebugMetadataMixin:
             md_id = _lowest_free(file.metadata)
             md = Metadata(file, md_id, md_type, data)
             file.metadata[md_id] = md
-            struct.pack_into("<I", k, 32, md_id)
+            _MD_CREATE_ID.pack_into(k, _MD_CREATE_ID.offset, md_id)
             conn = self._conn_for(file)
             if conn is not None:
                 self._metadata_event(conn, md, True)
         return 0
 
     def _metadata_destroy(self, file: DeviceFile, caller: Caller, k: bytearray) -> int:
-        ext, md_id = struct.unpack_from("<QI", k, 0)
+        ext, md_id = _MD_DESTROY.unpack_from(k)
         dev = file.device
         with self._reading(dev):
             if ext:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import errno as E
 import os
-import struct
 import threading
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable
 
+from ... import uapi as _uapi
 from .. import procmem
 from .drm_syncobj import DrmSyncobj
 from .xe_exec import XeExec
@@ -35,7 +35,9 @@ from .xe_debug_metadata import XeDebugMetadataMixin
 from .xe_eudebug import DebuggerFile, XeEudebugMixin
 from .xe_eudebug_vm import VmFile, XeEudebugVmMixin
 from .xe_exec_queue import XeExecQueueMixin
+from .xe_eudebug_hw import XeEudebugHwMixin
 from .xe_query import XeQueryMixin
+from .xe_sysfs import XeSysfsMixin
 from .xe_vm import XeVmMixin
 from .xe_wait_user_fence import XeWaitUserFenceMixin
 
@@ -47,7 +49,8 @@ if TYPE_CHECKING:
 # The kernel
 
 class Kernel(XeBoMixin, XeQueryMixin, XeVmMixin, XeWaitUserFenceMixin,
-             XeExecQueueMixin, XeDebugMetadataMixin, XeEudebugMixin, XeEudebugVmMixin):
+             XeExecQueueMixin, XeDebugMetadataMixin, XeEudebugMixin, XeEudebugVmMixin,
+             XeEudebugHwMixin, XeSysfsMixin):
     """The simulated Xe driver (see module docstring).  `config`: a SimConfig or any object with
     devices, read_event_timeout, fifo_timeout, fifo_retry, enable_default (and fifo_capacity)."""
 
@@ -67,7 +70,7 @@ class Kernel(XeBoMixin, XeQueryMixin, XeVmMixin, XeWaitUserFenceMixin,
         self._pending_fence_writes: dict[procmem.Task, list[tuple[int, bytes]]] = {}
         self._dead_fds: deque[tuple[float, int]] = deque()
         enabled = bool(_cfg(self.config, "enable_default"))
-        self.devices = [Device(i, enabled) for i in range(int(_cfg(self.config, "devices")))]
+        self.devices = [Device(i, enabled, self.config) for i in range(int(_cfg(self.config, "devices")))]
         self.on_poll_change: Callable[[File], None] = lambda file: None
         self.might_sleep: Callable[[], None] = lambda: None  # set by the server (see WaitQueue)
         self._drm_table: dict[int, tuple[int, Callable[..., Any]]] = {
@@ -90,6 +93,7 @@ class Kernel(XeBoMixin, XeQueryMixin, XeVmMixin, XeWaitUserFenceMixin,
         self.syncobj = DrmSyncobj(self._lock, self._fence_cv, self._fences_written)
         self._drm_table.update(self.syncobj.table())
         self.xe_exec = XeExec(self)
+        self._eudebug_hw_init()
         self._debugger_table: dict[int, Callable[..., Any]] = {
             DRM_XE_EUDEBUG_IOCTL_READ_EVENT: self._read_event,
             DRM_XE_EUDEBUG_IOCTL_VM_OPEN: self._vm_open,
@@ -241,6 +245,8 @@ class Kernel(XeBoMixin, XeQueryMixin, XeVmMixin, XeWaitUserFenceMixin,
             if previous and not value and dev.conns:
                 raise _fail(E.EBUSY, "enable_eudebug: a debugger is attached")
             dev.enabled = bool(value)
+            if dev.enabled != previous:
+                self._eudebug_hw_enable(dev, dev.enabled)
             return previous
 
     # -- DRM dispatcher --------------------------------------------------------------------------------
@@ -274,12 +280,14 @@ class Kernel(XeBoMixin, XeQueryMixin, XeVmMixin, XeWaitUserFenceMixin,
 
     # -- DRM core ---------------------------------------------------------------------------------------
     def _version(self, file: DeviceFile, caller: Caller, k: bytearray) -> int:
-        struct.pack_into("<iii", k, 0, *DRIVER_VERSION)
+        v = _uapi.drm_version.from_buffer(k)
+        v.version_major, v.version_minor, v.version_patchlevel = DRIVER_VERSION
         err = 0
-        for off, value in ((16, DRIVER_NAME), (32, DRIVER_DATE), (48, DRIVER_DESC)):
-            buf_len, ptr = struct.unpack_from("<QQ", k, off)
+        for len_field, ptr_field, value in (("name_len", "name", DRIVER_NAME), ("date_len", "date", DRIVER_DATE),
+                                            ("desc_len", "desc", DRIVER_DESC)):
+            buf_len, ptr = getattr(v, len_field), getattr(v, ptr_field)
             n = min(len(value), buf_len)
-            struct.pack_into("<Q", k, off, len(value))
+            setattr(v, len_field, len(value))
             if n and ptr and not err:
                 try:
                     caller.write(ptr, value[:n])

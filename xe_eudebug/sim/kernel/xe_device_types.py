@@ -5,15 +5,16 @@ files, handle maps and the small helpers every part uses.
 
 from __future__ import annotations
 
+import ctypes
 import errno as E
 import heapq
 import os
-import struct
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol
 
 from ... import uapi as _uapi
 from .. import procmem
+from ..config import DISCRETE_DEVICE_ID
 
 if TYPE_CHECKING:
     from .xe_bo import Bo
@@ -72,7 +73,26 @@ F_DESTROY = _uapi.DRM_XE_EUDEBUG_EVENT_DESTROY
 F_STATE_CHANGE = _uapi.DRM_XE_EUDEBUG_EVENT_STATE_CHANGE
 F_NEED_ACK = _uapi.DRM_XE_EUDEBUG_EVENT_NEED_ACK
 VM_BIND_FLAG_UFENCE = _uapi.DRM_XE_EUDEBUG_EVENT_VM_BIND_FLAG_UFENCE
-EVENT_HEADER = struct.Struct("<IHHQQ")
+EVENT_HEADER = _uapi.layout(_uapi.drm_xe_eudebug_event)
+
+
+def _event_payload(ev: type) -> _uapi.Layout:
+    """The layout of an event struct's fields after its header (`base`)."""
+    return _uapi.layout(ev, *(name for name, *_ in ev._fields_ if name != "base"))
+
+
+# event payloads, as the model packs them behind EVENT_HEADER
+EV_CLIENT_PAYLOAD = _event_payload(_uapi.drm_xe_eudebug_event_client)
+EV_VM_PAYLOAD = _event_payload(_uapi.drm_xe_eudebug_event_vm)
+EV_EXEC_QUEUE_PAYLOAD = _event_payload(_uapi.drm_xe_eudebug_event_exec_queue)
+EV_VM_BIND_PAYLOAD = _event_payload(_uapi.drm_xe_eudebug_event_vm_bind)
+EV_VM_BIND_OP_PAYLOAD = _event_payload(_uapi.drm_xe_eudebug_event_vm_bind_op)
+EV_VM_BIND_UFENCE_PAYLOAD = _event_payload(_uapi.drm_xe_eudebug_event_vm_bind_ufence)
+EV_METADATA_PAYLOAD = _event_payload(_uapi.drm_xe_eudebug_event_metadata)
+EV_VM_BIND_OP_METADATA_PAYLOAD = _event_payload(_uapi.drm_xe_eudebug_event_vm_bind_op_metadata)
+# user extensions: the common header and its size
+USER_EXTENSION = _uapi.layout(_uapi.drm_xe_user_extension)
+USER_EXTENSION_SIZE = ctypes.sizeof(_uapi.drm_xe_user_extension)
 
 EUDEBUG_VERSION = _uapi.DRM_XE_EUDEBUG_VERSION
 VM_SYNC_MAX_TIMEOUT_NSECS = _uapi.DRM_XE_EUDEBUG_VM_SYNC_MAX_TIMEOUT_NSECS
@@ -113,6 +133,10 @@ CPU_CACHING_WB = _uapi.DRM_XE_GEM_CPU_CACHING_WB
 CPU_CACHING_WC = _uapi.DRM_XE_GEM_CPU_CACHING_WC
 MMAP_OFFSET_FLAG_PCI_BARRIER = _uapi.DRM_XE_MMAP_OFFSET_FLAG_PCI_BARRIER
 PCI_BARRIER_MMAP_OFFSET = 0x50 << 12
+QUERY_CONFIG_FLAG_HAS_VRAM = _uapi.DRM_XE_QUERY_CONFIG_FLAG_HAS_VRAM
+MEM_CLASS_SYSMEM = _uapi.DRM_XE_MEM_REGION_CLASS_SYSMEM
+MEM_CLASS_VRAM = _uapi.DRM_XE_MEM_REGION_CLASS_VRAM
+GT_TYPE_MAIN = _uapi.DRM_XE_QUERY_GT_TYPE_MAIN
 QUERY_ENGINES = _uapi.DRM_XE_DEVICE_QUERY_ENGINES
 QUERY_MEM_REGIONS = _uapi.DRM_XE_DEVICE_QUERY_MEM_REGIONS
 QUERY_CONFIG = _uapi.DRM_XE_DEVICE_QUERY_CONFIG
@@ -149,6 +173,18 @@ DSS_MASK_BYTES = 16                    # sizeof(xe_dss_mask_t): 96 fuse bits in 
 EU_MASK_BYTES = 8                      # sizeof(xe_eu_mask_t): 32 fuse bits in an unsigned long
 ENGINES = ((CLASS_RENDER, 0), (CLASS_COPY, 0), (CLASS_COMPUTE, 0), (CLASS_COMPUTE, 1))
 MMAP_OFFSET_START = 0x100000 << 12     # DRM_FILE_PAGE_OFFSET_START
+# Graphics IP (major, minor, rev) from GMD_ID: Lunar Lake's Xe2_LPG 20.04, Battlemage's Xe2_HPG 20.01
+GRAPHICS_IP_INTEGRATED = (20, 4, 0)
+GRAPHICS_IP_DISCRETE = (20, 1, 0)
+# Xe2's PAT table (xe_pat.c): coherency of each index; 0 = a reserved entry the table omits (the
+# kernel's "hw reserved": EINVAL), 1 = XE_COH_NONE, 2 = XE_COH_AT_LEAST_1WAY.  Graphics 20.01
+# (Battlemage) uses only the first 28 entries (Wa_16023588340: CLOS3 disabled).
+PAT_COH_RESERVED, PAT_COH_NONE, PAT_COH_1WAY = 0, 1, 2
+XE2_PAT_COH = (1, 2, 2, 1, 2, 2, 1, 2, 1, 1, 1, 1, 1, 1, 1, 1,
+               0, 0, 0, 0, 1, 1, 2, 2, 1, 1, 2, 2, 1, 1, 2, 2)
+PAT_ENTRIES_20_01 = 28
+CAP_SYS_ADMIN = 21
+CAP_PERFMON = 38
 DRIVER_NAME, DRIVER_DATE, DRIVER_DESC = b"xe", b"20201103", b"Intel Xe2 Graphics"
 DRIVER_VERSION = (1, 1, 0)
 
@@ -228,6 +264,9 @@ class _DefaultConfig:
     enable_default = False
     job_timeout_ms = 5000                  # a job of a non-LR exec queue (xe_hw_engine.c default)
     device_id = DEVICE_ID
+    discrete = False                       # integrated (Lunar Lake): system memory only
+    tiles = 1
+    vram_size = 12 << 30                   # per tile, when discrete
     # Appendix A fidelity switches: reproduce kernel quirks the simulator avoids by default.
     fidelity_lrc_truncation = False        # EXEC_QUEUE copies only `width` bytes of lrc_handle[]
     fidelity_nonlr_discovery_abort = False  # a non-LR VM with mappings stops discovery (ENOENT)
@@ -251,9 +290,18 @@ class File:
 
 
 class Device:
-    def __init__(self, index: int, enabled: bool) -> None:
+    def __init__(self, index: int, enabled: bool, config: Any = None) -> None:
         self.index = index
         self.enabled = enabled
+        self.discrete = bool(_cfg(config, "discrete"))
+        # the configured PCI id, else the shape's own (Lunar Lake or Battlemage)
+        self.device_id = int(getattr(config, "device_id", 0) or (DISCRETE_DEVICE_ID if self.discrete else DEVICE_ID))
+        self.tiles = int(_cfg(config, "tiles"))
+        self.vram_size = int(_cfg(config, "vram_size")) if self.discrete else 0
+        # bytes held per memory region (instance 0: system memory, n: VRAM of tile n-1)
+        self.region_used = [0] * (1 + (self.tiles if self.discrete else 0))
+        # engine-class scheduling properties per GT (sysfs tileN/gtN/engines/<class>/)
+        self.sched_props: dict[tuple[int, int], dict[str, int]] = {}
         self.files: list[DeviceFile] = []          # DRM files in open order
         self.conns: list[Connection] = []          # attached connections
         self.attach_count = 0
@@ -261,6 +309,29 @@ class Device:
         self.writer = False
         self.writers_waiting = 0
         self.next_mmap_offset = MMAP_OFFSET_START
+
+    # -- shape ------------------------------------------------------------------------------------
+    @property
+    def gt_count(self) -> int:
+        """Main GTs: one per tile, GT n on tile n (no media GT is modelled)."""
+        return self.tiles
+
+    @property
+    def mem_region_mask(self) -> int:
+        """The placements GEM_CREATE accepts: bit 0 system memory, bit n+1 VRAM of tile n."""
+        return (1 << len(self.region_used)) - 1
+
+    def vram_region(self, tile: int) -> int:
+        """Region instance of tile `tile`'s VRAM (its bit in placement masks), or 0 (none)."""
+        return tile + 1 if self.discrete else 0
+
+    @property
+    def graphics_ip(self) -> tuple[int, int, int]:
+        return GRAPHICS_IP_DISCRETE if self.discrete else GRAPHICS_IP_INTEGRATED
+
+    @property
+    def pat_entries(self) -> int:
+        return PAT_ENTRIES_20_01 if self.graphics_ip[:2] == (20, 1) else PAT_ENTRIES
 
 
 class DeviceFile(File):
@@ -425,7 +496,7 @@ def _read_chain(caller: Caller, first: int, ext_size: int,
         if depth >= MAX_USER_EXTENSIONS:
             return out, E.E2BIG
         try:
-            base = caller.read(addr, 16)
+            base = caller.read(addr, USER_EXTENSION_SIZE)
         except KernelError as exc:
             return out, exc.errno
         err = check(base)
@@ -436,13 +507,13 @@ def _read_chain(caller: Caller, first: int, ext_size: int,
         except KernelError as exc:
             return out, exc.errno
         out.append(ext)
-        addr = struct.unpack_from("<Q", ext, 0)[0]
+        addr = USER_EXTENSION.unpack_from(ext)[0]
         depth += 1
     return out, 0
 
 
 def _check_base(base: bytes) -> int:
-    _next, name, pad = struct.unpack_from("<QII", base, 0)
+    _next, name, pad = USER_EXTENSION.unpack_from(base)
     if pad or name >= 1:
         return E.EINVAL
     return 0

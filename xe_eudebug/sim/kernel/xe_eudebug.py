@@ -4,6 +4,7 @@ the debugger fd's ioctls (READ_EVENT, ACK_EVENT, READ_METADATA, EU_CONTROL).
 
 from __future__ import annotations
 
+import ctypes
 import errno as E
 import logging
 import struct
@@ -12,11 +13,16 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING
 
+from ... import uapi as _uapi
 from .. import procmem
 from .xe_device_types import (
+    EV_CLIENT_PAYLOAD, EV_EXEC_QUEUE_PAYLOAD, EV_METADATA_PAYLOAD, EV_VM_BIND_OP_METADATA_PAYLOAD,
+    EV_VM_BIND_OP_PAYLOAD, EV_VM_BIND_PAYLOAD, EV_VM_PAYLOAD,
+)
+from .xe_device_types import (
     WaitQueue,
-    CALLER_CHECK, CAP_SYS_PTRACE, EUDEBUG_VERSION, EU_BITMASK_SIZE, EU_CONTROL_INTERRUPT_ALL,
-    EU_CONTROL_RESUME, EU_CONTROL_STOPPED, EVENT_HEADER, EV_EXEC_QUEUE, EV_MAX, EV_METADATA,
+    CALLER_CHECK, CAP_SYS_PTRACE, EUDEBUG_VERSION, EU_BITMASK_SIZE,
+    EVENT_HEADER, EV_EXEC_QUEUE, EV_MAX, EV_METADATA,
     EV_NONE, EV_OPEN, EV_READ, EV_VM, EV_VM_BIND, EV_VM_BIND_OP, EV_VM_BIND_OP_METADATA,
     F_CREATE, F_DESTROY, F_STATE_CHANGE, File, HandleMap, _Reading, _access_ok, _caller_gone,
     _cfg, _dumpable, _fail, _has_cap, _ids, _proc_status,
@@ -31,6 +37,13 @@ if TYPE_CHECKING:
     from .xe_wait_user_fence import UserFence
 
 log = logging.getLogger(__name__)
+
+_CONNECT = _uapi.layout(_uapi.drm_xe_eudebug_connect)
+_CONNECT_VERSION = _uapi.layout(_uapi.drm_xe_eudebug_connect, "version")
+_EVENT_LEN = _uapi.layout(_uapi.drm_xe_eudebug_event, "len")
+_ACK_EVENT = _uapi.layout(_uapi.drm_xe_eudebug_ack_event)
+_READ_METADATA = _uapi.layout(_uapi.drm_xe_eudebug_read_metadata)
+_EU_CONTROL = _uapi.layout(_uapi.drm_xe_eudebug_eu_control)
 
 
 class Connection:
@@ -171,13 +184,13 @@ class XeEudebugMixin:
             h = conn.clients.add(file)
             if h is None:
                 return True
-            return self._emit(conn, EV_OPEN, F_CREATE, struct.pack("<Q", h))
+            return self._emit(conn, EV_OPEN, F_CREATE, EV_CLIENT_PAYLOAD.pack(h))
         h = conn.clients.find(file)
         if h is None or conn.status != 1:
             return True
         seqno = conn.next_seqno()
         conn.clients.remove(file)
-        return self._emit(conn, EV_OPEN, F_DESTROY, struct.pack("<Q", h), seqno)
+        return self._emit(conn, EV_OPEN, F_DESTROY, EV_CLIENT_PAYLOAD.pack(h), seqno)
 
     def _vm_event(self, conn: Connection, vm: Vm, create: bool) -> bool:
         ch = conn.clients.find(vm.file)
@@ -188,13 +201,13 @@ class XeEudebugMixin:
             h = conn.vms.add(vm)
             if h is None:
                 return True
-            return self._emit(conn, EV_VM, F_CREATE, struct.pack("<QQ", ch, h))
+            return self._emit(conn, EV_VM, F_CREATE, EV_VM_PAYLOAD.pack(ch, h))
         h = conn.vms.find(vm)
         if h is None or conn.status != 1:
             return True
         seqno = conn.next_seqno()
         conn.vms.remove(vm)
-        return self._emit(conn, EV_VM, F_DESTROY, struct.pack("<QQ", ch, h), seqno)
+        return self._emit(conn, EV_VM, F_DESTROY, EV_VM_PAYLOAD.pack(ch, h), seqno)
 
     def _queue_event(self, conn: Connection, q: ExecQueue, create: bool) -> bool:
         ch = conn.clients.find(q.file)
@@ -220,7 +233,7 @@ class XeEudebugMixin:
         handles = struct.pack(f"<{q.width}Q", *lrcs)
         if _cfg(self.config, "fidelity_lrc_truncation"):
             handles = handles[:q.width].ljust(8 * q.width, b"\0")
-        payload = struct.pack("<QQQII", ch, vh, h, q.engine_class, q.width) + handles
+        payload = EV_EXEC_QUEUE_PAYLOAD.pack(ch, vh, h, q.engine_class, q.width) + handles
         return self._emit(conn, EV_EXEC_QUEUE, flags, payload)
 
     def _metadata_event(self, conn: Connection, md: Metadata, create: bool) -> bool:
@@ -241,7 +254,7 @@ class XeEudebugMixin:
             seqno = conn.next_seqno()
             conn.metadata.remove(md)
             flags = F_DESTROY
-        return self._emit(conn, EV_METADATA, flags, struct.pack("<QQQQ", ch, h, md.type, len(md.data)), seqno)
+        return self._emit(conn, EV_METADATA, flags, EV_METADATA_PAYLOAD.pack(ch, h, md.type, len(md.data)), seqno)
 
     # -- CONNECT and discovery ---------------------------------------------------------------------
     def _connect(self, file: DeviceFile, caller: Caller, k: bytearray) -> DebuggerFile:
@@ -249,7 +262,7 @@ class XeEudebugMixin:
         with self._reading(dev):
             if not dev.enabled:
                 raise _fail(E.ENODEV, "EUDEBUG_CONNECT: debugging disabled")
-            ext, pid, flags, version = struct.unpack_from("<QQII", k, 0)
+            ext, pid, flags, version = _CONNECT.unpack_from(k)
             if ext:
                 raise _fail(E.EINVAL, "EUDEBUG_CONNECT: extensions")
             if pid == 0:
@@ -258,7 +271,7 @@ class XeEudebugMixin:
                 raise _fail(E.EINVAL, "EUDEBUG_CONNECT: flags")
             if version not in (0, EUDEBUG_VERSION):
                 raise _fail(E.EINVAL, "EUDEBUG_CONNECT: version")
-            struct.pack_into("<I", k, 20, EUDEBUG_VERSION)
+            _CONNECT_VERSION.pack_into(k, _CONNECT_VERSION.offset, EUDEBUG_VERSION)
             pid32 = pid & 0xFFFFFFFF
             if pid32 & 0x80000000:
                 raise _fail(E.ENOENT, "EUDEBUG_CONNECT: no such process")
@@ -291,6 +304,9 @@ class XeEudebugMixin:
                 conn.status = -E.ENOMEM
                 self._gate_cv.notify_all()
             raise _fail(E.ENOMEM, "EUDEBUG_CONNECT: no discovery worker") from None
+        with self._lock:
+            if self._scan_thread is not None:     # attention_scan_flush (the scan runs while
+                self._attention_scan_start()      # jobs run: xe_eudebug_hw.py)
         return dfile
 
     @staticmethod
@@ -359,13 +375,13 @@ class XeEudebugMixin:
         ch, vh = conn.clients.find(file), conn.vms.find(vm)
         bind_seqno = conn.next_seqno()
         if not self._queue(conn, _event(EV_VM_BIND, F_STATE_CHANGE, bind_seqno,
-                                        struct.pack("<QQII", ch, vh, 0, len(vm.vmas)))):
+                                        EV_VM_BIND_PAYLOAD.pack(ch, vh, 0, len(vm.vmas)))):
             return False
         for vma in vm.vmas:
             op_seqno = conn.next_seqno()
             if not self._queue(conn, _event(EV_VM_BIND_OP, F_CREATE, op_seqno,
-                                            struct.pack("<QQQQ", bind_seqno, len(vma.attach), vma.start,
-                                                        vma.end - vma.start))):
+                                            EV_VM_BIND_OP_PAYLOAD.pack(bind_seqno, len(vma.attach), vma.start,
+                                                                       vma.end - vma.start))):
                 return False
             for md_id, cookie in vma.attach:
                 md = file.metadata.get(md_id)
@@ -373,7 +389,8 @@ class XeEudebugMixin:
                 if mh is None:
                     self._detach(conn, -E.ENOENT)  # the mapping names destroyed metadata
                     return False
-                if not self._emit(conn, EV_VM_BIND_OP_METADATA, F_CREATE, struct.pack("<QQQ", op_seqno, mh, cookie)):
+                if not self._emit(conn, EV_VM_BIND_OP_METADATA, F_CREATE,
+                                  EV_VM_BIND_OP_METADATA_PAYLOAD.pack(op_seqno, mh, cookie)):
                     return False
         return True
 
@@ -420,7 +437,7 @@ class XeEudebugMixin:
             else:
                 raise _fail(E.ENOENT, "READ_EVENT: timed out")
         if event is None:
-            caller.write(addr, struct.pack("<I", need))
+            caller.write(addr + _EVENT_LEN.offset, _EVENT_LEN.pack(need))
             raise _fail(E.EMSGSIZE, "READ_EVENT: buffer too small")
         # A fault here loses the event, as in the kernel; nothing follows the copy.
         write = getattr(caller, "write_on_return", None) or caller.write
@@ -428,7 +445,7 @@ class XeEudebugMixin:
         return 0, b""
 
     def _ack_event(self, conn: Connection, caller: Caller, arg: bytes) -> tuple[int, bytes]:
-        _type, flags, seqno = struct.unpack_from("<IIQ", arg, 0)
+        _type, flags, seqno = _ACK_EVENT.unpack_from(arg)
         if flags:
             raise _fail(E.EINVAL, "ACK_EVENT: flags")
         with self._lock:
@@ -441,7 +458,7 @@ class XeEudebugMixin:
         return 0, b""
 
     def _read_metadata(self, conn: Connection, caller: Caller, arg: bytes) -> tuple[int, bytes]:
-        ch, mh, flags, reserved, ptr, size = struct.unpack_from("<QQIIQQ", arg, 0)
+        ch, mh, flags, reserved, ptr, size = _READ_METADATA.unpack_from(arg)
         if flags:
             raise _fail(E.EINVAL, "READ_METADATA: flags")
         if not _access_ok(ptr, size):
@@ -460,10 +477,10 @@ class XeEudebugMixin:
             raise _fail(E.EINVAL, "READ_METADATA: size smaller than the metadata")
         if size:
             caller.write(ptr, data)
-        return 0, struct.pack("<QQIIQQ", ch, mh, flags, reserved, ptr, len(data))
+        return 0, _READ_METADATA.pack(ch, mh, flags, reserved, ptr, len(data))
 
     def _eu_control(self, conn: Connection, caller: Caller, arg: bytes) -> tuple[int, bytes]:
-        ch, cmd, flags, _seqno, qh, lh, _reserved, bsize, bptr = struct.unpack_from("<QIIQQQIIQ", arg, 0)
+        ch, cmd, flags, _seqno, qh, lh, _reserved, bsize, bptr = _EU_CONTROL.unpack_from(arg)
         if flags:
             raise _fail(E.EINVAL, "EU_CONTROL: flags")
         if not _access_ok(bptr, bsize):
@@ -483,13 +500,17 @@ class XeEudebugMixin:
             if lrc is None or not lrc.queue.alive:
                 raise _fail(E.EINVAL, "EU_CONTROL: lrc_handle")
         effective = min(bsize, EU_BITMASK_SIZE)
+        bits = caller.read(bptr, effective) if effective else b""
+        with self._gt(q.file.device).quiescent(), self._lock:
+            if conn.status != 1:
+                raise _fail(E.ENOTCONN, "EU_CONTROL: detached")
+            out = self._eu_control_cmd(conn, q, lrc, cmd, bits)
+            seqno = conn.next_seqno()
+        layout = _uapi.drm_xe_eudebug_eu_control
+        a = layout.from_buffer_copy(arg[:ctypes.sizeof(layout)])
+        a.seqno = seqno
         if effective:
-            caller.read(bptr, effective)
-        # No EU threads run in the simulator: there is never a running run-alone context.
-        if cmd == EU_CONTROL_INTERRUPT_ALL:
-            if bsize:
-                raise _fail(E.EINVAL, "EU_CONTROL: INTERRUPT_ALL with a bitmask")
-            raise _fail(E.EINVAL, "EU_CONTROL: INTERRUPT_ALL: no such engine running (no EU model)")
-        if cmd in (EU_CONTROL_STOPPED, EU_CONTROL_RESUME):
-            raise _fail(E.ENOENT, "EU_CONTROL: no running context (no EU model)")
-        raise _fail(E.EINVAL, "EU_CONTROL: cmd")
+            caller.write(bptr, out)
+        if bsize != EU_BITMASK_SIZE:
+            a.bitmask_size = EU_BITMASK_SIZE
+        return 0, a.to_bytes()

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import errno as E
 import os
-import struct
 from typing import TYPE_CHECKING
 
+from ... import uapi as _uapi
 from .xe_device_types import File, VM_ACCESS_CHUNK, VM_SYNC_MAX_TIMEOUT_NSECS, _fail
+
+_VM_OPEN = _uapi.layout(_uapi.drm_xe_eudebug_vm_open)
 
 if TYPE_CHECKING:
     from .xe_device_types import Caller
@@ -36,7 +38,7 @@ class XeEudebugVmMixin:
     """The `Kernel` methods of xe_eudebug_vm.py (mixed into `Kernel` in xe_device.py)."""
 
     def _vm_open(self, conn: Connection, caller: Caller, arg: bytes) -> tuple[File, bytes]:
-        _ext, ch, vh, flags, timeout = struct.unpack_from("<QQQQQ", arg, 0)
+        _ext, ch, vh, flags, timeout = _VM_OPEN.unpack_from(arg)
         if flags:
             raise _fail(E.EINVAL, "VM_OPEN: flags")
         if timeout > VM_SYNC_MAX_TIMEOUT_NSECS:

@@ -123,9 +123,12 @@ class QueueSched:
         self.thread: threading.Thread | None = None
         self.banned = False
         self.killed = False
+        self.reset = False                  # a GT reset stops the running job (gt_reset)
         self.last_fence: DmaFence = signaled_stub()
         self.contexts = [Context() for _ in range(q.width)]
         self.seqno = 0
+        self.running = False          # a job of the queue is on its engine
+        self.reset = False            # a GT reset stops the running job (xe_eudebug_hw.py)
 
 
 class XeExec:
@@ -135,7 +138,7 @@ class XeExec:
         self.kernel = kernel
         self._lock = kernel._lock
         self._sched: dict[int, QueueSched] = {}
-        self._engines: dict[tuple[int, int], CommandStreamer] = {}
+        self._engines: dict[tuple[int, ...], CommandStreamer] = {}
 
     # -- state queries ----------------------------------------------------------------------------
     def sched(self, q: Any) -> QueueSched:
@@ -152,7 +155,8 @@ class XeExec:
     def _job_timeout(self, q: Any) -> float | None:
         if q.vm.lr:
             return None                     # LR queues: no job timeout (MAX_SCHEDULE_TIMEOUT)
-        ms = getattr(self.kernel.config, "job_timeout_ms", DEFAULT_JOB_TIMEOUT_MS)
+        ms = getattr(q, "job_timeout_ms", None) or getattr(self.kernel.config, "job_timeout_ms",
+                                                          DEFAULT_JOB_TIMEOUT_MS)
         return max(0.0, float(ms)) / 1000.0
 
     # -- the ioctl -------------------------------------------------------------------------------------
@@ -240,6 +244,21 @@ class XeExec:
             self._sched.pop(id(q), None)
         self.kernel._fences_written()
 
+    def gt_reset(self, dev_index: int, gt: int, wait: float = 0.0) -> int:
+        """GT `gt` of device `dev_index` resets (debugfs force_reset; kernel lock held): a queue
+        running a job there has it stopped and is banned, as guc_exec_queue_stop bans a queue
+        whose job had started.  With `wait` (force_reset_sync), waits up to that many seconds for
+        those jobs to end.  Returns the number of queues hit."""
+        hit = [s for s in self._sched.values()
+               if s.q.file.index == dev_index and int(getattr(s.q, "gt_id", 0)) == gt
+               and s.thread is not None and s.jobs and not s.killed and not s.banned]
+        for s in hit:
+            s.reset = True
+        deadline = time.monotonic() + wait
+        while wait and any(s.reset for s in hit) and time.monotonic() < deadline:
+            self.kernel._fence_cv.wait(min(0.1, max(0.0, deadline - time.monotonic())))
+        return len(hit)
+
     @staticmethod
     def _cancel_pending(s: QueueSched) -> None:
         while s.jobs:
@@ -248,11 +267,16 @@ class XeExec:
 
     # -- the queue's runner ----------------------------------------------------------------------------
     def _engine(self, q: Any) -> CommandStreamer:
-        key = (q.engine_class, int(getattr(q, "engine_instance", 0)))
+        engine = (q.engine_class, int(getattr(q, "engine_instance", 0)))
+        key = (q.file.index, int(getattr(q, "gt_id", 0))) + engine     # each GT has its own engines
         cs = self._engines.get(key)
         if cs is None:
-            cs = self._engines[key] = CommandStreamer(EngineInfo(*key))
+            cs = self._engines[key] = CommandStreamer(EngineInfo(*engine), self.kernel._gt(q.file.device))
         return cs
+
+    def running(self) -> list[QueueSched]:
+        """The queues with a job on their engine (kernel lock held)."""
+        return [s for s in self._sched.values() if s.running]
 
     def _run_queue(self, s: QueueSched) -> None:
         lock, cv = self._lock, self.kernel._fence_cv
@@ -275,11 +299,21 @@ class XeExec:
             def stop() -> str | None:
                 if s.killed:
                     return "exec queue destroyed"
+                if s.reset:
+                    return "GT reset"
                 if timeout is not None and time.monotonic() - start > timeout:
                     return f"job timeout ({timeout * 1000:.0f} ms)"
                 return None
 
-            result = self._engine(q).run(job.ring, VmView(lock, q.vm), s.contexts[0], stop)
+            with lock:
+                engine = self._engine(q)             # the device's EU array is made under the lock
+                s.running, s.reset = True, False     # a reset stops the job it was asked for
+                self.kernel._attention_scan_start()
+            try:
+                result = engine.run(job.ring, VmView(lock, q.vm), s.contexts[0], stop)
+            finally:
+                with lock:
+                    s.running = False
             with lock:
                 if s.jobs and s.jobs[0] is job:
                     s.jobs.popleft()
@@ -295,6 +329,12 @@ class XeExec:
         if result.status == "stopped" and s.killed:
             job.fence.error, job.fence.signaled = -E.ECANCELED, True
             return
+        if result.status == "stopped" and s.reset:
+            log.warning("%s: job %d stopped by a GT reset; queue banned", name, job.seqno)
+            s.reset = False
+            job.fence.error, job.fence.signaled, s.banned = -E.ECANCELED, True, True
+            self._cancel_pending(s)
+            return
         if result.status == "fault":
             log.warning("%s: CAT error: %s (VM %d); job %d failed, queue banned",
                         name, result.reason, q.vm.id, job.seqno)
@@ -302,6 +342,9 @@ class XeExec:
         elif result.status == "bad-command":
             log.warning("%s: unknown command %#010x at %#x; job %d failed, queue banned",
                         name, result.dword, result.address, job.seqno)
+            err = -E.EIO
+        elif result.status == "stopped" and s.reset:
+            log.warning("%s: job %d stopped by a GT reset; queue banned", name, job.seqno)
             err = -E.EIO
         elif result.status == "eu-error":
             log.warning("%s: %s; job %d failed, queue banned", name, result.reason, job.seqno)

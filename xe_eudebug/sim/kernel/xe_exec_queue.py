@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno as E
-import struct
 from typing import TYPE_CHECKING
 
+from ... import uapi as _uapi
 from .xe_device_types import (
     CAP_SYS_NICE, CLASS_COMPUTE, CLASS_RENDER, CLASS_VM_BIND, ENGINES, EQ_PROP_COUNT,
     EQ_PROP_EUDEBUG, EQ_PROP_PRIORITY, EQ_PROP_TIMESLICE, EUDEBUG_FLAG_ENABLE,
@@ -16,6 +17,13 @@ from .xe_device_types import (
 if TYPE_CHECKING:
     from .xe_device_types import Caller, DeviceFile
     from .xe_vm import Vm
+
+_QUEUE_CREATE = _uapi.layout(_uapi.drm_xe_exec_queue_create)
+_QUEUE_CREATE_ID = _uapi.layout(_uapi.drm_xe_exec_queue_create, "exec_queue_id")
+_QUEUE_DESTROY = _uapi.layout(_uapi.drm_xe_exec_queue_destroy)
+_INSTANCE = _uapi.layout(_uapi.drm_xe_engine_class_instance)
+_SET_PROPERTY = _uapi.layout(_uapi.drm_xe_ext_set_property, "property", "pad", "value", "reserved")
+_SET_PROPERTY_SIZE = ctypes.sizeof(_uapi.drm_xe_ext_set_property)
 
 
 class Lrc:
@@ -42,16 +50,17 @@ class XeExecQueueMixin:
 
     # -- xe: exec queues ------------------------------------------------------------------------------
     def _exec_queue_create(self, file: DeviceFile, caller: Caller, k: bytearray) -> int:
-        ext, width, num_pl, vm_id, flags, _qid, inst_ptr, r0, r1 = struct.unpack_from("<QHHIIIQQQ", k, 0)
+        ext, width, num_pl, vm_id, flags, _qid, inst_ptr, r0, r1 = _QUEUE_CREATE.unpack_from(k)
         if flags or r0 or r1:
             raise _fail(E.EINVAL, "EXEC_QUEUE_CREATE: flags/reserved")
         n = width * num_pl
         if not n or n > HW_ENGINE_MAX_INSTANCE:
             raise _fail(E.EINVAL, "EXEC_QUEUE_CREATE: width * num_placements")
-        raw = caller.read(inst_ptr, n * 8)
-        eci = [struct.unpack_from("<HHHH", raw, i * 8) for i in range(n)]
-        if eci[0][2] != 0:
-            raise _fail(E.EINVAL, "EXEC_QUEUE_CREATE: gt_id")
+        raw = caller.read(inst_ptr, n * _INSTANCE.size)
+        eci = [_INSTANCE.unpack_from(raw, i * _INSTANCE.size) for i in range(n)]
+        gt_id = eci[0][2]
+        if gt_id >= file.device.gt_count:
+            raise _fail(E.EINVAL, f"EXEC_QUEUE_CREATE: gt_id {gt_id} (the device has {file.device.gt_count} GTs)")
         cls = eci[0][0]
         if cls == CLASS_VM_BIND:
             if width != 1 or num_pl != 1 or eci[0][1] != 0:
@@ -59,7 +68,7 @@ class XeExecQueueMixin:
         else:
             # placements x width: every instance exists, one class, parallel instances consecutive
             for c, inst, gt, _pad in eci:
-                if c != cls or gt != 0 or (c, inst) not in ENGINES:
+                if c != cls or gt != gt_id or (c, inst) not in ENGINES:
                     raise _fail(E.EINVAL, "EXEC_QUEUE_CREATE: engine instance")
             for p in range(num_pl):
                 insts = [eci[w * num_pl + p][1] for w in range(width)]
@@ -67,7 +76,7 @@ class XeExecQueueMixin:
                     raise _fail(E.EINVAL, "EXEC_QUEUE_CREATE: parallel placement")
         chain: tuple[list[bytes], int] = ([], 0)
         if ext:
-            chain = _read_chain(caller, ext, 48, _check_base)
+            chain = _read_chain(caller, ext, _SET_PROPERTY_SIZE, _check_base)
         is_root = _has_cap(_proc_status(int(caller.pid)) or {}, CAP_SYS_NICE)
         dev = file.device
         with self._reading(dev):
@@ -76,7 +85,7 @@ class XeExecQueueMixin:
                 raise _fail(E.ENOENT, "EXEC_QUEUE_CREATE: vm_id")
             debuggable = False
             for e in chain[0]:
-                prop, e_pad, value, e_r0, e_r1 = struct.unpack_from("<IIQQQ", e, 16)
+                prop, e_pad, value, e_r0, e_r1 = _SET_PROPERTY.unpack_from(e, _SET_PROPERTY.offset)
                 if prop >= EQ_PROP_COUNT or e_pad or e_r0 or e_r1:
                     raise _fail(E.EINVAL, "EXEC_QUEUE_CREATE: set_property")
                 if prop == EQ_PROP_PRIORITY:
@@ -105,17 +114,20 @@ class XeExecQueueMixin:
             qid = _lowest_free(file.queues)
             q = ExecQueue(file, qid, vm, cls, width, debuggable)
             q.engine_instance = eci[0][1]          # type: ignore[attr-defined]
+            q.gt_id = gt_id                        # type: ignore[attr-defined]
+            # the engine class's job timeout on that GT when the queue is created (sysfs)
+            q.job_timeout_ms = self._sched_prop(dev, gt_id, cls, "job_timeout_ms")  # type: ignore[attr-defined]
             file.queues[qid] = q
             if vm.lr and not vm.fault and cls != CLASS_VM_BIND:
                 vm.preempt_queues += 1
-            struct.pack_into("<I", k, 20, qid)
+            _QUEUE_CREATE_ID.pack_into(k, _QUEUE_CREATE_ID.offset, qid)
             conn = self._conn_for(file)
             if conn is not None and debuggable:
                 self._queue_event(conn, q, True)
         return 0
 
     def _exec_queue_destroy(self, file: DeviceFile, caller: Caller, k: bytearray) -> int:
-        qid, pad, r0, r1 = struct.unpack_from("<IIQQ", k, 0)
+        qid, pad, r0, r1 = _QUEUE_DESTROY.unpack_from(k)
         if pad or r0 or r1:
             raise _fail(E.EINVAL, "EXEC_QUEUE_DESTROY: pad/reserved")
         dev = file.device

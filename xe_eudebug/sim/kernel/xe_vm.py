@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno as E
 import logging
 import struct
 from typing import TYPE_CHECKING
 
+from ... import uapi as _uapi
 from .. import procmem
 from . import xe_sync
 from .drm_syncobj import signaled_stub, wait_fences
 from .xe_device_types import (
+    EV_VM_BIND_OP_METADATA_PAYLOAD, EV_VM_BIND_OP_PAYLOAD, EV_VM_BIND_PAYLOAD, EV_VM_BIND_UFENCE_PAYLOAD,
     BIND_FLAG_NULL, BIND_SUPPORTED_FLAGS, CLASS_VM_BIND, EV_VM_BIND, EV_VM_BIND_OP,
     EV_VM_BIND_OP_METADATA, EV_VM_BIND_UFENCE, F_CREATE, F_DESTROY, F_NEED_ACK, F_STATE_CHANGE,
     KernelError, MAX_VECTOR_BYTES, OP_MAP, OP_MAP_USERPTR, OP_PREFETCH, OP_UNMAP, OP_UNMAP_ALL,
-    PAGE, PAT_ENTRIES, SYNC_FLAG_SIGNAL, SYNC_SYNCOBJ, SYNC_TIMELINE_SYNCOBJ, SYNC_USER_FENCE,
+    PAGE, PAT_COH_NONE, PAT_COH_RESERVED, XE2_PAT_COH, CPU_CACHING_WB, SYNC_FLAG_SIGNAL,
+    SYNC_SYNCOBJ, SYNC_TIMELINE_SYNCOBJ, SYNC_USER_FENCE,
     VM_BIND_FLAG_UFENCE, VM_CREATE_FAULT_MODE, VM_CREATE_LR_MODE, VM_CREATE_SCRATCH_PAGE,
     VM_SIZE, _access_ok, _check_base, _fail, _lowest_free, _read_chain,
 )
@@ -26,6 +30,21 @@ if TYPE_CHECKING:
     from .xe_device_types import Caller, DeviceFile
 
 log = logging.getLogger(__name__)
+
+_VM_CREATE = _uapi.layout(_uapi.drm_xe_vm_create)
+_VM_CREATE_ID = _uapi.layout(_uapi.drm_xe_vm_create, "vm_id")
+_VM_DESTROY = _uapi.layout(_uapi.drm_xe_vm_destroy)
+_VM_BIND_HEAD = _uapi.layout(_uapi.drm_xe_vm_bind, "extensions", "vm_id", "exec_queue_id", "pad", "num_binds")
+_VM_BIND_TAIL = _uapi.layout(_uapi.drm_xe_vm_bind, "pad2", "num_syncs", "syncs", "reserved")
+_VM_BIND_VECTOR = _uapi.layout(_uapi.drm_xe_vm_bind, "vector_of_binds")
+_BIND_OP = _uapi.layout(_uapi.drm_xe_vm_bind_op, "extensions", "obj", "pat_index", "pad", "obj_offset", "range",
+                        "addr", "op", "flags", "prefetch_mem_region_instance", "pad2")
+_BIND_OP_SIZE = ctypes.sizeof(_uapi.drm_xe_vm_bind_op)
+_BIND_INLINE = _uapi.drm_xe_vm_bind.bind.offset       # the single op held in the struct itself
+_ATTACH_DEBUG = _uapi.layout(_uapi.drm_xe_vm_bind_op_ext_attach_debug, "metadata_id", "flags", "cookie")
+_ATTACH_DEBUG_SIZE = ctypes.sizeof(_uapi.drm_xe_vm_bind_op_ext_attach_debug)
+_SYNC = _uapi.layout(_uapi.drm_xe_sync, "extensions", "type", "flags", "addr", "timeline_value", "reserved")
+_SYNC_SIZE = ctypes.sizeof(_uapi.drm_xe_sync)
 
 
 class Vma:
@@ -59,7 +78,7 @@ class XeVmMixin:
 
     # -- xe: VMs ------------------------------------------------------------------------------------------
     def _vm_create(self, file: DeviceFile, caller: Caller, k: bytearray) -> int:
-        ext, flags, _vm_id, r0, r1 = struct.unpack_from("<QIIQQ", k, 0)
+        ext, flags, _vm_id, r0, r1 = _VM_CREATE.unpack_from(k)
         if ext or r0 or r1:
             raise _fail(E.EINVAL, "VM_CREATE: extensions/reserved")
         if flags & ~(VM_CREATE_SCRATCH_PAGE | VM_CREATE_LR_MODE | VM_CREATE_FAULT_MODE):
@@ -73,14 +92,14 @@ class XeVmMixin:
             vm_id = _lowest_free(file.vms)
             vm = Vm(file, vm_id, flags)
             file.vms[vm_id] = vm
-            struct.pack_into("<I", k, 12, vm_id)
+            _VM_CREATE_ID.pack_into(k, _VM_CREATE_ID.offset, vm_id)
             conn = self._conn_for(file)
             if conn is not None and vm.lr:
                 self._vm_event(conn, vm, True)
         return 0
 
     def _vm_destroy(self, file: DeviceFile, caller: Caller, k: bytearray) -> int:
-        vm_id, pad, r0, r1 = struct.unpack_from("<IIQQ", k, 0)
+        vm_id, pad, r0, r1 = _VM_DESTROY.unpack_from(k)
         if pad or r0 or r1:
             raise _fail(E.EINVAL, "VM_DESTROY: pad/reserved")
         dev = file.device
@@ -107,39 +126,39 @@ class XeVmMixin:
 
     # -- xe: VM_BIND -----------------------------------------------------------------------------------------
     def _vm_bind(self, file: DeviceFile, caller: Caller, k: bytearray) -> int:
-        ext, vm_id, q_id, pad, num_binds = struct.unpack_from("<QIIII", k, 0)
-        pad2, num_syncs, syncs_ptr, r0, r1 = struct.unpack_from("<IIQQQ", k, 104)
+        ext, vm_id, q_id, pad, num_binds = _VM_BIND_HEAD.unpack_from(k)
+        pad2, num_syncs, syncs_ptr, r0, r1 = _VM_BIND_TAIL.unpack_from(k, _VM_BIND_TAIL.offset)
         if ext or pad or pad2 or r0 or r1:
             raise _fail(E.EINVAL, "VM_BIND: extensions/pad/reserved")
         # copy_from_user of the ops (before the lock: the caller is blocked in this call)
         if num_binds > 1:
-            vector = struct.unpack_from("<Q", k, 24)[0]
-            if num_binds * 80 > MAX_VECTOR_BYTES:
+            vector = _VM_BIND_VECTOR.unpack_from(k, _VM_BIND_VECTOR.offset)[0]
+            if num_binds * _BIND_OP_SIZE > MAX_VECTOR_BYTES:
                 raise _fail(E.ENOMEM, "VM_BIND: num_binds")
-            raw = caller.read(vector, num_binds * 80)
-            ops_raw = [raw[i * 80:(i + 1) * 80] for i in range(num_binds)]
+            raw = caller.read(vector, num_binds * _BIND_OP_SIZE)
+            ops_raw = [raw[i * _BIND_OP_SIZE:(i + 1) * _BIND_OP_SIZE] for i in range(num_binds)]
         elif num_binds == 1:
-            ops_raw = [bytes(k[24:104])]
+            ops_raw = [bytes(k[_BIND_INLINE:_BIND_INLINE + _BIND_OP_SIZE])]
         else:
             ops_raw = []
         ops = []
         for raw_op in ops_raw:
             (op_ext, obj, pat, op_pad, obj_offset, rng, addr, op, flags, region,
-             op_pad2) = struct.unpack_from("<QIHHQQQIIII", raw_op, 0)
+             op_pad2) = _BIND_OP.unpack_from(raw_op)
             chain: tuple[list[bytes], int] = ([], 0)
             if op_ext:
-                chain = _read_chain(caller, op_ext, 48, _check_base)
+                chain = _read_chain(caller, op_ext, _ATTACH_DEBUG_SIZE, _check_base)
             ops.append((obj, pat, obj_offset, rng, addr, op, flags, region, chain))
         # syncs: read as the kernel parses them, stopping at the first unreadable one
         syncs_raw: list[bytes] = []
         sync_fault = 0
         if num_syncs:
-            if num_syncs * 48 > MAX_VECTOR_BYTES:
+            if num_syncs * _SYNC_SIZE > MAX_VECTOR_BYTES:
                 sync_fault = E.ENOMEM
             else:
                 for i in range(num_syncs):
                     try:
-                        syncs_raw.append(caller.read(syncs_ptr + i * 48, 48))
+                        syncs_raw.append(caller.read(syncs_ptr + i * _SYNC_SIZE, _SYNC_SIZE))
                     except KernelError as exc:
                         sync_fault = exc.errno
                         break
@@ -163,22 +182,29 @@ class XeVmMixin:
                         sync_fault: int) -> tuple[int, bytes] | None:
         # per-op argument checks (vm_bind_ioctl_check_args)
         attach_lists: list[list[tuple[int, int]]] = []
+        pat_entries = file.device.pat_entries
         for obj, pat, obj_offset, rng, addr, op, flags, region, (exts, chain_err) in ops:
             is_null = bool(flags & BIND_FLAG_NULL)
-            if pat >= PAT_ENTRIES:
-                raise _fail(E.EINVAL, "VM_BIND: pat_index")
+            if pat >= pat_entries:
+                raise _fail(E.EINVAL, f"VM_BIND: pat_index {pat} (the device has {pat_entries})")
+            coh = XE2_PAT_COH[pat]
+            if coh == PAT_COH_RESERVED:
+                raise _fail(E.EINVAL, f"VM_BIND: pat_index {pat} is a reserved entry")
+            if op == OP_MAP_USERPTR and coh == PAT_COH_NONE:
+                raise _fail(E.EINVAL, f"VM_BIND: userptr with non-coherent pat_index {pat}")
             if (op > OP_PREFETCH or flags & ~BIND_SUPPORTED_FLAGS or (obj and is_null)
                     or (obj_offset and is_null) or (op != OP_MAP and is_null)
                     or (not obj and op == OP_MAP and not is_null) or (not obj and op == OP_UNMAP_ALL)
                     or (addr and op == OP_UNMAP_ALL) or (rng and op == OP_UNMAP_ALL)
                     or (obj and op == OP_MAP_USERPTR) or (obj and op == OP_PREFETCH)
-                    or (region and op != OP_PREFETCH) or region != 0 or (obj and op == OP_UNMAP)):
+                    or (region and op != OP_PREFETCH) or (obj and op == OP_UNMAP)
+                    or (op == OP_PREFETCH and not (1 << region) & file.device.mem_region_mask)):
                 raise _fail(E.EINVAL, "VM_BIND: op/flags/obj combination")
             if obj_offset & (PAGE - 1) or addr & (PAGE - 1) or rng & (PAGE - 1) or (not rng and op != OP_UNMAP_ALL):
                 raise _fail(E.EINVAL, "VM_BIND: alignment/range")
             attach: list[tuple[int, int]] = []
             for ext in exts:
-                md_id, ext_flags, cookie = struct.unpack_from("<QQQ", ext, 16)
+                md_id, ext_flags, cookie = _ATTACH_DEBUG.unpack_from(ext, _ATTACH_DEBUG.offset)
                 if op not in (OP_MAP, OP_MAP_USERPTR) or ext_flags:
                     raise _fail(E.EINVAL, "VM_BIND: ATTACH_DEBUG op/flags")
                 md = file.metadata.get(md_id & 0xFFFFFFFF)
@@ -213,6 +239,8 @@ class XeVmMixin:
                     raise _fail(E.EINVAL, "VM_BIND: range beyond the BO")
                 if bo.vm is not None and bo.vm is not vm:
                     raise _fail(E.EINVAL, "VM_BIND: BO private to another VM")
+                if XE2_PAT_COH[_pat] == PAT_COH_NONE and bo.cpu_caching == CPU_CACHING_WB:
+                    raise _fail(E.EINVAL, f"VM_BIND: WB-cached BO with non-coherent pat_index {_pat}")
             bos.append(bo)
         # bind start: the VM_BIND seqno is drawn now (before the syncs are parsed)
         conn = self._conn_for(file) if vm.lr else None
@@ -220,7 +248,7 @@ class XeVmMixin:
         fence: UserFence | None = None
         out_syncs: list[xe_sync.SyncEntry] = []
         for raw in syncs_raw:                      # xe_sync_entry_parse, one entry at a time
-            _s_ext, s_type, s_flags, s_addr, s_value, s_r0, s_r1 = struct.unpack_from("<QIIQQQQ", raw, 0)
+            _s_ext, s_type, s_flags, s_addr, s_value, s_r0, s_r1 = _SYNC.unpack_from(raw)
             if s_flags & ~SYNC_FLAG_SIGNAL or s_r0 or s_r1:
                 raise _fail(E.EINVAL, "VM_BIND: sync flags/reserved")
             if s_type in (SYNC_SYNCOBJ, SYNC_TIMELINE_SYNCOBJ):
@@ -293,15 +321,15 @@ class XeVmMixin:
         for ev_flags, addr, rng, attach in op_events:
             op_seqno = conn.next_seqno()
             events.append(_event(EV_VM_BIND_OP, ev_flags, op_seqno,
-                                 struct.pack("<QQQQ", bind_seqno, len(attach), addr, rng)))
+                                 EV_VM_BIND_OP_PAYLOAD.pack(bind_seqno, len(attach), addr, rng)))
             for md_id, cookie in attach:
                 md = file.metadata.get(md_id)
                 mh = conn.metadata.find(md) if md is not None else None
                 events.append(_event(EV_VM_BIND_OP_METADATA, F_CREATE, conn.next_seqno(),
-                                     struct.pack("<QQQ", op_seqno, mh or 0, cookie)))
+                                     EV_VM_BIND_OP_METADATA_PAYLOAD.pack(op_seqno, mh or 0, cookie)))
         if op_events:
             bind = _event(EV_VM_BIND, F_STATE_CHANGE, bind_seqno,
-                          struct.pack("<QQII", ch, vh, VM_BIND_FLAG_UFENCE if fence else 0, len(op_events)))
+                          EV_VM_BIND_PAYLOAD.pack(ch, vh, VM_BIND_FLAG_UFENCE if fence else 0, len(op_events)))
             for ev in [bind] + events:
                 if not self._queue(conn, ev):
                     return self._fence_now(fence)
@@ -309,7 +337,7 @@ class XeVmMixin:
             return None
         useqno = conn.next_seqno()
         if conn.status == 1 and self._queue(conn, _event(EV_VM_BIND_UFENCE, F_CREATE | F_NEED_ACK, useqno,
-                                                         struct.pack("<Q", bind_seqno))):
+                                                         EV_VM_BIND_UFENCE_PAYLOAD.pack(bind_seqno))):
             if conn.status == 1:
                 conn.fences[useqno] = fence
                 return None

@@ -8,6 +8,7 @@ import struct
 import time
 from typing import TYPE_CHECKING
 
+from ... import uapi as _uapi
 from .. import procmem
 from .xe_device_types import (
     CALLER_CHECK, KernelError, LONG_MAX, UFENCE_FLAG_ABSTIME, UFENCE_OPS, _caller_gone, _fail,
@@ -17,6 +18,11 @@ if TYPE_CHECKING:
     from .xe_device_types import Caller, DeviceFile
 
 log = logging.getLogger(__name__)
+
+_WAIT = _uapi.layout(_uapi.drm_xe_wait_user_fence, "extensions", "addr", "op", "flags", "pad", "value", "mask",
+                     "timeout", "exec_queue_id", "pad2")
+_WAIT_RESERVED = _uapi.layout(_uapi.drm_xe_wait_user_fence, "reserved")
+_WAIT_TIMEOUT = _uapi.layout(_uapi.drm_xe_wait_user_fence, "timeout")
 
 
 class UserFence:
@@ -53,8 +59,8 @@ class XeWaitUserFenceMixin:
 
     # -- xe: WAIT_USER_FENCE -------------------------------------------------------------------------
     def _wait_user_fence(self, file: DeviceFile, caller: Caller, k: bytearray) -> int:
-        ext, addr, op, flags, pad, value, mask, timeout, q_id, pad2 = struct.unpack_from("<QQHHIQQqII", k, 0)
-        r0, r1 = struct.unpack_from("<QQ", k, 56)
+        ext, addr, op, flags, pad, value, mask, timeout, q_id, pad2 = _WAIT.unpack_from(k)
+        r0, r1 = _WAIT_RESERVED.unpack_from(k, _WAIT_RESERVED.offset)
         if ext:
             raise _fail(E.EINVAL, "WAIT_USER_FENCE: extensions")
         if flags & ~UFENCE_FLAG_ABSTIME:
@@ -75,7 +81,7 @@ class XeWaitUserFenceMixin:
         if timeout < 0:                            # wait "forever" (MAX_SCHEDULE_TIMEOUT)
             deadline: int | None = None
             timeout = LONG_MAX
-            struct.pack_into("<q", k, 40, timeout)
+            _WAIT_TIMEOUT.pack_into(k, _WAIT_TIMEOUT.offset, timeout)
         elif flags & UFENCE_FLAG_ABSTIME:
             deadline = timeout                     # CLOCK_MONOTONIC nanoseconds
         else:
@@ -117,7 +123,7 @@ class XeWaitUserFenceMixin:
                     self._fence_cv.wait(wait)
         if not flags & UFENCE_FLAG_ABSTIME:
             left = max(0, timeout - (time.monotonic_ns() - start))
-            struct.pack_into("<q", k, 40, left)
+            _WAIT_TIMEOUT.pack_into(k, _WAIT_TIMEOUT.offset, left)
         if err:
             raise _fail(err, "WAIT_USER_FENCE")
         return 0

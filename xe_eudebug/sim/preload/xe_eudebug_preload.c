@@ -53,7 +53,7 @@ _Static_assert(sizeof(struct wire_header) == 32, "wire header is 32 bytes");
 enum {
 	OP_OPEN = 1, OP_IOCTL = 2, OP_READ = 3, OP_PREAD = 4, OP_PWRITE = 5, OP_LSEEK = 6,
 	OP_FSYNC = 7, OP_MMAP = 8, OP_POLL = 9, OP_GET_ENABLED = 10, OP_SET_ENABLED = 11,
-	OP_CLONE = 12, OP_INFO = 13, OP_FILE_INFO = 14, OP_DEVICE_ENABLED = 15,
+	OP_CLONE = 12, OP_INFO = 13, OP_FILE_INFO = 14, OP_DEVICE_ENABLED = 15, OP_SYSFS = 16,
 	M_DATA = 32, M_DONE = 33,
 	R_REPLY = 64, R_MEMREAD = 65, R_MEMWRITE = 66,
 };
@@ -96,7 +96,10 @@ struct minor_slot { uint64_t cookie; int minor; };
 static struct minor_slot minors[MINOR_SLOTS];  /* which node a simulated device file was opened as */
 
 #define SYSFS_FDS 1024
-static int sysfs_dev[SYSFS_FDS];    /* fd -> 1 + device index of an open enable_eudebug file */
+static int sysfs_dev[SYSFS_FDS];    /* fd -> 1 + device index of an open sysfs attribute */
+#define SYSFS_PATH 96
+/* fd -> the attribute's path below the device's directory ("" for enable_eudebug) */
+static char sysfs_attr[SYSFS_FDS][SYSFS_PATH];
 
 static void die_msg(const char *msg)
 {
@@ -538,24 +541,123 @@ static void node_name(int minor, char *buf, size_t size)
 		snprintf(buf, size, "/dev/dri/card%d", minor);
 }
 
-/* The device of a sysfs directory fd or path ending in our PCI device: 1 + index, or 0. */
-static int sysfs_device_of_dir(const char *dir)
+/* ---- debugfs ------------------------------------------------------------------------------
+ * `xe-eudebug run` builds the device's debugfs directories (dri/<minor>/name, gtN/force_reset)
+ * in a directory named by XE_EUDEBUG_DEBUGFS; paths below /sys/kernel/debug go there, and
+ * /sys/kernel/debug/.. to /proc, so that the directory looks like the debugfs mount point IGT's
+ * igt_debugfs_mount() checks for (another file system than its parent). */
+#define DEBUGFS "/sys/kernel/debug"
+static const char *debugfs_root(void)
+{
+	static const char *root;
+	static int done;
+	if (!done) {
+		const char *r = getenv("XE_EUDEBUG_DEBUGFS");
+		root = r && *r == '/' && strlen(r) < PATH_MAX / 2 ? r : NULL;
+		done = 1;
+	}
+	return root;
+}
+
+/* `path`, or where it is mapped to (in buf) when it names the simulated debugfs. */
+static const char *debugfs_map(const char *path, char *buf)
+{
+	const char *root = debugfs_root();
+	size_t n = sizeof(DEBUGFS) - 1;
+	if (!root || !path || strncmp(path, DEBUGFS, n) || (path[n] && path[n] != '/'))
+		return path;
+	if (!strcmp(path + n, "/..") || !strcmp(path + n, "/../"))
+		return "/proc";
+	if (strlen(root) + strlen(path + n) >= PATH_MAX)
+		return path;
+	strcpy(buf, root);
+	strcat(buf, path + n);
+	return buf;
+}
+
+/* The device whose debugfs directory (dri/<minor>) holds directory `real`: 1 + index, or 0;
+ * *rest is what follows dri/<minor> ("" or "/gt0"). */
+static int debugfs_device_of_dir(const char *real, const char **rest)
+{
+	const char *root = debugfs_root();
+	int minor, pos = 0;
+	size_t n = root ? strlen(root) : 0;
+	if (!root || strncmp(real, root, n) || sscanf(real + n, "/dri/%d%n", &minor, &pos) != 1)
+		return 0;
+	*rest = real + n + pos;
+	if (**rest && **rest != '/')
+		return 0;
+	if (minor_index(minor) < 0 || minor_index(minor) >= device_count())
+		return 0;
+	return 1 + minor_index(minor);
+}
+
+/* The device of a sysfs directory in or below our PCI device: 1 + index, or 0; *rest is what
+ * follows the device's directory ("" or "/tile0/gt0/..."). */
+static int sysfs_device_of_dir(const char *dir, const char **rest)
 {
 	unsigned bus;
 	const char *p = strstr(dir, "/sys/devices/pci0000:00/0000:");
-	if (!p || sscanf(p + 29, "%x:00.0", &bus) != 1 || strlen(p + 29) != 7)
+	if (!p || sscanf(p + 29, "%x:00.0", &bus) != 1 || strlen(p + 29) < 7)
+		return 0;
+	*rest = p + 29 + 7;
+	if (**rest && **rest != '/')
 		return 0;
 	if (bus < 0x10 || (int)(bus - 0x10) >= device_count())
 		return 0;
 	return 1 + (bus - 0x10);
 }
 
-static int sysfs_target(int dirfd, const char *path)
+/* Whether the simulator serves attribute `attr` of device `dev` (1 + index). */
+static int sysfs_served(int dev, const char *attr)
+{
+	struct reply rep;
+	if (call_ok(OP_SYSFS, -1, dev - 1, 0, 0, attr, strlen(attr), &rep))
+		return 0;
+	if (rep.fd >= 0)
+		close(rep.fd);
+	return 1;
+}
+
+/* The device of directory `real` if `base` in it is one of its simulated attributes; the
+ * attribute's path below the device's directory goes to attr ("" for enable_eudebug). */
+static int sysfs_match(const char *real, const char *base, char *attr)
+{
+	const char *rest;
+	int dev = sysfs_device_of_dir(real, &rest);
+	if (!dev) {
+		/* debugfs files: "debugfs/gtN/force_reset" for the simulator */
+		if (!(dev = debugfs_device_of_dir(real, &rest)) || strncmp(rest, "/gt", 3))
+			return 0;
+		if ((size_t)snprintf(attr, SYSFS_PATH, "debugfs%s/%s", rest, base) >= SYSFS_PATH)
+			return 0;
+		return sysfs_served(dev, attr) ? dev : 0;
+	}
+	if (!*rest) {
+		if (strcmp(base, "enable_eudebug"))
+			return 0;
+		attr[0] = 0;
+		return dev;
+	}
+	if (strncmp(rest, "/tile", 5))
+		return 0;
+	if ((size_t)snprintf(attr, SYSFS_PATH, "%s/%s", rest + 1, base) >= SYSFS_PATH)
+		return 0;
+	return sysfs_served(dev, attr) ? dev : 0;
+}
+
+static int sysfs_target(int dirfd, const char *path, char *attr)
 {
 	char dir[PATH_MAX], link[64];
 	const char *slash = strrchr(path, '/');
 	const char *base = slash ? slash + 1 : path;
-	if (strcmp(base, "enable_eudebug") || !config_path())
+	if (!*base || !config_path())
+		return 0;
+	/* other attributes: an absolute path through /sys or the debugfs directory, or a name in a
+	 * directory fd */
+	if (strcmp(base, "enable_eudebug") &&
+	    (path[0] == '/' ? !strstr(path, "/sys/") && !(debugfs_root() && !strncmp(path, debugfs_root(), strlen(debugfs_root())))
+			    : dirfd == AT_FDCWD))
 		return 0;
 	if (path[0] == '/' || dirfd == AT_FDCWD) {
 		size_t n = slash ? (size_t)(slash - path) : 0;
@@ -566,7 +668,7 @@ static int sysfs_target(int dirfd, const char *path)
 		char real[PATH_MAX];
 		if (!realpath(n ? dir : ".", real))
 			return 0;
-		return sysfs_device_of_dir(real);
+		return sysfs_match(real, base, attr);
 	}
 	snprintf(link, sizeof(link), "/proc/self/fd/%d", dirfd);
 	ssize_t n = syscall(SYS_readlinkat, AT_FDCWD, link, dir, sizeof(dir) - 1);
@@ -583,9 +685,9 @@ static int sysfs_target(int dirfd, const char *path)
 		char real[PATH_MAX];
 		if (!realpath(dir, real))
 			return 0;
-		return sysfs_device_of_dir(real);
+		return sysfs_match(real, base, attr);
 	}
-	return sysfs_device_of_dir(dir);
+	return sysfs_match(dir, base, attr);
 }
 
 /* ---- opening ------------------------------------------------------------------------------ */
@@ -614,9 +716,11 @@ static int open_node(int minor, int flags)
 	return fd;
 }
 
-static int open_sysfs(int dev, int flags)
+static ssize_t sysfs_contents(int fd, char *text, size_t size);
+
+static int open_sysfs(int dev, const char *attr, int flags)
 {
-	int fd = memfd_create("enable_eudebug", (flags & O_CLOEXEC) ? MFD_CLOEXEC : 0);
+	int fd = memfd_create("xe-sysfs", (flags & O_CLOEXEC) ? MFD_CLOEXEC : 0);
 	if (fd < 0)
 		return -1;
 	if (fd >= SYSFS_FDS) {
@@ -625,6 +729,18 @@ static int open_sysfs(int dev, int flags)
 		return -1;
 	}
 	sysfs_dev[fd] = dev;
+	strcpy(sysfs_attr[fd], attr);
+	/* the contents at open are in the memfd too: stdio (fdopen + fscanf) reads it with its own
+	 * read system calls, which the read() wrappers below do not see */
+	char text[64];
+	ssize_t len = sysfs_contents(fd, text, sizeof(text));
+	if (len < 0 || syscall(SYS_pwrite64, fd, text, (size_t)len, (off_t)0) != len) {
+		int err = len < 0 ? errno : EIO;
+		sysfs_dev[fd] = 0;
+		close(fd);
+		errno = err;
+		return -1;
+	}
 	return fd;
 }
 
@@ -632,8 +748,10 @@ static int open_sysfs(int dev, int flags)
 static int sim_open(int dirfd, const char *path, int flags, int *fd)
 {
 	int minor, src, dev;
+	char attr[SYSFS_PATH], mapped[PATH_MAX];
 	if (!path)
 		return 0;
+	path = debugfs_map(path, mapped);
 	if ((minor = node_minor(path)) >= 0) {
 		*fd = open_node(minor, flags);
 		return 1;
@@ -645,8 +763,8 @@ static int sim_open(int dirfd, const char *path, int flags, int *fd)
 		*fd = open_node(minor, flags);
 		return 1;
 	}
-	if ((dev = sysfs_target(dirfd, path))) {
-		*fd = open_sysfs(dev, flags);
+	if ((dev = sysfs_target(dirfd, path, attr))) {
+		*fd = open_sysfs(dev, attr, flags);
 		return 1;
 	}
 	return 0;
@@ -672,9 +790,10 @@ NEXT(__openat_2); NEXT(__openat64_2);
 		va_start(ap, flags);                                                   \
 		int mode = mode_arg(flags, ap), fd;                                    \
 		va_end(ap);                                                            \
+		char mapped_[PATH_MAX];                                                \
 		if (sim_open(DIRFD, path, flags, &fd))                                 \
 			return fd;                                                     \
-		return RESOLVE(fn)(DIRFD_ARG path, flags, mode);                       \
+		return RESOLVE(fn)(DIRFD_ARG debugfs_map(path, mapped_), flags, mode); \
 	}
 OPEN_VARIADIC(open, , AT_FDCWD, )
 OPEN_VARIADIC(open64, , AT_FDCWD, )
@@ -686,9 +805,10 @@ OPEN_VARIADIC(openat64, int dirfd COMMA, dirfd, dirfd COMMA)
 	EXPORT int fn(DIRFD_PARAM const char *path, int flags)                         \
 	{                                                                              \
 		int fd;                                                                \
+		char mapped_[PATH_MAX];                                                \
 		if (sim_open(DIRFD, path, flags, &fd))                                 \
 			return fd;                                                     \
-		return RESOLVE(fn)(DIRFD_ARG path, flags);                             \
+		return RESOLVE(fn)(DIRFD_ARG debugfs_map(path, mapped_), flags);       \
 	}
 OPEN_FORTIFIED(__open_2, , AT_FDCWD, )
 OPEN_FORTIFIED(__open64_2, , AT_FDCWD, )
@@ -737,7 +857,8 @@ NEXT(fstatat); NEXT(fstatat64);
 			fake_stat(m, (struct stat *)st);                               \
 			return 0;                                                      \
 		}                                                                      \
-		return RESOLVE(fn)(path, st);                                          \
+		char mapped_[PATH_MAX];                                                \
+		return RESOLVE(fn)(debugfs_map(path, mapped_), st);                    \
 	}
 STAT_PATH(stat, stat, 0)
 STAT_PATH(stat64, stat64, 0)
@@ -765,17 +886,19 @@ STAT_FD(fstat64, stat64)
 			fake_stat(m, (struct stat *)st);                               \
 			return 0;                                                      \
 		}                                                                      \
-		return RESOLVE(fn)(dirfd, path, st, flags);                            \
+		char mapped_[PATH_MAX];                                                \
+		return RESOLVE(fn)(dirfd, debugfs_map(path, mapped_), st, flags);      \
 	}
 STAT_AT(fstatat, stat)
 STAT_AT(fstatat64, stat64)
 
 /* glibc before 2.33 exported the stat family as __xstat & co with a version argument;
  * LOOKUP gives the minor of what `arg` names, or -1. */
-#define VERSIONED_STAT(fn, type, ARG_T, LOOKUP)                                        \
+#define VERSIONED_STAT(fn, type, ARG_T, LOOKUP, MAP)                                   \
 	NEXT(fn);                                                                      \
 	EXPORT int fn(int ver, ARG_T arg, struct type *st)                             \
 	{                                                                              \
+		char mapped_[PATH_MAX];                                                \
 		int m = LOOKUP;                                                        \
 		if (m >= 0) {                                                          \
 			fake_stat(m, (struct stat *)st);                               \
@@ -785,7 +908,7 @@ STAT_AT(fstatat64, stat64)
 			errno = ENOSYS;                                                \
 			return -1;                                                     \
 		}                                                                      \
-		return next_##fn(ver, arg, st);                                        \
+		return next_##fn(ver, MAP, st);                                        \
 	}
 int __xstat(int, const char *, struct stat *);
 int __xstat64(int, const char *, struct stat64 *);
@@ -793,12 +916,14 @@ int __lxstat(int, const char *, struct stat *);
 int __lxstat64(int, const char *, struct stat64 *);
 int __fxstat(int, int, struct stat *);
 int __fxstat64(int, int, struct stat64 *);
-VERSIONED_STAT(__xstat, stat, const char *, stat_minor(AT_FDCWD, arg, 0))
-VERSIONED_STAT(__xstat64, stat64, const char *, stat_minor(AT_FDCWD, arg, 0))
-VERSIONED_STAT(__lxstat, stat, const char *, stat_minor(AT_FDCWD, arg, AT_SYMLINK_NOFOLLOW))
-VERSIONED_STAT(__lxstat64, stat64, const char *, stat_minor(AT_FDCWD, arg, AT_SYMLINK_NOFOLLOW))
-VERSIONED_STAT(__fxstat, stat, int, sim_minor(arg))
-VERSIONED_STAT(__fxstat64, stat64, int, sim_minor(arg))
+VERSIONED_STAT(__xstat, stat, const char *, stat_minor(AT_FDCWD, arg, 0), debugfs_map(arg, mapped_))
+VERSIONED_STAT(__xstat64, stat64, const char *, stat_minor(AT_FDCWD, arg, 0), debugfs_map(arg, mapped_))
+VERSIONED_STAT(__lxstat, stat, const char *, stat_minor(AT_FDCWD, arg, AT_SYMLINK_NOFOLLOW),
+	       debugfs_map(arg, mapped_))
+VERSIONED_STAT(__lxstat64, stat64, const char *, stat_minor(AT_FDCWD, arg, AT_SYMLINK_NOFOLLOW),
+	       debugfs_map(arg, mapped_))
+VERSIONED_STAT(__fxstat, stat, int, sim_minor(arg), ((void)mapped_, arg))
+VERSIONED_STAT(__fxstat64, stat64, int, sim_minor(arg), ((void)mapped_, arg))
 
 NEXT(statx);
 EXPORT int statx(int dirfd, const char *path, int flags, unsigned int mask, struct statx *stx)
@@ -819,22 +944,25 @@ EXPORT int statx(int dirfd, const char *path, int flags, unsigned int mask, stru
 		stx->stx_dev_minor = minor(st.st_dev);
 		return 0;
 	}
-	return RESOLVE(statx)(dirfd, path, flags, mask, stx);
+	char mapped[PATH_MAX];
+	return RESOLVE(statx)(dirfd, debugfs_map(path, mapped), flags, mask, stx);
 }
 
 NEXT(access); NEXT(faccessat);
 EXPORT int access(const char *path, int mode)
 {
+	char mapped[PATH_MAX];
 	if (stat_minor(AT_FDCWD, path, 0) >= 0)
 		return 0;
-	return RESOLVE(access)(path, mode);
+	return RESOLVE(access)(debugfs_map(path, mapped), mode);
 }
 
 EXPORT int faccessat(int dirfd, const char *path, int mode, int flags)
 {
+	char mapped[PATH_MAX];
 	if (stat_minor(dirfd, path, flags) >= 0)
 		return 0;
-	return RESOLVE(faccessat)(dirfd, path, mode, flags);
+	return RESOLVE(faccessat)(dirfd, debugfs_map(path, mapped), mode, flags);
 }
 
 /* ---- readlink ------------------------------------------------------------------------------ */
@@ -987,17 +1115,39 @@ static int device_enabled(int dev, int set, int value)
 
 NEXT(read); NEXT(pread); NEXT(pread64); NEXT(write); NEXT(pwrite); NEXT(pwrite64);
 
+/* An attribute's contents (at most size bytes): its length, or -1 with errno. */
+static ssize_t sysfs_contents(int fd, char *text, size_t size)
+{
+	struct reply rep;
+	const char *attr = sysfs_attr[fd];
+	if (!*attr) {
+		int v = device_enabled(sysfs_of(fd), 0, 0);
+		if (v < 0)
+			return -1;
+		text[0] = v ? '1' : '0';
+		text[1] = '\n';
+		return 2;
+	}
+	if (call_ok(OP_SYSFS, -1, sysfs_of(fd) - 1, 0, 0, attr, strlen(attr), &rep))
+		return -1;
+	if (rep.fd >= 0)
+		close(rep.fd);
+	size_t len = rep.len < size ? rep.len : size;
+	memcpy(text, tbuf, len);
+	return len;
+}
+
 static ssize_t sysfs_read(int fd, void *buf, size_t n, off_t off, int use_off)
 {
-	int v = device_enabled(sysfs_of(fd), 0, 0);
-	if (v < 0)
+	char text[64];
+	ssize_t len = sysfs_contents(fd, text, sizeof(text));
+	if (len < 0)
 		return -1;
-	char text[2] = { v ? '1' : '0', '\n' };
 	if (!use_off)
 		off = lseek(fd, 0, SEEK_CUR);
 	if (off < 0)
 		return -1;
-	size_t got = off >= 2 ? 0 : 2 - off;
+	size_t got = off >= len ? 0 : len - off;
 	if (got > n)
 		got = n;
 	memcpy(buf, text + off, got);
@@ -1008,6 +1158,19 @@ static ssize_t sysfs_read(int fd, void *buf, size_t n, off_t off, int use_off)
 
 static ssize_t sysfs_write(int fd, const void *buf, size_t n)
 {
+	if (*sysfs_attr[fd]) {
+		/* the attribute's path, a NUL, then the data (a sysfs store sees at most a page) */
+		char msg[SYSFS_PATH + 4096];
+		size_t plen = strlen(sysfs_attr[fd]), dlen = n < 4096 ? n : 4096;
+		struct reply rep;
+		memcpy(msg, sysfs_attr[fd], plen + 1);
+		memcpy(msg + plen + 1, buf, dlen);
+		if (call_ok(OP_SYSFS, -1, sysfs_of(fd) - 1, 1, 0, msg, plen + 1 + dlen, &rep))
+			return -1;
+		if (rep.fd >= 0)
+			close(rep.fd);
+		return (ssize_t)rep.a;
+	}
 	char text[8] = { 0 };
 	memcpy(text, buf, n < sizeof(text) - 1 ? n : sizeof(text) - 1);
 	int value;
@@ -1123,16 +1286,22 @@ EXPORT int close(int fd)
 EXPORT int dup2(int old, int new)
 {
 	int r = RESOLVE(dup2)(old, new);
-	if (r >= 0 && r < SYSFS_FDS && r != old)
+	if (r >= 0 && r < SYSFS_FDS && r != old) {
 		sysfs_dev[r] = sysfs_of(old);
+		if (sysfs_of(old))
+			memmove(sysfs_attr[r], sysfs_attr[old], SYSFS_PATH);
+	}
 	return r;
 }
 
 EXPORT int dup3(int old, int new, int flags)
 {
 	int r = RESOLVE(dup3)(old, new, flags);
-	if (r >= 0 && r < SYSFS_FDS)
+	if (r >= 0 && r < SYSFS_FDS) {
 		sysfs_dev[r] = sysfs_of(old);
+		if (sysfs_of(old))
+			memmove(sysfs_attr[r], sysfs_attr[old], SYSFS_PATH);
+	}
 	return r;
 }
 

@@ -8,8 +8,8 @@ decodes are cached by their 16 bytes.
 
 Exceptions (the system routine, SIP, is entered with cr0.0 bit 31 set and cr0.2 = AIP):
   * breakpoint: an instruction with the debug-control bit, while `breakpoints_enabled` (the
-    engine sets it from TD_CTL); cr0.1 bit 31.  cr0.0 bit 15 (breakpoint suppress) lets one
-    breakpointed instruction run and is then cleared.  A return from the SIP with cr0.1 bit 31
+    engine sets it from TD_CTL); cr0.1 bit 31.  cr0.0 bit 15 (breakpoint suppress) lets the
+    first instruction after the SIP returns run without its breakpoint and is then cleared.  A return from the SIP with cr0.1 bit 31
     still set runs one instruction and enters the SIP again (single-step).
   * illegal opcode: a word the decoder or the interpreter does not know, when cr0.1 bit 12 is
     set (or the dispatch enabled it); cr0.1 bit 28.  Without it the thread stops with
@@ -203,8 +203,8 @@ class EuThread:
     def resume(self) -> None:
         """Let a thread halted in sync.host go on."""
         if self.state is Stop.HOST_WAIT:
+            self.ip += 16                           # first: a runner may start it at once
             self.state = None
-            self.ip += 16
 
     def _channels(self, inst: Instruction) -> list[int]:
         mask = 0xFFFFFFFF if inst.nomask else self.exec_mask >> inst.chan_off
@@ -251,9 +251,9 @@ class EuThread:
         if self.state is not None:
             return self.state
         for _ in range(budget):
-            if self._interrupt and not self.in_sip:
-                self._interrupt = False
-                if self._enter_sip(self.ip, 0):
+            if self._interrupt:
+                self._interrupt = False            # taken, or lost on a thread in its SIP
+                if not self.in_sip and self._enter_sip(self.ip, 0):
                     continue
             inst = self._fetch()
             if inst is None:
@@ -265,10 +265,12 @@ class EuThread:
                 if stop:
                     return stop
                 continue
-            if inst.breakpoint and self.breakpoints_enabled and not self.in_sip:
-                if self.cr0(0) & CR0_BREAKPOINT_SUPPRESS:
-                    self.cr0_set(0, self.cr0(0) & ~CR0_BREAKPOINT_SUPPRESS)
-                elif self._enter_sip(self.ip, CR0_EXC_BREAKPOINT):
+            if not self.in_sip and self.cr0(0) & CR0_BREAKPOINT_SUPPRESS:
+                # the first instruction after the return runs without its breakpoint; the
+                # suppress bit covers that one instruction only
+                self.cr0_set(0, self.cr0(0) & ~CR0_BREAKPOINT_SUPPRESS)
+            elif inst.breakpoint and self.breakpoints_enabled and not self.in_sip:
+                if self._enter_sip(self.ip, CR0_EXC_BREAKPOINT):
                     continue
             try:
                 stop = self._execute(inst)
