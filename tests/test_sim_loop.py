@@ -9,6 +9,7 @@ import os
 import select
 import socket
 import threading
+import time
 
 from xe_eudebug.sim import loop as loop_mod
 from xe_eudebug.sim import port
@@ -192,3 +193,52 @@ def test_blocking_read_events_park_without_a_thread_and_get_the_events_made_late
     assert port.server_info(srv.socket)["parked"] == 0
     os.close(dfd)
     os.close(dev)
+
+
+class _ReleaseKernel:
+    """A kernel model that only records its releases."""
+
+    def __init__(self) -> None:
+        self.released = threading.Event()
+        self.on_poll_change = None
+        self.might_sleep = None
+
+    def release(self, _file: object) -> None:
+        self.released.set()
+
+
+def test_a_release_scheduled_by_a_call_that_then_hands_the_loop_on_runs_at_once(tmp_path, monkeypatch):
+    """A call collects a last close (it schedules the release on the leading thread, so it writes
+    no wake-up) and then waits for that release, handing the loop to another thread: the new
+    leader runs the release instead of sleeping in epoll until the next housekeeping round
+    (pushed out of reach here).  Otherwise a close was invisible to a debugger's poll(2) for up
+    to a housekeeping interval: IGT's multigpu-basic-client-many lost OPEN destroy events."""
+    from xe_eudebug.sim import server as server_mod
+    from xe_eudebug.sim.files import _Entry
+
+    monkeypatch.setattr(loop_mod, "STALL", 3600.0)  # the watchdog never steps in
+    kernel = _ReleaseKernel()
+    server = server_mod.Server(str(tmp_path / "sim.sock"), kernel=kernel)
+    mine, theirs = socket.socketpair()
+    entry = _Entry(mine, 1, object(), 0, port.KIND_DEVICE)
+    server.by_fd[entry.fd] = entry
+    server.epoll.register(entry.fd, select.EPOLLIN)
+    waited: list[bool] = []
+
+    def call() -> None:  # what _dispatch does with an end-of-file it collected
+        server._schedule_release(entry)
+        server.loop.might_sleep()
+        waited.append(kernel.released.wait(WAIT))
+
+    r, w = os.pipe()
+    server.loop.add(r, select.EPOLLIN, lambda fd, _mask: (os.read(fd, 1), call()))
+    server._next_housekeeping = time.monotonic() + 3600.0
+    server.loop.start()
+    try:
+        os.write(w, b"x")
+        assert kernel.released.wait(WAIT), "the release waited for the next housekeeping round"
+    finally:
+        server.loop.stop()
+        theirs.close()
+        os.close(r)
+        os.close(w)

@@ -208,8 +208,12 @@ class Server(FileTable, ConnTable):
             left = self._parked_interval(left)
         if self.detached:
             left = min(left, 0.25)
-        running = self._release_running
-        if running is not None and self.release_queue:
+        if self.release_queue:
+            running = self._release_running
+            if running is None:
+                # a release may start now: a call that scheduled it from a handler and then
+                # handed the lead on (waiting for it) wrote no wake-up
+                return 0.0
             left = min(left, max(0.0, running[1] + RELEASE_ORDER_WAIT - time.monotonic()))
         return left
 
