@@ -99,11 +99,11 @@ def test_fields_out_of_order_or_unknown_are_refused():
 # -- no uapi layout restated in the simulator or the event views ---------------------------
 
 #: Format strings that are not uapi structs: the simulator's own transport framing and the
-#: socket ancillary data of Linux (struct ucred, struct cmsghdr), each named once in port.py.
+#: socket ancillary data of Linux (struct ucred, struct cmsghdr), each named once in wire.py.
 WIRE_FORMATS = {
-    ("sim/port.py", "<IHHQQQ"),   # port.HEADER: the simulator's request/reply header
-    ("sim/port.py", "=iII"),      # struct ucred of SCM_CREDENTIALS
-    ("sim/port.py", "@Nii"),      # struct cmsghdr
+    ("sim/wire.py", "<IHHQQQ"),   # wire.HEADER: the simulator's request/reply header
+    ("sim/wire.py", "=iII"),      # struct ucred of SCM_CREDENTIALS
+    ("sim/wire.py", "@Nii"),      # struct cmsghdr
 }
 #: Parts of the tree whose formats are hardware (command streamer, EU registers), not uapi.
 HARDWARE = ("sim/gpu/",)

@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_main(argv[1:])
     if argv and argv[0] == "sim":
-        from .sim.server import main as sim_main
+        from .sim.launch import main as sim_main
 
         return sim_main(argv[1:], prog="xe-eudebug sim")
     if argv and argv[0] == "igt":

@@ -13,15 +13,15 @@ from typing import TYPE_CHECKING, Any
 from .config import SimConfig
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .server import ServerHandle, start_server
+    from .launch import ServerHandle, start_server
 
 __all__ = ["SimConfig", "start_server", "ServerHandle"]
 
 
 def __getattr__(name: str) -> Any:
-    # The server module is only needed by processes that start a simulator.
+    # The server modules are only needed by processes that start a simulator.
     if name in ("start_server", "ServerHandle"):
-        from . import server
+        from . import launch
 
-        return getattr(server, name)
+        return getattr(launch, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -228,7 +228,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "xe-eudebug run") -> int
                           file=sys.stderr)
                     return 2
         else:
-            from .server import start_server
+            from .launch import start_server
 
             overrides: dict[str, object] = {"devices": args.devices or 1}
             if args.device_id is not None:

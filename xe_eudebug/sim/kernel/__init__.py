@@ -9,12 +9,13 @@
 
 A pure model of the Xe driver's eudebug-relevant behaviour as described in
 ``shared/spec/kernel-behaviour.md``: no sockets, no processes.  ``sim/server.py`` hosts it and
-calls it from one thread per client connection; every caller memory access goes through the
-`Caller` the server passes in (copy_from_user / copy_to_user).
+calls it from its event loop's threads; every caller memory access goes through the `Caller` the
+server passes in (copy_from_user / copy_to_user).
 
 Concurrency: one kernel-wide re-entrant lock protects all state.  Every blocking wait (READ_EVENT,
-a producer on a full fifo, WAIT_USER_FENCE, the device-wide discovery gate) is a
-``threading.Condition`` on that lock with a timeout.  Caller memory is read before the lock is
+a producer on a full fifo, WAIT_USER_FENCE, the device-wide discovery gate) is a `WaitQueue`
+(a ``threading.Condition`` on that lock that calls ``kernel.might_sleep()`` before it sleeps,
+so the server's event loop goes on in another thread) with a timeout.  Caller memory is read before the lock is
 taken and written after it is released where the kernel's check order allows, so a slow caller
 never holds up the rest of the simulated driver.
 

@@ -18,6 +18,7 @@ from .. import procmem
 from .drm_syncobj import DrmSyncobj
 from .xe_exec import XeExec
 from .xe_device_types import (
+    WaitQueue,
     DRIVER_DATE, DRIVER_DESC, DRIVER_NAME, DRIVER_VERSION, DRM_IOCTL_BASE, DRM_IOCTL_GEM_CLOSE,
     DRM_IOCTL_VERSION, DRM_IOCTL_XE_DEBUG_METADATA_CREATE, DRM_IOCTL_XE_DEBUG_METADATA_DESTROY,
     DRM_IOCTL_XE_DEVICE_QUERY, DRM_IOCTL_XE_EUDEBUG_CONNECT, DRM_IOCTL_XE_EXEC,
@@ -64,14 +65,15 @@ class Kernel(XeBoMixin, XeQueryMixin, XeVmMixin, XeWaitUserFenceMixin,
         # Threads waiting for a discovery to end before they enter the device (the same kind of
         # wait for a release: a debugger's READ_EVENT may be what lets that discovery finish).
         self.gate_waiters: set[int] = set()
-        self._gate_cv = threading.Condition(self._lock)
-        self._fence_cv = threading.Condition(self._lock)
+        self._gate_cv = WaitQueue(self)
+        self._fence_cv = WaitQueue(self)
         self._fence_gen = 0
         self._pending_fence_writes: dict[procmem.Task, list[tuple[int, bytes]]] = {}
         self._dead_fds: deque[tuple[float, int]] = deque()
         enabled = bool(_cfg(self.config, "enable_default"))
         self.devices = [Device(i, enabled, self.config) for i in range(int(_cfg(self.config, "devices")))]
         self.on_poll_change: Callable[[File], None] = lambda file: None
+        self.might_sleep: Callable[[], None] = lambda: None  # set by the server (see WaitQueue)
         self._drm_table: dict[int, tuple[int, Callable[..., Any]]] = {
             0x00: (DRM_IOCTL_VERSION, self._version),
             0x09: (DRM_IOCTL_GEM_CLOSE, self._gem_close),

@@ -9,6 +9,7 @@ import ctypes
 import errno as E
 import heapq
 import os
+import threading
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol
 
 from ... import uapi as _uapi
@@ -246,6 +247,13 @@ class Caller(Protocol):
     # had been attempted).  `addr` is the call's arg_addr.  Callers without it get write().
     # def write_on_return(self, addr: int, data: bytes) -> None: ...
 
+    # Optional: instead of sleeping on `cv` until `deadline` (time.monotonic()), a blocking
+    # READ_EVENT calls park(cv, deadline), which does not return: the server runs the call again
+    # from the start when cv is notified or the deadline passes, with `deadline` set on the
+    # caller of that run (so the timeout counts from the first start).
+    # def park(self, cv: WaitQueue, deadline: float) -> NoReturn: ...
+    # deadline: float | None
+
 
 class _DefaultConfig:
     devices = 1
@@ -417,6 +425,33 @@ def _proc_status(pid: int) -> dict[str, str] | None:
 
 
 CALLER_CHECK = 0.2  # seconds between checks, in a sleeping call, whether its caller is gone
+
+
+class WaitQueue(threading.Condition):
+    """A condition on the kernel lock whose sleeps are announced first, as kernel code calls
+    might_sleep() before it blocks: `kernel.might_sleep()` (set by the server) lets the server's
+    event loop go on in another thread while this one sleeps."""
+
+    def __init__(self, kernel: Any) -> None:
+        super().__init__(kernel._lock)
+        self._kernel = kernel
+        self._callbacks: list[Callable[[], None]] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self._kernel.might_sleep()
+        return super().wait(timeout)
+
+    def when_notified(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (once, lock held) at the next notify: a call parked by the server
+        instead of sleeping here is continued from it (see Caller.park)."""
+        self._callbacks.append(callback)
+
+    def notify(self, n: int = 1) -> None:  # notify_all() calls notify() too
+        super().notify(n)
+        if self._callbacks:
+            callbacks, self._callbacks = self._callbacks, []
+            for callback in callbacks:
+                callback()
 
 
 def _caller_gone(caller: Caller) -> bool:

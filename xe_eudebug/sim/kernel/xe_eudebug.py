@@ -20,6 +20,7 @@ from .xe_device_types import (
     EV_VM_BIND_OP_PAYLOAD, EV_VM_BIND_PAYLOAD, EV_VM_PAYLOAD,
 )
 from .xe_device_types import (
+    WaitQueue,
     CALLER_CHECK, CAP_SYS_PTRACE, EUDEBUG_VERSION, EU_BITMASK_SIZE,
     EVENT_HEADER, EV_EXEC_QUEUE, EV_MAX, EV_METADATA,
     EV_NONE, EV_OPEN, EV_READ, EV_VM, EV_VM_BIND, EV_VM_BIND_OP, EV_VM_BIND_OP_METADATA,
@@ -52,7 +53,7 @@ class Connection:
         self.target_task = procmem.task_of(target)  # the debuggee, held as a task
         self.status = 1                            # 1 attached; 0 or -errno detached
         self.fifo: deque[bytes] = deque()
-        self.cv = threading.Condition(kernel._lock)
+        self.cv = WaitQueue(kernel)
         self.discovery_done = False
         self.seqno = 0
         self.clients = HandleMap()
@@ -426,7 +427,12 @@ class XeEudebugMixin:
         nonblock = bool(getattr(caller, "nonblock", False))
         with self._lock:
             if not nonblock and not conn.fifo and conn.status == 1:
-                deadline = time.monotonic() + float(_cfg(self.config, "read_event_timeout"))
+                # a call the server continues (see Caller.park) keeps the deadline of its start
+                deadline = getattr(caller, "deadline", None) or \
+                    time.monotonic() + float(_cfg(self.config, "read_event_timeout"))
+                park = getattr(caller, "park", None)
+                if park is not None and time.monotonic() < deadline:
+                    park(conn.cv, deadline)        # does not return: the call goes on later
                 while not conn.fifo and conn.status == 1:
                     left = deadline - time.monotonic()
                     if left <= 0:
