@@ -520,7 +520,7 @@ class XeEudebugMixin:
                 raise _fail(E.EINVAL, "EU_CONTROL: lrc_handle")
         effective = min(bsize, EU_BITMASK_SIZE)
         bits = caller.read(bptr, effective) if effective else b""
-        with self._gt(q.file.device, int(getattr(q, "gt_id", 0))).quiescent(), self._lock:
+        with self._gt(q.file.device, q.gt_id).quiescent(), self._lock:
             if conn.status != 1:
                 raise _fail(E.ENOTCONN, "EU_CONTROL: detached")
             out = self._eu_control_cmd(conn, q, lrc, cmd, bits)

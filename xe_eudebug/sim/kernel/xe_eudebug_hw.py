@@ -96,7 +96,7 @@ class XeEudebugHwMixin:
         lock held).  Only debuggable queues run alone."""
         for s in self.xe_exec.running():
             q = s.q
-            if (q.file.device is dev and int(getattr(q, "gt_id", 0)) == gt_id
+            if (q.file.device is dev and q.gt_id == gt_id
                     and q.debuggable and q.alive
                     and q.engine_class in (CLASS_RENDER, CLASS_COMPUTE)):
                 return q, 0                       # the queue's jobs run on its first LRC
@@ -106,7 +106,7 @@ class XeEudebugHwMixin:
         """xe_gt_reset_async: every job running on the GT stops; its queue is banned (-EIO)."""
         log.info("device %d GT %d: reset (%s)", dev.index, gt_id, why)
         for s in self.xe_exec.running():
-            if s.q.file.device is dev and int(getattr(s.q, "gt_id", 0)) == gt_id:
+            if s.q.file.device is dev and s.q.gt_id == gt_id:
                 s.reset = True
 
     # -- the attention scan ------------------------------------------------------------------------
@@ -144,7 +144,7 @@ class XeEudebugHwMixin:
     def _attention_scan_device(self, dev: Device, gt_id: int = 0) -> None:
         gt = self._gt(dev, gt_id)
         with gt.quiescent(), self._lock:
-            if dev.index in getattr(self, "_pf_busy", ()):
+            if (dev.index, gt_id) in self._pf_busy:
                 return                            # a page fault is handled: scan held off
             bits = gt.attention()
             now = time.monotonic()
@@ -159,7 +159,7 @@ class XeEudebugHwMixin:
             # thread on the GT can still run, or the bitmap stayed the same for a second.
             if gt.runnable() and now - since < ATTENTION_SETTLE_S:
                 return
-            self._send_queued_pagefaults(dev, gt)  # xe_gt_pagefault.py
+            self._send_queued_pagefaults(dev, gt, gt_id)  # xe_gt_pagefault.py
             err = self._send_gt_attention(dev, gt, gt_id)
             if err:
                 self._gt_reset(dev, f"unattributed EU attention ({-err})", gt_id)
@@ -196,7 +196,7 @@ class XeEudebugHwMixin:
                         bits: bytes) -> bytes:
         """One EU_CONTROL command on the queue's GT, with the gate and the kernel lock held;
         returns the bitmap to copy back (effective size)."""
-        dev, gt_id = q.file.device, int(getattr(q, "gt_id", 0))
+        dev, gt_id = q.file.device, q.gt_id
         gt = self._gt(dev, gt_id)
         active = self._runalone(dev, gt_id)
         if cmd == EU_CONTROL_INTERRUPT_ALL:

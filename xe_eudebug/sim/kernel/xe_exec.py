@@ -201,8 +201,7 @@ class XeExec:
     def _job_timeout(self, q: Any) -> float | None:
         if q.vm.lr:
             return None                     # LR queues: no job timeout (MAX_SCHEDULE_TIMEOUT)
-        ms = getattr(q, "job_timeout_ms", None) or getattr(self.kernel.config, "job_timeout_ms",
-                                                          DEFAULT_JOB_TIMEOUT_MS)
+        ms = q.job_timeout_ms or getattr(self.kernel.config, "job_timeout_ms", DEFAULT_JOB_TIMEOUT_MS)
         return max(0.0, float(ms)) / 1000.0
 
     # -- the ioctl -------------------------------------------------------------------------------------
@@ -296,7 +295,7 @@ class XeExec:
         whose job had started.  With `wait` (force_reset_sync), waits up to that many seconds for
         those jobs to end.  Returns the number of queues hit."""
         hit = [s for s in self._sched.values()
-               if s.q.file.index == dev_index and int(getattr(s.q, "gt_id", 0)) == gt
+               if s.q.file.index == dev_index and s.q.gt_id == gt
                and s.thread is not None and s.jobs and not s.killed and not s.banned]
         for s in hit:
             s.reset = True
@@ -313,8 +312,8 @@ class XeExec:
 
     # -- the queue's runner ----------------------------------------------------------------------------
     def _engine(self, q: Any) -> CommandStreamer:
-        engine = (q.engine_class, int(getattr(q, "engine_instance", 0)))
-        key = (q.file.index, int(getattr(q, "gt_id", 0))) + engine     # each GT has its own engines
+        engine = (q.engine_class, q.engine_instance)
+        key = (q.file.index, q.gt_id) + engine     # each GT has its own engines
         cs = self._engines.get(key)
         if cs is None:
             eus = self.kernel._gt(q.file.device, key[1])
@@ -330,7 +329,7 @@ class XeExec:
         """(device, GT) of a queue whose jobs run on the GT's EUs (render, compute), else None."""
         if q.engine_class not in (_uapi.DRM_XE_ENGINE_CLASS_RENDER, _uapi.DRM_XE_ENGINE_CLASS_COMPUTE):
             return None
-        return q.file.index, int(getattr(q, "gt_id", 0))
+        return q.file.index, q.gt_id
 
     def _eus_busy(self, s: QueueSched) -> bool:
         """Run-alone (kernel lock held): a debuggable queue's job runs with no other job on its

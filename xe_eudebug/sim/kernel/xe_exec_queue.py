@@ -34,11 +34,15 @@ class Lrc:
 
 class ExecQueue:
     def __init__(self, file: DeviceFile, qid: int, vm: Vm, engine_class: int, width: int,
-                 debuggable: bool) -> None:
+                 debuggable: bool, engine_instance: int = 0, gt_id: int = 0,
+                 job_timeout_ms: int | None = None) -> None:
         self.file = file
         self.id = qid
         self.vm = vm
         self.engine_class = engine_class
+        self.engine_instance = engine_instance
+        self.gt_id = gt_id
+        self.job_timeout_ms = job_timeout_ms   # the class's sysfs value when created (None: config)
         self.width = width
         self.debuggable = debuggable
         self.lrcs = [Lrc(self, i) for i in range(width)]
@@ -112,11 +116,8 @@ class XeExecQueueMixin:
             if chain[1]:
                 raise _fail(chain[1], "EXEC_QUEUE_CREATE: extension chain")
             qid = _lowest_free(file.queues)
-            q = ExecQueue(file, qid, vm, cls, width, debuggable)
-            q.engine_instance = eci[0][1]          # type: ignore[attr-defined]
-            q.gt_id = gt_id                        # type: ignore[attr-defined]
-            # the engine class's job timeout on that GT when the queue is created (sysfs)
-            q.job_timeout_ms = self._sched_prop(dev, gt_id, cls, "job_timeout_ms")  # type: ignore[attr-defined]
+            q = ExecQueue(file, qid, vm, cls, width, debuggable, engine_instance=eci[0][1], gt_id=gt_id,
+                          job_timeout_ms=self._sched_prop(dev, gt_id, cls, "job_timeout_ms"))
             file.queues[qid] = q
             if vm.lr and not vm.fault and cls != CLASS_VM_BIND:
                 vm.preempt_queues += 1

@@ -84,9 +84,9 @@ class XeGtPagefaultMixin:
     devices: list[Device]
 
     def _pagefault_init(self) -> None:
-        self._pf_queue: deque[tuple[Device, Vm, PageFault]] = deque()
+        self._pf_queue: deque[tuple[ExecQueue, PageFault]] = deque()
         self._pf_thread: threading.Thread | None = None
-        self._pf_busy: set[int] = set()      # devices handling a debugger's fault (scan held)
+        self._pf_busy: set[tuple[int, int]] = set()  # (device, GT) handling a debugger's fault (scan held)
         self.pagefaults_handled = 0           # fault messages replied to (tests read it)
 
     # -- the fault messages --------------------------------------------------------------------------
@@ -94,7 +94,7 @@ class XeGtPagefaultMixin:
         """A fault message from the EUs running a job of `q` (called by the dispatcher in a
         round; it does not wait)."""
         with self._lock:
-            self._pf_queue.append((q.file.device, q.vm, pf))
+            self._pf_queue.append((q, pf))
             if self._pf_thread is None:
                 self._pf_thread = threading.Thread(target=self._pagefault_worker, daemon=True,
                                                    name="xe-gt-pagefault")
@@ -106,15 +106,16 @@ class XeGtPagefaultMixin:
                 if not self._pf_queue:
                     self._pf_thread = None
                     return
-                dev, vm, pf = self._pf_queue.popleft()
+                q, pf = self._pf_queue.popleft()
+            dev = q.file.device
             try:
-                self._handle_pagefault(dev, vm, pf)
+                self._handle_pagefault(dev, q.gt_id, q.vm, pf)
             except Exception:                          # the reply must come, whatever failed
                 log.exception("page fault %r: handler failed", pf)
                 with self._lock:
-                    self._pf_busy.discard(dev.index)
+                    self._pf_busy.discard((dev.index, q.gt_id))
                 if not pf.replied:
-                    self._gt(dev).pagefault_reply(pf, False)
+                    self._gt(dev, q.gt_id).pagefault_reply(pf, False)
 
     @staticmethod
     def _vma_at(vm: Vm, address: int) -> Vma | None:
@@ -122,12 +123,12 @@ class XeGtPagefaultMixin:
             return None
         return next((v for v in vm.vmas if v.start <= address < v.end), None)
 
-    def _handle_pagefault(self, dev: Device, vm: Vm, pf: PageFault) -> None:
-        """handle_pagefault_start, the reply, handle_pagefault_end."""
-        gt = self._gt(dev)
+    def _handle_pagefault(self, dev: Device, gt_id: int, vm: Vm, pf: PageFault) -> None:
+        """handle_pagefault_start, the reply, handle_pagefault_end (on GT `gt_id`)."""
+        gt = self._gt(dev, gt_id)
         with self._lock:
             mapped = self._vma_at(vm, pf.page) is not None
-        epf = None if mapped else self._eudebug_pagefault_create(dev, vm, pf)
+        epf = None if mapped else self._eudebug_pagefault_create(dev, gt_id, vm, pf)
         with self._lock:
             ok = self._vma_at(vm, pf.page) is not None
             # mapped while the debugger's part ran, or the VM is gone: no event
@@ -164,18 +165,18 @@ class XeGtPagefaultMixin:
         return next((c for c in dev.conns if c.status == 1 and c.target_task is file.owner_task),
                     None)
 
-    def _eudebug_pagefault_create(self, dev: Device, vm: Vm,
+    def _eudebug_pagefault_create(self, dev: Device, gt_id: int, vm: Vm,
                                   pf: PageFault) -> EudebugPagefault | None:
-        gt = self._gt(dev)
+        gt = self._gt(dev, gt_id)
         with self._lock:
             if self._debugger_of(dev, vm.file) is None:
                 return None
-            active = self._runalone(dev)
+            active = self._runalone(dev, gt_id)
             if active is None or not active[0].debuggable or not gt.td_ctl:
                 return None
-            if dev.index in self._pf_busy:     # one in flight (the debugger's pf_fence)
+            if (dev.index, gt_id) in self._pf_busy:    # one in flight (the debugger's pf_fence)
                 return None
-            self._pf_busy.add(dev.index)       # attention_scan_cancel
+            self._pf_busy.add((dev.index, gt_id))       # attention_scan_cancel
         q, lrc_idx = active
         before = self._attentions_read(gt, settle=False)
         with gt.quiescent(), self._lock:
@@ -188,14 +189,14 @@ class XeGtPagefaultMixin:
 
     def _eudebug_pagefault_destroy(self, dev: Device, epf: EudebugPagefault,
                                    send_event: bool) -> None:
-        gt = self._gt(dev)
+        gt = self._gt(dev, epf.q.gt_id)
         with gt.quiescent(), self._lock:
             gt.write_td_ctl(gt.td_ctl & ~(TD_CTL_FORCE_EXTERNAL_HALT | TD_CTL_FORCE_EXCEPTION))
             if send_event and self._send_pagefault(dev, gt, epf, False) == -E.EBUSY:
                 conn = self._debugger_of(dev, epf.q.file)          # queue_pagefault
                 if conn is not None:
                     conn.pagefaults.append(epf)
-            self._pf_busy.discard(dev.index)
+            self._pf_busy.discard((dev.index, epf.q.gt_id))
             self._attention_scan_start()                           # attention_scan_flush
 
     def _send_pagefault(self, dev: Device, gt: EuArray, epf: EudebugPagefault,
@@ -204,7 +205,7 @@ class XeGtPagefaultMixin:
         quiescent section and the kernel lock held)."""
         if not dev.conns:
             return -E.ENOTCONN
-        active = self._runalone(dev)
+        active = self._runalone(dev, epf.q.gt_id)
         if active is None:
             return -E.ENOENT
         conn = self._debugger_of(dev, active[0].file)
@@ -232,10 +233,10 @@ class XeGtPagefaultMixin:
             return -E.ETIMEDOUT if conn.status == -E.ETIMEDOUT else -E.ENOTCONN
         return 0
 
-    def _send_queued_pagefaults(self, dev: Device, gt: EuArray) -> None:
-        """handle_gt_queued_pagefault, from the attention scan (quiescent section and kernel
-        lock held; threads need attention)."""
-        active = self._runalone(dev)
+    def _send_queued_pagefaults(self, dev: Device, gt: EuArray, gt_id: int) -> None:
+        """handle_gt_queued_pagefault, from the attention scan of GT `gt_id` (quiescent section
+        and kernel lock held; threads need attention)."""
+        active = self._runalone(dev, gt_id)
         if active is None:
             return
         conn = self._debugger_of(dev, active[0].file)
