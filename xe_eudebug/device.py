@@ -229,14 +229,18 @@ ENGINE_CLASS_SYSFS = {_xe.DRM_XE_ENGINE_CLASS_RENDER: "rcs", _xe.DRM_XE_ENGINE_C
                       _xe.DRM_XE_ENGINE_CLASS_COMPUTE: "ccs"}
 
 
-def engine_job_timeout_ms(fd: int, gt_id: int, engine_class: int) -> int:
-    """The ``job_timeout_ms`` sysfs attribute of an engine class of GT `gt_id` (IGT's
-    ``xe_sysfs_engine_open`` + ``igt_sysfs_get_u64``), from the simulator or the device's sysfs
-    directory.  OSError names the attribute when it cannot be read."""
-    rel = f"tile{gt_id}/gt{gt_id}/engines/{ENGINE_CLASS_SYSFS[engine_class]}/job_timeout_ms"
+def _engine_class_path(gt_id: int, engine_class: int, name: str) -> str:
+    return f"tile{gt_id}/gt{gt_id}/engines/{ENGINE_CLASS_SYSFS[engine_class]}/{name}"
+
+
+def engine_class_property(fd: int, gt_id: int, engine_class: int, name: str) -> int:
+    """Scheduling property `name` of an engine class of GT `gt_id` (``job_timeout_ms``,
+    ``preempt_timeout_us``, ``preempt_timeout_max``, ...; IGT's
+    ``xe_sysfs_engine_class_get_property``), from the simulator or the device's sysfs directory.
+    OSError names the attribute when it cannot be read."""
+    rel = _engine_class_path(gt_id, engine_class, name)
     if _is_sim(fd):
-        index, _kind = _port.file_info(fd)
-        text = bytes(_port.sysfs(index, rel)).decode()   # type: ignore[arg-type]
+        text = bytes(_port.sysfs_of(fd, rel)).decode()   # type: ignore[arg-type]
     else:
         path = os.path.join(os.path.dirname(_sysfs_enable_path(fd)), rel)
         with open(path) as f:
@@ -245,6 +249,83 @@ def engine_job_timeout_ms(fd: int, gt_id: int, engine_class: int) -> int:
         return int(text.strip())
     except ValueError:
         raise OSError(errno.EINVAL, f"{rel}: unexpected content {text!r}") from None
+
+
+def set_engine_class_property(fd: int, gt_id: int, engine_class: int, name: str, value: int) -> int:
+    """Write scheduling property `name` of an engine class of GT `gt_id` and read it back (IGT's
+    ``xe_sysfs_engine_class_set_property``); returns the value it had before.  OSError names
+    the attribute, the value and the errno when the driver refuses it (EINVAL out of bounds)."""
+    old = engine_class_property(fd, gt_id, engine_class, name)
+    rel = _engine_class_path(gt_id, engine_class, name)
+    data = b"%d" % value
+    try:
+        if _is_sim(fd):
+            _port.sysfs_of(fd, rel, data)
+        else:
+            with open(os.path.join(os.path.dirname(_sysfs_enable_path(fd)), rel), "wb") as f:
+                f.write(data)
+    except OSError as exc:
+        raise OSError(exc.errno, f"{rel}: writing {value}: {os.strerror(exc.errno or 0)}") from None
+    now = engine_class_property(fd, gt_id, engine_class, name)
+    if now != value:
+        raise OSError(errno.EIO, f"{rel}: wrote {value}, reads back {now}")
+    return old
+
+
+def engine_job_timeout_ms(fd: int, gt_id: int, engine_class: int) -> int:
+    """The ``job_timeout_ms`` sysfs attribute of an engine class of GT `gt_id` (IGT's
+    ``xe_sysfs_engine_open`` + ``igt_sysfs_get_u64``)."""
+    return engine_class_property(fd, gt_id, engine_class, "job_timeout_ms")
+
+
+#: Where debugfs is mounted (IGT's igt_debugfs_mount looks here first)
+DEBUGFS_ROOT = "/sys/kernel/debug"
+
+
+def _debugfs_gt_dir(fd: int, gt_id: int) -> str:
+    """The device's debugfs directory of GT `gt_id` on hardware: ``dri/<PCI address>/gtN``
+    (kernels since 6.9), else ``dri/<minor>/gtN`` of the device's primary minor (IGT's
+    igt_debugfs_path: the ``dri/N`` whose ``name`` names the device's PCI address)."""
+    device_dir = os.path.realpath(os.path.dirname(_sysfs_enable_path(fd)))
+    pci = os.path.basename(device_dir)
+    candidates = [os.path.join(DEBUGFS_ROOT, "dri", pci)]
+    for index in range(64):
+        base = os.path.join(DEBUGFS_ROOT, "dri", str(index))
+        try:
+            with open(os.path.join(base, "name")) as f:
+                if f"dev={pci}" in f.read():
+                    candidates.append(base)
+        except OSError:
+            continue
+    for base in candidates:
+        gt_dir = os.path.join(base, f"gt{gt_id}")
+        if os.path.isdir(gt_dir):
+            return gt_dir
+    raise OSError(errno.ENOENT, f"no debugfs directory of GT {gt_id} of {pci} below {DEBUGFS_ROOT}/dri "
+                                f"(is debugfs mounted and readable?)")
+
+
+def force_gt_reset(fd: int, gt_id: int, sync: bool = False) -> None:
+    """Reset GT `gt_id` of the device behind `fd` through debugfs ``gtN/force_reset`` (IGT's
+    ``xe_force_gt_reset_async``), or ``force_reset_sync`` with `sync` (returns once the reset
+    is done: ``xe_force_gt_reset_sync``).  Jobs running on that GT, and stopped EU threads, are
+    killed; their exec queues are banned.  Needs root on hardware; the simulator serves it."""
+    name = "force_reset_sync" if sync else "force_reset"
+    if _is_sim(fd):
+        where = f"debugfs/gt{gt_id}/{name}"
+        try:
+            written = int(_port.sysfs_of(fd, where, b"1"))  # type: ignore[arg-type]
+        except OSError as exc:
+            raise OSError(exc.errno, f"{where}: writing 1: {os.strerror(exc.errno or 0)}") from None
+    else:
+        where = os.path.join(_debugfs_gt_dir(fd, gt_id), name)
+        try:
+            with open(where, "wb", buffering=0) as f:
+                written = f.write(b"1") or 0
+        except OSError as exc:
+            raise OSError(exc.errno, f"{where}: writing 1: {os.strerror(exc.errno or 0)}") from None
+    if written != 1:
+        raise OSError(errno.EIO, f"{where}: wrote {written} of 1 byte")
 
 
 def eudebug_enabled(fd: int) -> bool:

@@ -14,6 +14,7 @@ memory shared across the fork.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import mmap
 import os
@@ -27,6 +28,7 @@ from typing import Any, Callable
 from xe_eudebug import uapi
 from xe_eudebug.client import Client, eudebug_engines, exec_queue_args
 from xe_eudebug.debugger import Debugger, VmFile
+from xe_eudebug.device import engine_class_property, force_gt_reset, has_vram, set_engine_class_property
 from xe_eudebug.eucontrol import (INTERRUPT_ALL, RESUME, STOPPED, Topology, count_set_bits, exec_queue_of_attention,
                                   first_dss_only, only_first_set_bit, only_nth_set_bit, xor_count)
 from xe_eudebug.events import Event, EventFlags, EventType, filter_mask
@@ -37,7 +39,7 @@ from xe_eudebug.log import EventLog
 from xe_eudebug.session import Session, open_device_elsewhere
 
 from . import clients as ic
-from .registry import require, subtest
+from .registry import require, skip, subtest
 
 BINARY = "xe_eudebug_online"
 
@@ -91,6 +93,9 @@ PAGE_SIZE = 4096
 TARGET_OFFSET = 0x1A000000
 BB_OFFSET = 0x1B000000
 DEFAULT_TIMEOUT_S = 60
+#: breakpoint-many-sessions-*: how long the test holds each session's first attention before it
+#: resumes it (IGT's WORKLOAD_DELAY_US), and the gap that tells serialised from concurrent
+WORKLOAD_DELAY_S = 5.0
 #: set-breakpoint-sigint-debugger: how long the SIGINT loop runs (IGT: 60 s; time only)
 SIGINT_LOOP_S = 60.0
 #: how long a client waits for its workload before it fails (IGT waits without limit, then
@@ -246,6 +251,7 @@ class OnlineData:
         self.single_step_bitmask: bytes | None = None
         self.stepped_threads_count = -1
         self.exception_arrived = 0.0
+        self.exception_event: Event | None = None
         self.last_eu_control_seqno = 0
         self.att_event_counter = 0
         self.debugger_detach_count = 0
@@ -284,12 +290,31 @@ def _data(d: Debugger) -> OnlineData:
 # ------------------------------------------------------------------------------------------------
 # Debugger side: the triggers (T:424-1010)
 
-def eu_attention_debug_trigger(d: Debugger, e: Event) -> None:
+def _print_attention(e: Event, what: str) -> None:
     words = struct.unpack(f"<{e.bitmask_size // 4}I", e.bitmask[:e.bitmask_size // 4 * 4])
-    print(f"EVENT[{e.seqno}] eu-attention; threads={count_set_bits(e.bitmask)} client[{e.client_handle}], "
+    print(f"EVENT[{e.seqno}] {what}; threads={count_set_bits(e.bitmask)} client[{e.client_handle}], "
           f"exec_queue[{e.exec_queue_handle}], lrc[{e.lrc_handle}], bitmask_size[{e.bitmask_size}]")
     for i in range(0, len(words) - 1, 2):
         print(f"bitmask[{i // 2}] = 0x{words[i]:08x}{words[i + 1]:08x}")
+
+
+def eu_attention_debug_trigger(d: Debugger, e: Event) -> None:
+    _print_attention(e, "eu-attention")
+
+
+def eu_attention_reset_trigger(d: Debugger, e: Event) -> None:
+    """reset-with-attention (T:440): the threads are stopped; reset their GT through debugfs."""
+    _print_attention(e, "eu-attention with reset")
+    force_gt_reset(d.master_fd, _data(d).hwe[2])
+
+
+def save_first_exception_trigger(d: Debugger, e: Event) -> None:
+    """breakpoint-many-sessions-* (T:601): note when the first attention came, and keep it."""
+    data = _data(d)
+    with data.mutex:
+        if data.exception_event is None:
+            data.exception_arrived = time.monotonic()
+            data.exception_event = e
 
 
 def find_kernel_in_bb(kernel: GpgpuShader, data: OnlineData) -> int:
@@ -935,16 +960,186 @@ def test_debugger_reopen(fd: int, hwe: Any, flags: int, client_thread: bool = Fa
 
 
 def test_caching(fd: int, hwe: Any, flags: int, client_thread: bool = False) -> None:
+    """writes-caching-* (T:2298): breakpoints set one after the other on the shader's target
+    writes, whose immediates the debugger poisons and restores through the VM fd; the poison
+    must never reach the target.  BB_IN_* / TARGET_IN_* place the batch and the target."""
+    if flags & (SHADER_CACHING_VRAM | BB_IN_VRAM | TARGET_IN_VRAM):
+        require(has_vram(fd), "Device does not have VRAM.")
     _run_session(fd, hwe, flags, client_thread, (
         (EventType.OPEN, open_trigger), (EventType.EU_ATTENTION, eu_attention_debug_trigger),
         (EventType.EU_ATTENTION, eu_attention_resume_caching_trigger), *TRIGGERS_VM,
         (EventType.VM_BIND_UFENCE, ic.ufence_ack_trigger)))
 
 
+def test_reset_with_attention_online(fd: int, hwe: Any, flags: int, client_thread: bool = False) -> None:
+    """reset-with-attention (T:1733): a session whose debugger resets the GT (debugfs
+    force_reset) at the first attention, with the threads stopped on the breakpoint; then a
+    second session runs the same workload to the end: the GT is usable after the reset."""
+    data = OnlineData(hwe)
+    with _session(fd, flags, data, client_thread) as s1:
+        assert s1.debugger is not None
+        _add(s1.debugger, (EventType.EU_ATTENTION, eu_attention_reset_trigger),
+             (EventType.VM_BIND_UFENCE, ic.ufence_ack_trigger))
+        s1.run()
+    with _session(fd, flags, data, client_thread) as s2:
+        assert s2.debugger is not None
+        _add(s2.debugger, (EventType.EU_ATTENTION, eu_attention_resume_trigger),
+             (EventType.VM_BIND_UFENCE, ic.ufence_ack_trigger))
+        s2.run()
+        online_session_check(s2, s2.flags)
+    data.close()
+
+
+def test_interrupt_other(fd: int, hwe: Any, flags: int, client_thread: bool = False) -> None:
+    """interrupt-other(-debuggable) (T:1875): a client loops forever on the GT (its queue
+    debuggable or not); the debugger detaches from it and attaches to a second client whose
+    debuggable (run-alone) queue cannot start beside the loop: INTERRUPT_ALL on that queue is
+    EINVAL.  A GT reset ends both workloads; the second client's events must match."""
+    data = OnlineData(hwe)
+    debugee_data = OnlineData(hwe)
+    with _session(fd, flags, data, client_thread) as s, \
+            Client(fd, run_online_client, SHADER_LOOP | DO_NOT_EXPECT_CANARIES, debugee_data,
+                   thread=client_thread) as debugee:
+        c, d = s.client, s.debugger
+        assert c is not None and d is not None
+        _add(d, *TRIGGERS_BASE, *TRIGGERS_VM, (EventType.VM_BIND_UFENCE, ic.ufence_ack_trigger))
+        assert d.try_attach(c) == 0
+        d.start_worker()
+        c.start()
+        assert _wait_workload_started(data) != 0, "Workload execution is not yet started"
+        d.detach()
+        reset_debugger_log(d)
+        d.data = debugee_data
+        assert d.try_attach(debugee) == 0
+        debugee.start()
+        time.sleep(STARTUP_TIMEOUT_S)    # IGT's loop here waits its whole startup timeout
+        with debugee_data.mutex:
+            assert debugee_data.client_handle != -1 and debugee_data.exec_queue_handle != -1
+            # the other client's queue runs alone: it has not started, nothing to interrupt
+            r = d.try_eu_control(debugee_data.client_handle, debugee_data.exec_queue_handle,
+                                 debugee_data.lrc_handle, INTERRUPT_ALL, None, 0)
+            assert r.ret == -errno.EINVAL, f"INTERRUPT_ALL of the waiting run-alone queue: {r.ret}, -EINVAL expected"
+        force_gt_reset(d.master_fd, debugee_data.hwe[2])
+        debugee.wait_done()
+        d.stop_worker(1.0)
+        d.log.print(debug=True)
+        debugee.log.print(debug=True)
+        s.check(True, VM_BIND_FILTER)
+    data.close()
+    debugee_data.close()
+
+
+def test_interrupt_other_preempt_max(fd: int, hwe: Any, flags: int, client_thread: bool = False) -> None:
+    """interrupt-other (T:2606): test_interrupt_other with the engine class's preemption
+    timeout (GT 0's sysfs, as IGT) at its maximum, restored afterwards; skipped when sysfs
+    cannot set it."""
+    cls = int(hwe.engine_class)
+    try:
+        maximum = engine_class_property(fd, 0, cls, "preempt_timeout_max")
+        old = set_engine_class_property(fd, 0, cls, "preempt_timeout_us", maximum)
+    except OSError as exc:
+        skip(f"the preemption timeout cannot be set to its maximum: {exc}")
+    try:
+        test_interrupt_other(fd, hwe, flags, client_thread)
+    finally:
+        try:
+            set_engine_class_property(fd, 0, cls, "preempt_timeout_us", old)
+        except OSError as exc:
+            print(f"Cleanup of preempt_timeout failed! {exc}")
+
+
+def find_suitable_engines(fd: int, many_tiles: bool) -> list[Any]:
+    """IGT's find_suitable_engines (T:2341): the RENDER/COMPUTE engines of each tile; with
+    ``many_tiles`` the first of every tile (skipped unless there are two tiles), else all of
+    the first tile that has more than one."""
+    tile_of = {int(g.gt_id): int(g.tile_id) for g in ic.gt_list(fd)}
+    per_tile: dict[int, list[Any]] = {}
+    for gt in sorted(tile_of):
+        per_tile.setdefault(tile_of[gt], []).extend(e for e in eudebug_engines(fd) if e.gt_id == gt)
+    hwes: list[Any] = []
+    tiles = 0
+    for tile in sorted(per_tile):
+        engines = per_tile[tile]
+        if not engines:
+            continue
+        if many_tiles:
+            hwes.append(engines[0])
+            tiles += 1
+        elif len(engines) > 1:
+            hwes.extend(engines)
+            break
+    if many_tiles:
+        require(tiles > 1, "Mulit-tile scenario requires more tiles")
+    return hwes
+
+
+def test_many_sessions_on_tiles(fd: int, multi_tile: bool) -> None:
+    """breakpoint-many-sessions-single-tile / -tiles (T:2414): one session per engine, each a
+    workload with a breakpoint; the first attention of each is resumed WORKLOAD_DELAY_S after
+    it came.  On one tile the workloads run one after the other (attentions at least that far
+    apart); on several tiles at once (closer than that)."""
+    flags = SHADER_BREAKPOINT | SHADER_MIN_THREADS
+    hwes = find_suitable_engines(fd, multi_tile)
+    n = len(hwes)
+    require(n > 1, "Test requires at least two parallel compute engines!")
+    datas = [OnlineData(hwe) for hwe in hwes]
+    with contextlib.ExitStack() as stack:
+        # every client forked before any debugger thread runs (IGT creates each session's
+        # client, then starts its worker, in one loop)
+        sessions = [stack.enter_context(_session(fd, flags, data, False)) for data in datas]
+        for s in sessions:
+            assert s.debugger is not None and s.client is not None
+            _add(s.debugger, (EventType.EU_ATTENTION, eu_attention_debug_trigger),
+                 (EventType.EU_ATTENTION, save_first_exception_trigger),
+                 (EventType.VM_BIND_UFENCE, ic.ufence_ack_trigger))
+            assert s.debugger.try_attach(s.client) == 0
+            s.debugger.start_worker()
+            s.client.start()
+        final_mask, attempt_mask = (1 << n) - 1, 0
+        deadline = time.monotonic() + sessions[0].client.timeout   # type: ignore[union-attr]
+        while attempt_mask != final_mask and time.monotonic() < deadline:
+            for i, (s, data) in enumerate(zip(sessions, datas)):
+                if attempt_mask & (1 << i):
+                    continue
+                with data.mutex:
+                    e = data.exception_event
+                if e is None:
+                    continue
+                attempt_mask |= 1 << i
+                time.sleep(WORKLOAD_DELAY_S)
+                assert s.debugger is not None
+                s.debugger.eu_resume(e.client_handle, e.exec_queue_handle, e.lrc_handle, e.bitmask)
+                break
+            time.sleep(0.001)
+        assert attempt_mask == final_mask, f"first attentions of sessions {attempt_mask:#b}, all of {final_mask:#b} expected"
+        for i in range(n - 1):
+            diff = abs(datas[i].exception_arrived - datas[i + 1].exception_arrived)
+            if multi_tile:
+                assert diff < WORKLOAD_DELAY_S, \
+                    f"Expected to execute workloads concurrently. Actual delay: {int(diff * 1e6)} us"
+            else:
+                assert diff >= WORKLOAD_DELAY_S, \
+                    f"Expected a serialization of workloads. Actual delay: {int(diff * 1e6)} us"
+        for s in sessions:
+            assert s.client is not None and s.debugger is not None
+            s.client.wait_done()
+            s.debugger.stop_worker(1.0)
+            s.debugger.log.print(debug=True)
+            online_session_check(s, flags)
+    for data in datas:
+        data.close()
+
+
 # ------------------------------------------------------------------------------------------------
 # Registration: IGT's names and flags (T:2554-2687)
 
-PORTED = {
+#: The device shape a subtest needs on the simulator: `xe-eudebug run` options, as in
+#: tests/igt/xe_eudebug_online.expected (the runner starts a simulator of that shape)
+DISCRETE = ("--discrete",)
+TWO_TILES = ("--tiles", "2")
+
+#: name: (test, flags[, device shape])
+PORTED: dict[str, tuple[Any, ...]] = {
     "basic-breakpoint": (test_basic_online, SHADER_BREAKPOINT),
     "preempt-breakpoint": (test_preemption, SHADER_BREAKPOINT | TRIGGER_RESUME_DELAYED),
     "set-breakpoint": (test_set_breakpoint_online, SHADER_NOP | TRIGGER_UFENCE_SET_BREAKPOINT),
@@ -957,15 +1152,24 @@ PORTED = {
     "resume-one": (test_basic_online, SHADER_BREAKPOINT | TRIGGER_RESUME_ONE),
     "resume-dss": (test_basic_online, SHADER_BREAKPOINT | TRIGGER_RESUME_DSS),
     "interrupt-all": (test_interrupt_all, SHADER_LOOP),
+    "interrupt-other-debuggable": (test_interrupt_other, SHADER_LOOP),
+    "interrupt-other": (test_interrupt_other_preempt_max, SHADER_LOOP | DISABLE_DEBUG_MODE),
     "interrupt-all-set-breakpoint": (test_interrupt_all, SHADER_LOOP | TRIGGER_RESUME_SET_BP),
     "interrupt-all-set-breakpoint-faultable": (test_interrupt_all,
                                                SHADER_LOOP | TRIGGER_RESUME_SET_BP | FAULTABLE_VM),
     "tdctl-parameters": (test_tdctl_parameters, SHADER_LOOP),
+    "reset-with-attention": (test_reset_with_attention_online, SHADER_BREAKPOINT),
     "interrupt-reconnect": (test_interrupt_reconnect, SHADER_LOOP | TRIGGER_RECONNECT),
     "single-step": (test_single_step, SHADER_SINGLE_STEP | SIP_SINGLE_STEP | TRIGGER_RESUME_PARALLEL_WALK),
     "single-step-one": (test_single_step, SHADER_SINGLE_STEP | SIP_SINGLE_STEP | TRIGGER_RESUME_SINGLE_WALK),
     "debugger-reopen": (test_debugger_reopen, SHADER_N_NOOP_BREAKPOINT),
     "writes-caching-sram-bb-sram-target-sram": (test_caching, SHADER_CACHING_SRAM | BB_IN_SRAM | TARGET_IN_SRAM),
+    **{f"writes-caching-{page}-bb-{bb}-target-{target}": (
+        test_caching, (SHADER_CACHING_VRAM if page == "vram" else SHADER_CACHING_SRAM)
+        | (BB_IN_VRAM if bb == "vram" else BB_IN_SRAM) | (TARGET_IN_VRAM if target == "vram" else TARGET_IN_SRAM),
+        DISCRETE)
+       for page in ("sram", "vram") for bb in ("sram", "vram") for target in ("sram", "vram")
+       if "vram" in (page, bb, target)},
     "pagefault-read": (test_pagefault_online, SHADER_PAGEFAULT_READ),
     "pagefault-write": (test_pagefault_online, SHADER_PAGEFAULT_WRITE),
 }
@@ -990,7 +1194,7 @@ def _in_thread_client_process(body: Callable[[int], None]) -> None:
     ic.run_forked(child, THREAD_VARIANT_TIMEOUT_S).join()
 
 
-def _register(name: str, test: Callable[..., None], flags: int) -> None:
+def _register(name: str, test: Callable[..., None], flags: int, shape: tuple[str, ...] = ()) -> None:
     def run(fd: int, client_thread: bool = False) -> None:
         """``client_thread``: the client runs in a thread of the debugger's process instead of
         IGT's forked process."""
@@ -1001,8 +1205,12 @@ def _register(name: str, test: Callable[..., None], flags: int) -> None:
 
     run.__name__ = test.__name__
     run.__doc__ = test.__doc__
-    subtest(name, binary=BINARY, client_thread=False)(run)
+    subtest(name, binary=BINARY, device_shape=shape, client_thread=False)(run)
 
 
-for _name, (_test, _flags) in PORTED.items():
-    _register(_name, _test, _flags)
+for _name, _entry in PORTED.items():
+    _register(_name, *_entry)
+
+subtest("breakpoint-many-sessions-single-tile", binary=BINARY, multi_tile=False)(test_many_sessions_on_tiles)
+subtest("breakpoint-many-sessions-tiles", binary=BINARY, device_shape=TWO_TILES,
+        multi_tile=True)(test_many_sessions_on_tiles)

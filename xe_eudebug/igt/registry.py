@@ -4,7 +4,9 @@ A subtest is a function registered with :func:`subtest` under its IGT name (dash
 parameters name what it needs: ``fd`` (the device with eudebug enabled, IGT's main fixture) and
 ``sim_server`` (a factory of private simulator instances); any other parameter takes the value
 given to :func:`subtest`, so one function can register several IGT subtests (the ``-faultable``
-variants, for example).  A subtest that cannot run raises :class:`Skip` (IGT's ``igt_require``);
+variants, for example).  ``device_shape`` names the device a subtest needs as `xe-eudebug run`
+options (``("--tiles", "2")``, ``("--discrete",)``), as IGT's expected-pass lists do: on the
+simulator the runner starts an instance of that shape for it (:func:`shape_config`).  A subtest that cannot run raises :class:`Skip` (IGT's ``igt_require``);
 a failed check raises ``AssertionError`` or any other exception.
 """
 
@@ -85,6 +87,7 @@ class Subtest:
     args: dict[str, Any]
     fixtures: tuple[str, ...]
     binary: str = DEFAULT_BINARY
+    device_shape: tuple[str, ...] = ()
 
     @property
     def doc(self) -> str:
@@ -94,12 +97,30 @@ class Subtest:
 _REGISTRY: dict[tuple[str, str], Subtest] = {}
 
 
-def subtest(name: str, /, binary: str = DEFAULT_BINARY, **args: Any) -> Callable[[Callable[..., None]], Callable[..., None]]:
+def shape_config(options: tuple[str, ...]) -> dict[str, Any]:
+    """The `SimConfig` fields of a device shape given as `xe-eudebug run` options:
+    ``--discrete`` (discrete=True), ``--tiles N`` (tiles=N).  ValueError for anything else."""
+    fields: dict[str, Any] = {}
+    words = list(options)
+    while words:
+        word = words.pop(0)
+        if word == "--discrete":
+            fields["discrete"] = True
+        elif word == "--tiles" and words and words[0].isdigit():
+            fields["tiles"] = int(words.pop(0))
+        else:
+            raise ValueError(f"device shape {' '.join(options)!r}: {word!r} is not --discrete or --tiles N")
+    return fields
+
+
+def subtest(name: str, /, binary: str = DEFAULT_BINARY, device_shape: tuple[str, ...] = (),
+            **args: Any) -> Callable[[Callable[..., None]], Callable[..., None]]:
     """Register the decorated function as subtest ``name`` of IGT binary ``binary``; ``args``
-    fill its other parameters.  Stack the decorator to register one function under several
-    names."""
+    fill its other parameters; ``device_shape`` is the device it needs (`xe-eudebug run`
+    options).  Stack the decorator to register one function under several names."""
     if binary not in BINARIES:
         raise ValueError(f"IGT binary {binary!r}: not one of {sorted(BINARIES)}")
+    shape_config(device_shape)
 
     def register(func: Callable[..., None]) -> Callable[..., None]:
         if (binary, name) in _REGISTRY:
@@ -109,7 +130,7 @@ def subtest(name: str, /, binary: str = DEFAULT_BINARY, **args: Any) -> Callable
         missing = [p for p in params if p not in FIXTURES and p not in args]
         if missing:
             raise TypeError(f"subtest {name!r}: no value for parameter(s) {missing}")
-        _REGISTRY[(binary, name)] = Subtest(name, func, dict(args), fixtures, binary)
+        _REGISTRY[(binary, name)] = Subtest(name, func, dict(args), fixtures, binary, tuple(device_shape))
         return func
 
     return register

@@ -21,7 +21,7 @@ import traceback
 from typing import Any, Callable, Iterator
 from xml.etree import ElementTree
 
-from .registry import BINARIES, Skip, Subtest, select, subtests
+from .registry import BINARIES, Skip, Subtest, select, shape_config, subtests
 
 EXIT_SUCCESS = 0
 EXIT_SKIP = 77
@@ -81,6 +81,54 @@ def sim_server_fixture() -> Iterator[Callable[..., object]]:
             handle.stop()
 
 
+def _shape_missing(shape: tuple[str, ...]) -> bool:
+    """Whether the selected device is simulated and lacks ``shape`` (its tiles, its VRAM);
+    False on hardware (the subtest's own checks skip) and when no device opens (the device
+    fixture skips, saying why)."""
+    from ..device import has_vram, is_simulated, open_device
+    from . import clients as ic
+
+    fields = shape_config(shape)
+    try:
+        fd = open_device()
+    except (OSError, ValueError):
+        return False
+    try:
+        if not is_simulated(fd):
+            return False
+        tiles = len({int(g.tile_id) for g in ic.gt_list(fd)})
+        return tiles != fields.get("tiles", tiles) or bool(fields.get("discrete")) and not has_vram(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def device_shape_fixture(shape: tuple[str, ...]) -> Iterator[None]:
+    """The device shape a subtest needs (`xe-eudebug run` options, ``--tiles 2``): on a
+    simulated device without it, a private simulator instance of that shape (the rest of the
+    configuration from ``XE_EUDEBUG_SIM_*``) is the subtest's device until it ends."""
+    if not shape or not _shape_missing(shape):
+        yield
+        return
+    from ..device import DEVICE_ENV
+    from ..sim import start_server
+    from ..sim.config import SOCKET_ENV, SimConfig
+
+    handle = start_server(SimConfig.from_env(**shape_config(shape), idle_exit=0))
+    saved = {key: os.environ.get(key) for key in (SOCKET_ENV, DEVICE_ENV)}
+    os.environ[SOCKET_ENV], os.environ[DEVICE_ENV] = handle.socket, "sim"
+    print(f"Device shape {' '.join(shape)}: a private simulator instance (pid {handle.pid})")
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        handle.stop()
+
+
 FIXTURE_FACTORIES: dict[str, Callable[[], contextlib.AbstractContextManager[Any]]] = {
     "fd": device_fixture,
     "sim_server": sim_server_fixture,
@@ -92,6 +140,7 @@ def call(st: Subtest, provided: dict[str, Any] | None = None) -> None:
     :data:`FIXTURE_FACTORIES`."""
     provided = provided or {}
     with contextlib.ExitStack() as stack:
+        stack.enter_context(device_shape_fixture(st.device_shape))
         kwargs = dict(st.args)
         for name in st.fixtures:
             kwargs[name] = provided[name] if name in provided else stack.enter_context(FIXTURE_FACTORIES[name]())

@@ -147,11 +147,19 @@ def sysfs(index: int, path: str, data: bytes | None = None, socket_path: str | N
     """Device `index`'s sysfs attribute `path` (relative to its PCI directory, for example
     ``tile0/gt0/engines/ccs/job_timeout_ms``): its contents, or, with `data`, the count written.
     OSError(ENOENT) when the simulator does not serve that attribute."""
+    return _sysfs_call(connect(socket_path), index, path, data)
+
+
+def _sysfs_call(link: _Link, index: int, path: str, data: bytes | None) -> bytes | int:
     body = path.encode() + (b"\0" + bytes(data) if data is not None else b"")
-    _f, a, _c, payload, fds = connect(socket_path).call(
-        OP_SYSFS, a=to_u64(index), b=0 if data is None else 1, payload=body)
+    _f, a, _c, payload, fds = link.call(OP_SYSFS, a=to_u64(index), b=0 if data is None else 1, payload=body)
     _close_fds(fds)
     return payload if data is None else int(a)
+
+
+def sysfs_of(fd: int, path: str, data: bytes | None = None) -> bytes | int:
+    """As `sysfs`, for the device behind the simulated fd `fd`, on the simulator serving it."""
+    return _sysfs_call(_link_or_ebadf(fd), file_info(fd)[0], path, data)
 
 
 def reopen(fd: int) -> int:
