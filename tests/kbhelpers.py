@@ -275,9 +275,9 @@ def eu_control(dfd: int, client: int, cmd: int, *, exec_queue: int = 0, lrc: int
     return ret, arg
 
 
-def find_engine(fd: int, engine_class: int) -> Any | None:
+def find_engine(fd: int, engine_class: int, gt: int | None = None) -> Any | None:
     for inst in query_engines(fd):
-        if inst.engine_class == engine_class:
+        if inst.engine_class == engine_class and gt in (None, inst.gt_id):
             return inst
     return None
 
@@ -425,9 +425,9 @@ class Actions:
         return ret, int(cell.value)
 
     # exec queues
-    def exec_queue_create(self, fd: int, vm: int, engine_class: int, eudebug: int | None = None
-                          ) -> tuple[int, int]:
-        inst = find_engine(fd, engine_class)
+    def exec_queue_create(self, fd: int, vm: int, engine_class: int, eudebug: int | None = None,
+                          gt: int | None = None) -> tuple[int, int]:
+        inst = find_engine(fd, engine_class, gt)
         if inst is None:
             return -errno.ENODEV, 0
         ext = U.drm_xe_ext_set_property()

@@ -217,8 +217,8 @@ def running_shader(fd: int, child: Debuggee):
     return dfd, c, ch, eq, qev, evs[-1].seqno, bo
 
 
-def dss_count(fd: int) -> int:
-    """Enabled DSS of GT 0 (geometry | compute masks of DEVICE_QUERY GT_TOPOLOGY)."""
+def dss_count(fd: int, gt_id: int = 0) -> int:
+    """Enabled DSS of GT `gt_id` (geometry | compute masks of DEVICE_QUERY GT_TOPOLOGY)."""
     q = U.drm_xe_device_query(query=U.DRM_XE_DEVICE_QUERY_GT_TOPOLOGY)
     seam.ioctl(fd, U.DRM_IOCTL_XE_DEVICE_QUERY, q)
     buf = (ctypes.c_uint8 * q.size)()
@@ -227,7 +227,7 @@ def dss_count(fd: int) -> int:
     raw, pos, mask = bytes(buf), 0, 0
     while pos + 8 <= len(raw):
         gt, kind, n = struct.unpack_from("<HHI", raw, pos)
-        if gt == 0 and kind in (U.DRM_XE_TOPO_DSS_GEOMETRY, U.DRM_XE_TOPO_DSS_COMPUTE):
+        if gt == gt_id and kind in (U.DRM_XE_TOPO_DSS_GEOMETRY, U.DRM_XE_TOPO_DSS_COMPUTE):
             mask |= int.from_bytes(raw[pos + 8:pos + 8 + n], "little")
         pos += 8 + n
     return bin(mask).count("1")

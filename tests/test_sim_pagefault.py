@@ -10,18 +10,21 @@ import struct
 import threading
 import time
 
+import pytest
+
 from gpuexec import pack
-from kbhelpers import (HDR_SIZE, LR, U, drain, enable_eudebug, eu_control, next_event,
+from kbhelpers import (HDR_SIZE, LR, U, Debuggee, drain, enable_eudebug, eu_control, next_event,
                        open_device, track)
 from test_kernel_behaviour import (  # noqa: F401 (fixtures)
     SHADER_BATCH, SHADER_CANARY, SHADER_END, SHADER_PITCH, SHADER_STEERING, SHADER_TARGET,
-    SHADER_THREADS, SHADER_X, SHADER_Y, SZ, _close_leftovers, child, dss_count, eu_class, fd,
+    ON_HARDWARE, SHADER_THREADS, SHADER_X, SHADER_Y, SZ, _close_leftovers, child, dss_count, eu_class, fd,
     live_vm, make_bo)
 from test_sim_attention import _sip       # IGT's online SIP: write the AIP, wait, return
 from test_sim_gpu import Space, ring_for
 from xe_eudebug.gpgpu import Target, gpgpu_batch
 from xe_eudebug.isa import mi
 from xe_eudebug.isa.gpgpu import GpgpuShader
+from xe_eudebug.sim.config import SOCKET_ENV
 from xe_eudebug.sim.gpu import CommandStreamer, Context, EngineInfo
 from xe_eudebug.sim.gpu.compute import PageFault, ThreadState
 from xe_eudebug.sim.gpu.eu import FlatMemory, Stop, EuThread, CR0_MASTER_EXCEPTION
@@ -163,11 +166,11 @@ def test_retried_message_completes_before_the_pending_interrupt():
 
 # === the kernel side, through raw ioctls ========================================================
 
-def _faulting_queue(fd, child, *, vm_flags: int, write: bool = False):
-    """A client with a VM of `vm_flags` and a debuggable queue running the faulting shader on
-    SHADER_THREADS threads.  Returns (dfd, c, ch, eq, EXEC_QUEUE event, bo)."""
+def _faulting_queue(fd, child, *, vm_flags: int, write: bool = False, gt: int = 0):
+    """A client with a VM of `vm_flags` and a debuggable queue of GT `gt` running the faulting
+    shader on SHADER_THREADS threads.  Returns (dfd, c, ch, eq, EXEC_QUEUE event, bo)."""
     dfd, c, ch, vm, vh = live_vm(fd, child, vm_flags)
-    ret, eq = child.do("exec_queue_create", c, vm, eu_class(fd), 1)
+    ret, eq = child.do("exec_queue_create", c, vm, eu_class(fd), 1, gt)
     assert ret == 0, f"DRM_IOCTL_XE_EXEC_QUEUE_CREATE: {errno.errorcode.get(-ret, ret)}"
     qev = next_event(dfd)
     assert qev.is_("EXEC_QUEUE", "CREATE"), qev
@@ -212,9 +215,9 @@ def _wait_banned(child, c: int, eq: int, timeout: float = 30.0) -> None:
         time.sleep(0.05)
 
 
-def _pagefault_then_attention(fd, child, write: bool) -> None:
-    dfd, c, ch, eq, qev, bo = _faulting_queue(fd, child, vm_flags=LR | FAULT, write=write)
-    size = 8 * dss_count(fd)
+def _pagefault_then_attention(fd, child, write: bool, gt: int = 0):
+    dfd, c, ch, eq, qev, bo = _faulting_queue(fd, child, vm_flags=LR | FAULT, write=write, gt=gt)
+    size = 8 * dss_count(fd, gt)
     pf = next_event(dfd, timeout=30)
     assert pf.is_("PAGEFAULT"), pf
     assert pf.flags == U.DRM_XE_EUDEBUG_EVENT_STATE_CHANGE
@@ -245,6 +248,7 @@ def _pagefault_then_attention(fd, child, write: bool) -> None:
     _wait(lambda: all(v == SHADER_CANARY for v in _canaries(child, c, bo)),
           "the threads did not go on", timeout=30)
     assert child.do("exec", c, eq, BB_END) == 0          # not banned
+    return dfd, c, ch
 
 
 def test_read_fault_with_debugger_sends_pagefault_then_attention(fd, child):
@@ -253,6 +257,37 @@ def test_read_fault_with_debugger_sends_pagefault_then_attention(fd, child):
 
 def test_write_fault_with_debugger_sends_pagefault_then_attention(fd, child):
     _pagefault_then_attention(fd, child, write=True)
+
+
+@pytest.fixture
+def two_tiles(sim_server, monkeypatch):
+    """(device fd with eudebug enabled, a debuggee) on a private simulator of two tiles."""
+    if ON_HARDWARE:
+        pytest.skip("needs a simulated device of two tiles (xe-eudebug run --tiles 2)")
+    handle = sim_server(tiles=2)
+    monkeypatch.setenv(SOCKET_ENV, handle.socket)
+    monkeypatch.setenv("XE_EUDEBUG_DEVICE", "sim")
+    dev = track(open_device())
+    enable_eudebug(dev, True)
+    with Debuggee() as d:
+        yield dev, d
+
+
+def test_fault_on_the_second_gt_stops_the_threads_there(two_tiles):
+    """Two tiles, the faulting queue on GT 1: PAGEFAULT names that queue and its LRC, with the
+    faulted threads in GT 1's bitmaps; the threads stop with attention there (STOPPED on the
+    queue returns them) and resume.  GT 0 is not involved: nothing runs alone there."""
+    fd, child = two_tiles
+    dfd, c, ch = _pagefault_then_attention(fd, child, write=True, gt=1)
+    ret, vm0 = child.do("vm_create", c, LR)
+    assert ret == 0 and next_event(dfd).is_("VM", "CREATE")
+    ret, eq0 = child.do("exec_queue_create", c, vm0, eu_class(fd), 1, 0)
+    assert ret == 0
+    qev0 = next_event(dfd)
+    assert qev0.is_("EXEC_QUEUE", "CREATE"), qev0
+    ret, _ = eu_control(dfd, ch, U.DRM_XE_EUDEBUG_EU_CONTROL_CMD_STOPPED, bitmask=bytes(8 * dss_count(fd, 0)),
+                        exec_queue=qev0.exec_queue_handle, lrc=qev0.lrc_handles[0])
+    assert ret == -errno.ENOENT, f"STOPPED on GT 0: {errno.errorcode.get(-ret, ret)}, ENOENT expected"
 
 
 def test_fault_without_fault_mode_bans_the_queue_and_sends_nothing(fd, child):
