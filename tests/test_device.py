@@ -365,3 +365,24 @@ def test_toggle_without_a_device_file_is_the_same_toggle(two_devices):
     with pytest.raises(OSError) as info:
         port.device_enabled(2, socket_path=sock)
     assert info.value.errno == errno.ENODEV
+
+
+
+def test_engine_class_properties_read_write_and_refuse_out_of_range(sim_server, dev):
+    """set_engine_class_property writes a scheduling property through the fd's simulator (not
+    the one XE_EUDEBUG_SIM_SOCKET names), reads it back and returns the old value; a value out
+    of the attribute's bounds is EINVAL naming the attribute and the value."""
+    fd = sim_server().open_device(0)
+    try:
+        ccs = xe.DRM_XE_ENGINE_CLASS_COMPUTE
+        maximum = device.engine_class_property(fd, 0, ccs, "preempt_timeout_max")
+        old = device.set_engine_class_property(fd, 0, ccs, "preempt_timeout_us", maximum)
+        assert device.engine_class_property(fd, 0, ccs, "preempt_timeout_us") == maximum != old
+        with pytest.raises(OSError) as info:
+            device.set_engine_class_property(fd, 0, ccs, "preempt_timeout_us", maximum + 1)
+        assert info.value.errno == errno.EINVAL
+        assert "tile0/gt0/engines/ccs/preempt_timeout_us" in str(info.value) and str(maximum + 1) in str(info.value)
+        assert device.engine_class_property(dev, 0, ccs, "preempt_timeout_us") == old   # the run's own simulator
+        assert device.set_engine_class_property(fd, 0, ccs, "preempt_timeout_us", old) == maximum
+    finally:
+        os.close(fd)

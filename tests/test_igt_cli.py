@@ -163,3 +163,37 @@ def test_ctrl_c_stops_the_run_with_one_line(extra_subtest: Any, capfd: Any) -> N
     assert captured.err.strip().splitlines() == [
         "Interrupted in subtest zz-interrupted: stopped after 0 of 2 subtest(s)"]
     assert "Traceback" not in captured.out + captured.err
+
+
+def test_device_shape_gives_a_subtest_a_simulator_of_that_shape(capfd: Any) -> None:
+    """A subtest registered with ``device_shape=("--tiles", "2")`` runs, on the simulator, on a
+    device of two tiles (a private instance the runner starts and stops); ``--discrete`` gives
+    it VRAM; a subtest without a shape sees the run's device; a malformed shape is refused at
+    registration."""
+    from xe_eudebug.device import has_vram, open_device
+    from xe_eudebug.igt import clients as ic
+    from xe_eudebug.igt.runner import call
+
+    seen: dict[str, Any] = {}
+
+    def look(fd: int, key: str) -> None:
+        seen[key] = (len(ic.gt_list(fd)), has_vram(fd))
+
+    try:
+        registry.subtest("zz-two-tiles", device_shape=("--tiles", "2"), key="tiles")(look)
+        registry.subtest("zz-discrete", device_shape=("--discrete",), key="discrete")(look)
+        registry.subtest("zz-plain", key="plain")(look)
+        for name in ("zz-two-tiles", "zz-discrete", "zz-plain"):
+            call(registry._REGISTRY[(registry.DEFAULT_BINARY, name)])
+    finally:
+        for name in ("zz-two-tiles", "zz-discrete", "zz-plain"):
+            registry._REGISTRY.pop((registry.DEFAULT_BINARY, name), None)
+    assert seen == {"tiles": (2, False), "discrete": (1, True), "plain": (1, False)}
+    assert "Device shape --tiles 2: a private simulator instance" in capfd.readouterr().out
+    fd = open_device()
+    try:
+        assert len(ic.gt_list(fd)) == 1                 # the environment is the run's again
+    finally:
+        os.close(fd)
+    with pytest.raises(ValueError, match="--tiles N"):
+        registry.subtest("zz-bad-shape", device_shape=("--tiles",))(look)

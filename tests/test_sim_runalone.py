@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import ctypes
+import errno
 
 from gpuexec import ERR, MI_ARB_CHECK, MI_BATCH_BUFFER_END, NSEC, GpuClient, bbs, pack, sdi, user_fence
 from xe_eudebug import device, ioctl as seam, uapi as U
@@ -164,3 +165,25 @@ def test_eu_arrays_are_per_gt():
         gts = [k._gt(dev, 0), k._gt(dev, 1)]
     assert gts[0] is not gts[1]
     assert all(g.td_ctl & TD_CTL_EUDEBUG == TD_CTL_EUDEBUG for g in gts)
+
+
+def test_force_gt_reset_resets_the_gt_of_the_fd_device(sim_server):
+    """device.force_gt_reset (IGT's xe_force_gt_reset_async/_sync) on a device of a private
+    two-tile instance: GT 1's job ends (-EIO), GT 0's runs on until GT 0 is reset (sync)."""
+    gpu, _sock = _gpu(sim_server, tiles=2)
+    try:
+        near, far = gpu.queue(gt=0), gpu.queue(gt=1)
+        near_loop, far_loop = gpu.run(near, LOOP), gpu.run(far, LOOP)
+        device.force_gt_reset(gpu.c.fd, 1)
+        assert gpu.wait(far, far_loop) == ERR["EIO"]
+        assert gpu.wait(near, near_loop, WAITING_NS) == ERR["ETIME"]
+        device.force_gt_reset(gpu.c.fd, 0, sync=True)
+        assert gpu.wait(near, near_loop, 0) == ERR["EIO"]        # done when the write returned
+        try:
+            device.force_gt_reset(gpu.c.fd, 2)
+        except OSError as exc:
+            assert exc.errno == errno.ENOENT and "debugfs/gt2/force_reset" in str(exc)
+        else:
+            raise AssertionError("force_gt_reset of a GT the device does not have succeeded")
+    finally:
+        gpu.close()
