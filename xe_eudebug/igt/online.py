@@ -1114,6 +1114,7 @@ def test_many_sessions_on_tiles(fd: int, multi_tile: bool) -> None:
         assert attempt_mask == final_mask, f"first attentions of sessions {attempt_mask:#b}, all of {final_mask:#b} expected"
         for i in range(n - 1):
             diff = abs(datas[i].exception_arrived - datas[i + 1].exception_arrived)
+            print(f"First attentions of sessions {i} and {i + 1}: {int(diff * 1e6)} us apart")
             if multi_tile:
                 assert diff < WORKLOAD_DELAY_S, \
                     f"Expected to execute workloads concurrently. Actual delay: {int(diff * 1e6)} us"
