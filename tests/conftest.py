@@ -18,7 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from xe_eudebug.sim.config import SOCKET_ENV, SimConfig  # noqa: E402
+from xe_eudebug.sim.config import SimConfig  # noqa: E402
 
 
 def _uses_hardware() -> bool:
@@ -40,21 +40,10 @@ def simulator_session() -> Iterator[object | None]:
     if _uses_hardware() or not _kernel_model_available():
         yield None
         return
-    from xe_eudebug.sim import start_server
+    from xe_eudebug.sim.launch import selected_instance
 
-    saved = {k: os.environ.get(k) for k in (SOCKET_ENV, "XE_EUDEBUG_DEVICE")}
-    handle = start_server(SimConfig.from_env(idle_exit=0))
-    os.environ[SOCKET_ENV] = handle.socket
-    os.environ["XE_EUDEBUG_DEVICE"] = "sim"
-    try:
+    with selected_instance(SimConfig.from_env(idle_exit=0)) as handle:
         yield handle
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        handle.stop()
 
 
 @pytest.fixture(scope="session")

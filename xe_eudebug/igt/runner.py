@@ -110,23 +110,12 @@ def device_shape_fixture(shape: tuple[str, ...]) -> Iterator[None]:
     if not shape or not _shape_missing(shape):
         yield
         return
-    from ..device import DEVICE_ENV
-    from ..sim import start_server
-    from ..sim.config import SOCKET_ENV, SimConfig
+    from ..sim.config import SimConfig
+    from ..sim.launch import selected_instance
 
-    handle = start_server(SimConfig.from_env(**shape_config(shape), idle_exit=0))
-    saved = {key: os.environ.get(key) for key in (SOCKET_ENV, DEVICE_ENV)}
-    os.environ[SOCKET_ENV], os.environ[DEVICE_ENV] = handle.socket, "sim"
-    print(f"Device shape {' '.join(shape)}: a private simulator instance (pid {handle.pid})")
-    try:
+    with selected_instance(SimConfig.from_env(**shape_config(shape), idle_exit=0)) as handle:
+        print(f"Device shape {' '.join(shape)}: a private simulator instance (pid {handle.pid})")
         yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        handle.stop()
 
 
 FIXTURE_FACTORIES: dict[str, Callable[[], contextlib.AbstractContextManager[Any]]] = {

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno as _errno
 import logging
 import os
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Iterator
 
 from . import link, port, wire
 from .config import SOCKET_ENV, SimConfig, default_socket_dir, default_socket_path
@@ -18,7 +20,7 @@ from .server import DEFAULT_KERNEL, Server
 
 log = logging.getLogger("xe_eudebug.sim.server")
 
-__all__ = ["ServerHandle", "start_server", "main", "KERNEL_ENV"]
+__all__ = ["ServerHandle", "start_server", "selected_instance", "main", "KERNEL_ENV"]
 
 # ------------------------------------------------------------------------------------------------
 # Running servers
@@ -140,6 +142,29 @@ def start_server(config: SimConfig | None = None, socket: str | None = None, *,
             handle.stop()
             raise OSError(_errno.ETIMEDOUT, f"xe_eudebug simulator did not come up on {socket} within {timeout:.0f} s")
         time.sleep(0.01)
+
+
+#: The device selector the framework reads (xe_eudebug.device.DEVICE_ENV)
+DEVICE_ENV = "XE_EUDEBUG_DEVICE"
+
+
+@contextlib.contextmanager
+def selected_instance(config: SimConfig | None = None) -> Iterator[ServerHandle]:
+    """A private instance (`start_server(config)`) that is this process's device for the block:
+    ``XE_EUDEBUG_SIM_SOCKET`` names it and ``XE_EUDEBUG_DEVICE`` is ``sim`` (processes started
+    meanwhile inherit both); the variables are restored and the instance stopped afterwards."""
+    handle = start_server(config)
+    saved = {key: os.environ.get(key) for key in (SOCKET_ENV, DEVICE_ENV)}
+    os.environ[SOCKET_ENV], os.environ[DEVICE_ENV] = handle.socket, "sim"
+    try:
+        yield handle
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        handle.stop()
 
 
 def _tail(logfile: str | None) -> str:
