@@ -12,7 +12,8 @@
  *   dup FD                 -> "fd N"
  *   close FD               -> "closed"
  *   detach                 -> "detached" (closes the debugger fd)
- *   res                    -> "res FDS MAPS" (open fds, lines of /proc/self/maps)
+ *   res                    -> "res FDS MAPS BOS" (open fds, lines of /proc/self/maps, and those of
+ *                             them that map a simulated BO's memfd: the read grants held)
  *
  * Struct layouts and ioctl numbers: xe_uapi_min.h.
  */
@@ -96,16 +97,18 @@ static int count_fds(void)
 	return n - 3;  /* ".", ".." and the directory's own fd */
 }
 
-static int count_maps(void)
+static void count_maps(int *maps, int *bos)
 {
-	int n = 0, c;
+	char line[512];
 	FILE *f = fopen("/proc/self/maps", "r");
+	*maps = *bos = 0;
 	if (!f)
-		return -1;
-	while ((c = fgetc(f)) != EOF)
-		n += c == '\n';
+		return;
+	while (fgets(line, sizeof(line), f)) {
+		*maps += 1;
+		*bos += strstr(line, "memfd:xe-bo-") != NULL;
+	}
 	fclose(f);
-	return n;
 }
 
 int main(void)
@@ -162,7 +165,9 @@ int main(void)
 			dbg = -1;
 			printf("detached\n");
 		} else if (!strcmp(cmd, "res")) {
-			printf("res %d %d\n", count_fds(), count_maps());
+			int maps, bos;
+			count_maps(&maps, &bos);
+			printf("res %d %d %d\n", count_fds(), maps, bos);
 		} else {
 			printf("err %d\n", EINVAL);
 		}
