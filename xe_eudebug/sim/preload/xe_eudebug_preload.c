@@ -1084,6 +1084,7 @@ static unsigned char grant_hint[GRANT_HINTS];  /* fd may have grants: only those
 static const volatile uint64_t *gens;      /* the server's VM generation counters, read-only */
 static uint64_t gens_slots;
 static int fast_state = -1;                /* -1 not set up, 0 off, 1 on */
+static int fast_verify;                    /* XE_EUDEBUG_VM_FAST=verify */
 
 NEXT(close); NEXT(munmap); NEXT(mmap);
 static void grant_drop(struct grant *g)
@@ -1103,6 +1104,7 @@ static int fast_ready(void)
 		return state;
 	const char *env = getenv("XE_EUDEBUG_VM_FAST");
 	void *p = MAP_FAILED;
+	fast_verify = env && !strcmp(env, "verify");
 	if (!(env && !strcmp(env, "0")) && !call_ok(OP_VM_GENS, -1, 0, 0, 0, NULL, 0, &rep) && rep.fd >= 0) {
 		if (rep.a >= 8)
 			p = RESOLVE(mmap)(NULL, rep.a, PROT_READ, MAP_SHARED, rep.fd, 0);
@@ -1215,6 +1217,38 @@ static int fast_pread(int fd, void *buf, size_t n, off_t off, ssize_t *out)
 	}
 	pthread_mutex_unlock(&grant_lock);
 	return served;
+}
+
+/* XE_EUDEBUG_VM_FAST=verify: a pread served from a grant (result r) is made as a call too; a
+ * difference is reported on stderr, and the call's answer is the result. */
+static ssize_t fast_verified(int fd, void *buf, size_t n, off_t off, ssize_t r)
+{
+	struct reply rep;
+	char msg[160];
+	if (!fast_verify)
+		return r;
+	int e = errno;
+	if (call(OP_PREAD, fd, n, (uint64_t)off, 0, NULL, 0, &rep))
+		return r;  /* no answer to compare with */
+	drain(fd, rep.c);
+	if (rep.fd >= 0)
+		RESOLVE(close)(rep.fd);
+	ssize_t want = rep.err ? -1 : (ssize_t)rep.len;
+	if (want == r && (r < 0 ? (uint64_t)e == rep.err : !memcmp(buf, tbuf, r))) {
+		errno = e;
+		return r;
+	}
+	snprintf(msg, sizeof(msg), "xe_eudebug preload: VM fd pread of %zu bytes at %#llx: the grant's "
+		 "answer differs from the server's (%zd, errno %llu)\n", n, (unsigned long long)off, want,
+		 (unsigned long long)rep.err);
+	die_msg(msg);
+	if (rep.err) {
+		errno = (int)rep.err;
+		return -1;
+	}
+	if (self_write((uintptr_t)buf, tbuf, rep.len))
+		return -1;
+	return rep.len;
 }
 
 /* Drops the grants of fd's file (fd about to be closed). */
@@ -1420,7 +1454,7 @@ EXPORT ssize_t pread(int fd, void *buf, size_t n, off_t off)
 	if (sysfs_of(fd))
 		return sysfs_read(fd, buf, n, off, 1);
 	if (fast_pread(fd, buf, n, off, &r))
-		return r;
+		return fast_verified(fd, buf, n, off, r);
 	if (is_sim(fd))
 		return sim_pread(fd, buf, n, off);
 	return RESOLVE(pread)(fd, buf, n, off);
@@ -1432,7 +1466,7 @@ EXPORT ssize_t pread64(int fd, void *buf, size_t n, off64_t off)
 	if (sysfs_of(fd))
 		return sysfs_read(fd, buf, n, off, 1);
 	if (fast_pread(fd, buf, n, off, &r))
-		return r;
+		return fast_verified(fd, buf, n, off, r);
 	if (is_sim(fd))
 		return sim_pread(fd, buf, n, off);
 	return RESOLVE(pread64)(fd, buf, n, off);
