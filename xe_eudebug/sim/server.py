@@ -34,7 +34,8 @@ from .conns import CLOSE_BATCH, ConnTable
 from .files import (OWN_RELEASE_WAIT, RELEASE_BLOCKED_CHECK, RELEASE_ORDER_WAIT,  # noqa: F401
                     RELEASE_SYNC_WAIT, FileTable, _Entry)  # (constants re-exported)
 from .loop import EventLoop
-from .wire import (OP_DEVICE_ENABLED, OP_SYSFS, OP_VM_GENS, F_CLOEXEC, F_FD, F_GRANT, GRANT, PREAD_GRANT, KIND_DEBUGGER, KIND_DEVICE, KIND_OTHER, KIND_VM, OP_CLONE,
+from .wire import (OP_DEVICE_ENABLED, OP_SYSFS, OP_VM_GENS, F_CLOEXEC, F_FD, F_GRANT, GRANT, PREAD_GRANT,
+                   KIND_DEBUGGER, KIND_DEVICE, KIND_OTHER, KIND_VM, OP_CLONE,
                    OP_FILE_INFO, OP_FSYNC, OP_GET_ENABLED, OP_INFO, OP_IOCTL, OP_LSEEK, OP_MMAP, OP_OPEN, OP_POLL,
                    OP_PREAD, OP_PWRITE, OP_READ, OP_SET_ENABLED, R_REPLY, ProtocolError, epoll_ready, file_key,
                    send_msg, status_flags, to_s64, to_u64)
@@ -511,6 +512,18 @@ class Server(FileTable, ConnTable):
         finally:
             os.close(fd)
 
+    def _grant(self, file: Any, offset: int) -> Any:
+        """The kernel model's read grant for a pread that succeeded, or None (a model without
+        grants, or one that failed to make one: the pread's answer stands either way)."""
+        grant = getattr(self.kernel, "vm_grant", None)
+        if grant is None:
+            return None
+        try:
+            return grant(file, offset)
+        except Exception:
+            log.exception("kernel model failed in vm_grant")
+            return None
+
     def _call(self, conn: _Conn, entry: _Entry, kind: int, a: int, b: int, payload: bytes, nonblock: bool,
               c: int = 0) -> None:
         caller = Caller(conn, self.error_class, 0, nonblock)
@@ -527,8 +540,7 @@ class Server(FileTable, ConnTable):
             elif kind == OP_PREAD:
                 data = bytes(kernel.pread(file, caller, min(a, _MAX_RW), to_s64(b)))
                 if c & PREAD_GRANT and data:
-                    grant = getattr(kernel, "vm_grant", None)
-                    g = grant(file, to_s64(b)) if grant is not None else None
+                    g = self._grant(file, to_s64(b))
                     if g is not None:  # the caller may read [start, end) itself from now on
                         fd_out, flags = g.fd, F_GRANT
                         data += GRANT.pack(g.start, g.end, g.offset, g.slot, g.gen)
