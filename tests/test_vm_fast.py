@@ -51,7 +51,9 @@ class Probe:
         full["PYTHONPATH"] = ROOT + (os.pathsep + full["PYTHONPATH"] if full.get("PYTHONPATH") else "")
         full.update(env or {})
         self.proc = subprocess.Popen([sys.executable, "-m", "xe_eudebug", "run", "--no-umockdev", "--", exe],
-                                     env=full, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                                     env=full, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        self.stderr = ""
 
     def cmd(self, line: str) -> list[str]:
         assert self.proc.stdin is not None and self.proc.stdout is not None
@@ -74,9 +76,7 @@ class Probe:
         return int(self.cmd("res")[3])
 
     def close(self) -> None:
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        self.proc.wait(30)
+        self.stderr = self.proc.communicate(timeout=30)[1]  # closes its stdin: the probe ends
 
 
 class Client:
@@ -109,12 +109,14 @@ def pattern(seed: int) -> bytes:
     return bytes((i * 7 + seed) & 0xFF for i in range(SIZE))
 
 
-@pytest.fixture
-def session(sim_server, probe):
-    """(client, probe, VM fd in the probe) on a private simulator."""
+@pytest.fixture(params=["on", "verify"])
+def session(request, sim_server, probe):
+    """(client, probe, VM fd in the probe) on a private simulator; with grants on, and with every
+    pread served from a grant checked against a call (XE_EUDEBUG_VM_FAST=verify), which must
+    report no difference."""
     server = sim_server(devices=1, enable_default=True, read_event_timeout=0.5)
     client = Client(server)
-    p = Probe(server, probe)
+    p = Probe(server, probe, {"XE_EUDEBUG_VM_FAST": "1" if request.param == "on" else "verify"})
     try:
         answer = p.cmd(f"attach {os.getpid()}")
         assert answer[0] == "vm", answer
@@ -126,6 +128,7 @@ def session(sim_server, probe):
         p.close()
         client.close()
         server.stop()
+    assert "differs" not in p.stderr, p.stderr
 
 
 def test_fast_preads_return_the_bytes_the_server_path_returns(session) -> None:
