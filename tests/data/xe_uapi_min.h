@@ -1,7 +1,7 @@
 /*
- * The few uapi structs and ioctl numbers the C test programs (tests/data/preload_probe.c) and the
- * benchmark (bench/preload_ioctl.c) use, spelled out from drm.h, xe_drm.h and xe_drm_eudebug.h so
- * that they build without kernel headers.
+ * The few uapi structs and ioctl numbers the C test programs (tests/data/preload_probe.c,
+ * tests/data/vm_read_probe.c) and the benchmarks (bench/preload_ioctl.c, bench/vm_pread.py) use,
+ * spelled out from drm.h, xe_drm.h and xe_drm_eudebug.h so that they build without kernel headers.
  */
 #ifndef XE_UAPI_MIN_H
 #define XE_UAPI_MIN_H
@@ -44,6 +44,7 @@ struct vm_bind {
 };
 struct eudebug_connect { uint64_t extensions, pid; uint32_t flags, version; };
 struct eudebug_event { uint32_t len; uint16_t type, flags; uint64_t seqno, reserved; };
+struct eudebug_vm_open { uint64_t extensions, client_handle, vm_handle, flags, timeout_ns; };
 
 struct device_query { uint64_t extensions; uint32_t query, size; uint64_t data, reserved[2]; };
 struct mem_region {
@@ -63,4 +64,5 @@ struct mem_region {
 #define XE_VM_BIND _IOW('d', 0x45, struct vm_bind)
 #define XE_EUDEBUG_CONNECT _IOWR('d', 0x4e, struct eudebug_connect)
 #define EUDEBUG_READ_EVENT _IO('j', 0x0)
+#define EUDEBUG_VM_OPEN _IOW('j', 0x1, struct eudebug_vm_open)
 #endif

@@ -34,7 +34,8 @@ from .conns import CLOSE_BATCH, ConnTable
 from .files import (OWN_RELEASE_WAIT, RELEASE_BLOCKED_CHECK, RELEASE_ORDER_WAIT,  # noqa: F401
                     RELEASE_SYNC_WAIT, FileTable, _Entry)  # (constants re-exported)
 from .loop import EventLoop
-from .wire import (OP_DEVICE_ENABLED, OP_SYSFS, F_CLOEXEC, F_FD, KIND_DEBUGGER, KIND_DEVICE, KIND_OTHER, KIND_VM, OP_CLONE,
+from .wire import (OP_DEVICE_ENABLED, OP_SYSFS, OP_VM_GENS, F_CLOEXEC, F_FD, F_GRANT, GRANT, PREAD_GRANT,
+                   KIND_DEBUGGER, KIND_DEVICE, KIND_OTHER, KIND_VM, OP_CLONE,
                    OP_FILE_INFO, OP_FSYNC, OP_GET_ENABLED, OP_INFO, OP_IOCTL, OP_LSEEK, OP_MMAP, OP_OPEN, OP_POLL,
                    OP_PREAD, OP_PWRITE, OP_READ, OP_SET_ENABLED, R_REPLY, ProtocolError, epoll_ready, file_key,
                    send_msg, status_flags, to_s64, to_u64)
@@ -309,6 +310,11 @@ class Server(FileTable, ConnTable):
                 raise ProtocolError(f"request {kind} carries fds")
             self._sysfs(conn, to_s64(a), b, payload)
             return
+        if kind == OP_VM_GENS:  # the VM generation counters of read grants
+            if fds or payload:
+                raise ProtocolError(f"request {kind} carries unexpected data")
+            self._vm_gens(conn)
+            return
         if kind == OP_CLONE or kind == OP_INFO or kind == OP_OPEN:
             if fds or payload:
                 raise ProtocolError(f"request {kind} carries unexpected data")
@@ -348,7 +354,7 @@ class Server(FileTable, ConnTable):
             self._reply(conn, result=entry.device, drain=entry.kind)
             return
         nonblock = entry.kind != KIND_DEVICE and bool(status_flags(fd) & os.O_NONBLOCK)
-        self._call(conn, entry, kind, a, b, payload, nonblock)
+        self._call(conn, entry, kind, a, b, payload, nonblock, c)
 
     def _open(self, conn: _Conn, index: int) -> None:
         index = to_s64(index)
@@ -492,7 +498,34 @@ class Server(FileTable, ConnTable):
         finally:
             new[1].close()
 
-    def _call(self, conn: _Conn, entry: _Entry, kind: int, a: int, b: int, payload: bytes, nonblock: bool) -> None:
+    def _vm_gens(self, conn: _Conn) -> None:
+        """OP_VM_GENS: a read-only descriptor of the kernel model's VM generation counters."""
+        fd = -1
+        getter = getattr(self.kernel, "vm_generations_fd", None)
+        if getter is not None:
+            fd = getter()
+        if fd < 0:
+            self._reply(conn, err=_errno.EOPNOTSUPP)
+            return
+        try:
+            self._reply(conn, result=os.fstat(fd).st_size, fd=fd)
+        finally:
+            os.close(fd)
+
+    def _grant(self, file: Any, offset: int) -> Any:
+        """The kernel model's read grant for a pread that succeeded, or None (a model without
+        grants, or one that failed to make one: the pread's answer stands either way)."""
+        grant = getattr(self.kernel, "vm_grant", None)
+        if grant is None:
+            return None
+        try:
+            return grant(file, offset)
+        except Exception:
+            log.exception("kernel model failed in vm_grant")
+            return None
+
+    def _call(self, conn: _Conn, entry: _Entry, kind: int, a: int, b: int, payload: bytes, nonblock: bool,
+              c: int = 0) -> None:
         caller = Caller(conn, self.error_class, 0, nonblock)
         kernel = self.kernel
         file = entry.file
@@ -500,11 +533,17 @@ class Server(FileTable, ConnTable):
         result = 0
         data = b""
         fd_out = -1
+        flags = 0
         try:
             if kind == OP_READ:
                 data = bytes(kernel.read(file, caller, min(a, _MAX_RW)))
             elif kind == OP_PREAD:
                 data = bytes(kernel.pread(file, caller, min(a, _MAX_RW), to_s64(b)))
+                if c & PREAD_GRANT and data:
+                    g = self._grant(file, to_s64(b))
+                    if g is not None:  # the caller may read [start, end) itself from now on
+                        fd_out, flags = g.fd, F_GRANT
+                        data += GRANT.pack(g.start, g.end, g.offset, g.slot, g.gen)
             elif kind == OP_PWRITE:
                 result = int(kernel.pwrite(file, caller, payload, to_s64(b)))
             elif kind == OP_LSEEK:
@@ -532,7 +571,11 @@ class Server(FileTable, ConnTable):
             self._reply(conn, 0, self._errno_of(exc, f"request {kind}"), drain)
             return
         drain = self._finish_dirty(entry)
-        self._reply(conn, result, 0, drain, data, fd_out)
+        try:
+            self._reply(conn, result, 0, drain, data, fd_out, flags)
+        finally:
+            if flags & F_GRANT:  # the model's fd (OP_MMAP's stays the model's)
+                os.close(fd_out)
 
     # -- files --------------------------------------------------------------------------------
 

@@ -35,7 +35,7 @@ from .. import uapi as _uapi
 from ..ioctl import _IOC_SIZE, request_name
 from .port import (KIND_DEBUGGER, KIND_DEVICE, KIND_VM, OP_CLONE, OP_FILE_INFO, OP_FSYNC, OP_GET_ENABLED,
                    OP_INFO, OP_IOCTL, OP_LSEEK, OP_MMAP, OP_OPEN, OP_POLL, OP_PREAD, OP_PWRITE, OP_READ,
-                   OP_SET_ENABLED, file_key)
+                   OP_SET_ENABLED, OP_VM_GENS, F_GRANT, GRANT, file_key)
 
 __all__ = ["install", "Tracer", "format_struct"]
 
@@ -45,7 +45,7 @@ _KIND_LABELS = {KIND_DEVICE: "drm", KIND_DEBUGGER: "debugger", KIND_VM: "vm"}
 _OP_NAMES = {OP_OPEN: "open", OP_READ: "read", OP_PREAD: "pread", OP_PWRITE: "pwrite", OP_LSEEK: "lseek",
              OP_FSYNC: "fsync", OP_MMAP: "mmap", OP_POLL: "poll", OP_GET_ENABLED: "get_enable_eudebug",
              OP_SET_ENABLED: "set_enable_eudebug", OP_CLONE: "clone_connection", OP_INFO: "info",
-             OP_FILE_INFO: "file_info"}
+             OP_FILE_INFO: "file_info", OP_VM_GENS: "vm_generations"}
 _WHENCE = {os.SEEK_SET: "SEEK_SET", os.SEEK_CUR: "SEEK_CUR", os.SEEK_END: "SEEK_END"}
 #: How each request kind shows its arguments (after the file), from the wire message's fields.
 _OP_ARGS = {
@@ -154,7 +154,9 @@ class Tracer:
         reply = self._call.reply
         if reply is None:
             return
-        result, err, out, fd = reply
+        result, err, out, fd, flags = reply
+        if flags & F_GRANT:  # the fd is the granted BO's memory, not a simulated file
+            out, fd = out[:-GRANT.size], "+ read grant [%#x, %#x)" % GRANT.unpack_from(out, len(out) - GRANT.size)[:2]
         if kind == OP_POLL and not err and not result and not self.verbose:
             return
         text = self._call_text(kind, target, a, b, c, payload)
@@ -166,7 +168,7 @@ class Tracer:
 
     def reply(self, conn: Any, result: int = 0, err: int = 0, drain: int = 0, payload: bytes = b"",
               fd: int = -1, flags: int = 0) -> None:
-        self._call.reply = (result, err, payload, self._label_fd(fd, new=True) if fd >= 0 else "")
+        self._call.reply = (result, err, payload, self._label_fd(fd, new=True) if fd >= 0 else "", flags)
         self._reply(conn, result, err, drain, payload, fd, flags)
 
     # -- formatting ----------------------------------------------------------------------------
@@ -209,12 +211,12 @@ class Tracer:
             res = f"{result:#x} (offset in a memfd)"
         elif kind == OP_CLONE:
             res = "a new control connection"
+        elif kind in (OP_READ, OP_PREAD):
+            res = f"{len(out)} {fd}" if fd else str(len(out))
         elif fd:
             res = fd
         elif kind == OP_POLL:
             res = _poll_text(result)
-        elif kind in (OP_READ, OP_PREAD):
-            res = str(len(out))
         elif kind == OP_INFO:
             res = out.decode(errors="replace") if self.verbose else f"<{len(out)} bytes>"
         else:

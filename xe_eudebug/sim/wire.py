@@ -35,7 +35,8 @@ OP_OPEN = 1          # a = device index                         -> new fd
 OP_IOCTL = 2         # fd; a = request, b = arg address, c = IOCTL_ARG_UNREADABLE or 0;
                      # payload = struct bytes (none when unreadable)
 OP_READ = 3          # fd; a = size                              -> payload
-OP_PREAD = 4         # fd; a = size, b = offset                  -> payload
+OP_PREAD = 4         # fd; a = size, b = offset, c = PREAD_GRANT or 0 -> payload (with F_GRANT:
+                     # the data, then a GRANT record; the read-only BO memfd attached)
 OP_PWRITE = 5        # fd; b = offset; payload = data            -> a = count
 OP_LSEEK = 6         # fd; a = offset, b = whence                -> a = position
 OP_FSYNC = 7         # fd
@@ -50,9 +51,16 @@ OP_DEVICE_ENABLED = 15  # no fd; a = device index, b = 1 to set, c = value -> a 
 OP_SYSFS = 16        # no fd; a = device index, b = 1 to write; payload = path below the device's
                      # sysfs directory, then a NUL and the data written -> payload = contents read,
                      # or a = count written
-MAX_OP = OP_SYSFS
+OP_VM_GENS = 17      # no fd                                     -> the VM generation counters'
+                     # memfd (read-only), a = its size in bytes
+MAX_OP = OP_VM_GENS
 
 IOCTL_ARG_UNREADABLE = 1
+PREAD_GRANT = 1      # OP_PREAD's c: the caller takes a read grant (sim/kernel/xe_eudebug_vm.py)
+# A read grant, at the end of an F_GRANT reply's payload: the GPU VA window [start, end), the
+# offset of `start` in the attached BO memfd, the VM's generation counter (index in the
+# OP_VM_GENS memfd, 8 bytes each) and its value when granted.
+GRANT = struct.Struct("<QQQQQ")
 
 # port -> server answers to memory requests
 M_DATA = 32          # a = errno (0 ok); payload = bytes read
@@ -66,6 +74,7 @@ R_MEMWRITE = 66      # a = address; payload = data
 # reply flags
 F_FD = 1             # an fd is attached
 F_CLOEXEC = 2        # set FD_CLOEXEC on the attached fd
+F_GRANT = 4          # OP_PREAD: the payload ends with a GRANT record, the attached fd is its BO
 
 # file kinds (OP_FILE_INFO)
 KIND_DEVICE = 1

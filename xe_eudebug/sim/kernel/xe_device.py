@@ -33,7 +33,7 @@ from .xe_device_types import (
 from .xe_bo import XeBoMixin
 from .xe_debug_metadata import XeDebugMetadataMixin
 from .xe_eudebug import DebuggerFile, XeEudebugMixin
-from .xe_eudebug_vm import VmFile, XeEudebugVmMixin
+from .xe_eudebug_vm import VmFile, VmGenerations, XeEudebugVmMixin
 from .xe_exec_queue import XeExecQueueMixin
 from .xe_eudebug_hw import XeEudebugHwMixin
 from .xe_gt_pagefault import XeGtPagefaultMixin
@@ -70,6 +70,7 @@ class Kernel(XeBoMixin, XeQueryMixin, XeVmMixin, XeWaitUserFenceMixin,
         self._fence_gen = 0
         self._pending_fence_writes: dict[procmem.Task, list[tuple[int, bytes]]] = {}
         self._dead_fds: deque[tuple[float, int]] = deque()
+        self._vm_gens = VmGenerations()            # VM generation counters of read grants
         enabled = bool(_cfg(self.config, "enable_default"))
         self.devices = [Device(i, enabled, self.config) for i in range(int(_cfg(self.config, "devices")))]
         self.on_poll_change: Callable[[File], None] = lambda file: None
@@ -327,6 +328,7 @@ class Kernel(XeBoMixin, XeQueryMixin, XeVmMixin, XeWaitUserFenceMixin,
                         bo.refs = 0
                         self._bo_put(bo)
             self._reap_fds(force=True)
+            self._vm_gens.close()
 
     # -- DRM file release ---------------------------------------------------------------------------
     def _release_device_file(self, file: DeviceFile) -> None:

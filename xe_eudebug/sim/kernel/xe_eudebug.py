@@ -229,6 +229,7 @@ class XeEudebugMixin:
         if h is None or conn.status != 1:
             return True
         seqno = conn.next_seqno()
+        self._vm_changed(vm)                       # the VM fds' handle stops naming it
         conn.vms.remove(vm)
         return self._emit(conn, EV_VM, F_DESTROY, EV_VM_PAYLOAD.pack(ch, h), seqno)
 

@@ -71,6 +71,7 @@ class Vm:
         self.vmas: list[Vma] = []                  # sorted by start, non-overlapping
         self.alive = True
         self.preempt_queues = 0
+        self.gen_slot = -1                         # its read-grant generation counter (xe_eudebug_vm.py)
 
 
 class XeVmMixin:
@@ -91,6 +92,7 @@ class XeVmMixin:
         with self._reading(dev):
             vm_id = _lowest_free(file.vms)
             vm = Vm(file, vm_id, flags)
+            vm.gen_slot = self._vm_gens.alloc()
             file.vms[vm_id] = vm
             _VM_CREATE_ID.pack_into(k, _VM_CREATE_ID.offset, vm_id)
             conn = self._conn_for(file)
@@ -117,6 +119,8 @@ class XeVmMixin:
         return 0
 
     def _vm_teardown(self, vm: Vm) -> None:
+        self._vm_gens.free(vm.gen_slot)            # read grants of this VM are void
+        vm.gen_slot = -1
         vm.alive = False
         for vma in vm.vmas:
             if vma.bo is not None:
@@ -347,8 +351,8 @@ class XeVmMixin:
     def _fence_now(fence: UserFence | None) -> tuple[int, bytes] | None:
         return None if fence is None else (fence.addr, struct.pack("<Q", fence.value))
 
-    @staticmethod
-    def _insert_vma(vm: Vm, vma: Vma) -> None:
+    def _insert_vma(self, vm: Vm, vma: Vma) -> None:
+        self._vm_changed(vm)
         i = 0
         while i < len(vm.vmas) and vm.vmas[i].start < vma.start:
             i += 1
@@ -363,6 +367,8 @@ class XeVmMixin:
             if v.end <= start or v.start >= end:
                 out.append(v)
                 continue
+            if not changed:
+                self._vm_changed(vm)               # before the change: read grants are void
             changed = True
             if v.start < start:
                 out.append(Vma(v.start, start, v.kind, v.bo, v.offset, list(v.attach), v.task))

@@ -14,6 +14,14 @@
  * delivered when it returns, so a handler can never re-enter the connection halfway through a
  * message.  A simulated blocking call is therefore never interrupted (no EINTR); each has its own
  * timeout in the kernel model.
+ *
+ * VM-fd read grants: a pread of a VM fd is answered by the server, which may also grant the BO
+ * mapping the read started in (docs/simulator.md, "VM-fd read grants"; the model's side is
+ * sim/kernel/xe_eudebug_vm.py).  Later preads inside a granted window are then a copy from this
+ * process's read-only mapping of that BO, checked against the VM's generation counter (a page the
+ * server shares read-only) before and after the copy: a changed counter drops the grant and the
+ * read becomes a call again.  Everything else (userptr and NULL mappings, ranges leaving the
+ * window, errors, read(), pwrite, fsync) stays a call.  XE_EUDEBUG_VM_FAST=0 turns grants off.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -54,11 +62,14 @@ enum {
 	OP_OPEN = 1, OP_IOCTL = 2, OP_READ = 3, OP_PREAD = 4, OP_PWRITE = 5, OP_LSEEK = 6,
 	OP_FSYNC = 7, OP_MMAP = 8, OP_POLL = 9, OP_GET_ENABLED = 10, OP_SET_ENABLED = 11,
 	OP_CLONE = 12, OP_INFO = 13, OP_FILE_INFO = 14, OP_DEVICE_ENABLED = 15, OP_SYSFS = 16,
+	OP_VM_GENS = 17,
 	M_DATA = 32, M_DONE = 33,
 	R_REPLY = 64, R_MEMREAD = 65, R_MEMWRITE = 66,
 };
 #define F_FD 1
 #define F_CLOEXEC 2
+#define F_GRANT 4
+#define PREAD_GRANT 1
 #define KIND_DEVICE 1
 #define IOCTL_ARG_UNREADABLE 1
 #define MAX_PAYLOAD (1u << 28)
@@ -1049,6 +1060,214 @@ EXPORT int ioctl(int fd, unsigned long request, ...)
 	return (int)(int64_t)rep.a;
 }
 
+/* ---- VM-fd read grants ---------------------------------------------------------------------- */
+struct grant_record {   /* the end of an F_GRANT reply (wire.GRANT) */
+	uint64_t start, end, offset, slot, gen;
+};
+_Static_assert(sizeof(struct grant_record) == 40, "grant record is 40 bytes");
+
+struct grant {
+	uint64_t cookie;        /* the VM file's socket cookie; 0: a free entry */
+	uint64_t start, end;    /* the GPU VA window granted */
+	const char *map;        /* [start, end) of the BO, mapped read-only */
+	uint64_t slot, gen;     /* the VM's generation counter and its value when granted */
+	uint64_t used;          /* last use, for eviction */
+};
+#define GRANTS 32               /* mappings held at most (least recently used go first) */
+#define GRANT_MAX (1ull << 30)  /* largest window taken (the server grants at most 64 MiB) */
+#define GRANT_HINTS 4096        /* fds below this that received a grant are marked */
+static pthread_mutex_t grant_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct grant grants[GRANTS];
+static int ngrants;                        /* live entries (read without the lock as a hint) */
+static uint64_t grant_tick;
+static unsigned char grant_hint[GRANT_HINTS];  /* fd may have grants: only those pay a cookie look-up */
+static const volatile uint64_t *gens;      /* the server's VM generation counters, read-only */
+static uint64_t gens_slots;
+static int fast_state = -1;                /* -1 not set up, 0 off, 1 on */
+static int fast_verify;                    /* XE_EUDEBUG_VM_FAST=verify */
+
+NEXT(close); NEXT(munmap); NEXT(mmap);
+static void grant_drop(struct grant *g)
+{
+	RESOLVE(munmap)((void *)g->map, g->end - g->start);
+	g->cookie = 0;
+	__atomic_store_n(&ngrants, ngrants - 1, __ATOMIC_RELAXED);
+}
+
+/* Whether preads may take grants: maps the generation counters on first use (not under
+ * grant_lock: the call may clone a connection, which takes `lock`). */
+static int fast_ready(void)
+{
+	struct reply rep;
+	int state = __atomic_load_n(&fast_state, __ATOMIC_ACQUIRE);
+	if (state >= 0)
+		return state;
+	const char *env = getenv("XE_EUDEBUG_VM_FAST");
+	void *p = MAP_FAILED;
+	fast_verify = env && !strcmp(env, "verify");
+	if (!(env && !strcmp(env, "0")) && !call_ok(OP_VM_GENS, -1, 0, 0, 0, NULL, 0, &rep) && rep.fd >= 0) {
+		if (rep.a >= 8)
+			p = RESOLVE(mmap)(NULL, rep.a, PROT_READ, MAP_SHARED, rep.fd, 0);
+		RESOLVE(close)(rep.fd);
+	}  /* else: turned off, or a kernel model without grants */
+	pthread_mutex_lock(&grant_lock);
+	if (fast_state < 0) {
+		if (p != MAP_FAILED) {
+			gens = p;
+			gens_slots = rep.a / 8;
+			p = MAP_FAILED;
+		}
+		__atomic_store_n(&fast_state, gens ? 1 : 0, __ATOMIC_RELEASE);
+	}
+	state = fast_state;
+	pthread_mutex_unlock(&grant_lock);
+	if (p != MAP_FAILED)  /* another thread set up first */
+		RESOLVE(munmap)(p, rep.a);
+	return state;
+}
+
+/* Takes the grant of a pread's reply: maps [start, end) of the BO (memfd bo) for fd's file. */
+static void grant_add(int fd, int bo, const struct grant_record *rec)
+{
+	uint64_t ck = cookie_of(fd);
+	uint64_t len = rec->end - rec->start;
+	if (!ck || rec->end <= rec->start || len > GRANT_MAX || rec->offset & 4095 || rec->start & 4095)
+		return;
+	pthread_mutex_lock(&grant_lock);
+	if (fast_state != 1 || rec->slot >= gens_slots) {
+		pthread_mutex_unlock(&grant_lock);
+		return;
+	}
+	void *p = RESOLVE(mmap)(NULL, len, PROT_READ, MAP_SHARED, bo, (off_t)rec->offset);
+	if (p == MAP_FAILED) {
+		pthread_mutex_unlock(&grant_lock);
+		return;
+	}
+	struct grant *slot = NULL;
+	for (int i = 0; i < GRANTS; i++) {
+		struct grant *g = &grants[i];
+		if (!g->cookie) {
+			slot = slot ? slot : g;
+			continue;
+		}
+		/* void ones, and the file's grants overlapping the new window, go now */
+		if (gens[g->slot] != g->gen || (g->cookie == ck && g->start < rec->end && rec->start < g->end)) {
+			grant_drop(g);
+			slot = slot ? slot : g;
+		}
+	}
+	if (!slot) {  /* full: the least recently used goes */
+		slot = &grants[0];
+		for (int i = 1; i < GRANTS; i++)
+			if (grants[i].used < slot->used)
+				slot = &grants[i];
+		grant_drop(slot);
+	}
+	*slot = (struct grant){ ck, rec->start, rec->end, p, rec->slot, rec->gen, ++grant_tick };
+	__atomic_store_n(&ngrants, ngrants + 1, __ATOMIC_RELAXED);
+	if (fd < GRANT_HINTS)
+		grant_hint[fd] = 1;
+	pthread_mutex_unlock(&grant_lock);
+}
+
+static int grant_hinted(int fd)
+{
+	return __atomic_load_n(&ngrants, __ATOMIC_RELAXED) && fd >= 0 && (fd >= GRANT_HINTS || grant_hint[fd]);
+}
+
+/* A pread served from a grant: 1 with *out set (the count, or -1 with errno EFAULT for a buffer
+ * the kernel could not write either), or 0: make the call. */
+static int fast_pread(int fd, void *buf, size_t n, off_t off, ssize_t *out)
+{
+	if (!grant_hinted(fd) || !n || off < 0 || n > MAX_RW)
+		return 0;
+	int saved = errno;
+	uint64_t ck = cookie_of(fd);
+	int served = 0;
+	errno = saved;
+	if (!ck)
+		return 0;
+	uint64_t va = (uint64_t)off;
+	pthread_mutex_lock(&grant_lock);
+	for (int i = 0; i < GRANTS; i++) {
+		struct grant *g = &grants[i];
+		if (g->cookie != ck || va < g->start || va >= g->end || n > g->end - va)
+			continue;
+		/* seqlock-style: the counter unchanged before and after the copy */
+		if (__atomic_load_n(&gens[g->slot], __ATOMIC_ACQUIRE) != g->gen) {
+			grant_drop(g);
+			break;
+		}
+		struct iovec l = { (void *)(g->map + (va - g->start)), n }, r = { buf, n };
+		ssize_t w = process_vm_writev(getpid(), &l, 1, &r, 1, 0);
+		__atomic_thread_fence(__ATOMIC_ACQUIRE);
+		if (__atomic_load_n(&gens[g->slot], __ATOMIC_RELAXED) != g->gen) {
+			grant_drop(g);
+			break;
+		}
+		g->used = ++grant_tick;
+		served = 1;
+		if (w == (ssize_t)n) {
+			*out = n;
+		} else {
+			*out = -1;
+			errno = EFAULT;
+		}
+		break;
+	}
+	pthread_mutex_unlock(&grant_lock);
+	return served;
+}
+
+/* XE_EUDEBUG_VM_FAST=verify: a pread served from a grant (result r) is made as a call too; a
+ * difference is reported on stderr, and the call's answer is the result. */
+static ssize_t fast_verified(int fd, void *buf, size_t n, off_t off, ssize_t r)
+{
+	struct reply rep;
+	char msg[160];
+	if (!fast_verify)
+		return r;
+	int e = errno;
+	if (call(OP_PREAD, fd, n, (uint64_t)off, 0, NULL, 0, &rep))
+		return r;  /* no answer to compare with */
+	drain(fd, rep.c);
+	if (rep.fd >= 0)
+		RESOLVE(close)(rep.fd);
+	ssize_t want = rep.err ? -1 : (ssize_t)rep.len;
+	if (want == r && (r < 0 ? (uint64_t)e == rep.err : !memcmp(buf, tbuf, r))) {
+		errno = e;
+		return r;
+	}
+	snprintf(msg, sizeof(msg), "xe_eudebug preload: VM fd pread of %zu bytes at %#llx: the grant's "
+		 "answer differs from the server's (%zd, errno %llu)\n", n, (unsigned long long)off, want,
+		 (unsigned long long)rep.err);
+	die_msg(msg);
+	if (rep.err) {
+		errno = (int)rep.err;
+		return -1;
+	}
+	if (self_write((uintptr_t)buf, tbuf, rep.len))
+		return -1;
+	return rep.len;
+}
+
+/* Drops the grants of fd's file (fd about to be closed). */
+static void grant_forget(int fd)
+{
+	if (!grant_hinted(fd))
+		return;
+	int saved = errno;
+	uint64_t ck = cookie_of(fd);
+	errno = saved;
+	if (!ck)
+		return;
+	pthread_mutex_lock(&grant_lock);
+	for (int i = 0; i < GRANTS; i++)
+		if (grants[i].cookie == ck)
+			grant_drop(&grants[i]);
+	pthread_mutex_unlock(&grant_lock);
+}
+
 /* ---- data calls ---------------------------------------------------------------------------- */
 static ssize_t sim_data(uint16_t op, int fd, void *buf, size_t n, off_t off)
 {
@@ -1063,6 +1282,36 @@ static ssize_t sim_data(uint16_t op, int fd, void *buf, size_t n, off_t off)
 	if (self_write((uintptr_t)buf, tbuf, rep.len))
 		return -1;
 	return rep.len;
+}
+
+/* pread of a simulated file: the call asks for a read grant when grants are on. */
+static ssize_t sim_pread(int fd, void *buf, size_t n, off_t off)
+{
+	struct reply rep;
+	if (n > MAX_RW)
+		n = MAX_RW;
+	int want = fast_ready();
+	if (call_ok(OP_PREAD, fd, n, (uint64_t)off, want ? PREAD_GRANT : 0, NULL, 0, &rep))
+		return -1;
+	drain(fd, rep.c);
+	uint32_t len = rep.len;
+	if (rep.flags & F_GRANT) {
+		struct grant_record rec;
+		if (rep.fd < 0 || len < sizeof(rec)) {
+			if (rep.fd >= 0)
+				RESOLVE(close)(rep.fd);
+			errno = EPROTO;
+			return -1;
+		}
+		len -= sizeof(rec);
+		memcpy(&rec, tbuf + len, sizeof(rec));
+		grant_add(fd, rep.fd, &rec);
+	}
+	if (rep.fd >= 0)
+		RESOLVE(close)(rep.fd);
+	if (self_write((uintptr_t)buf, tbuf, len))
+		return -1;
+	return len;
 }
 
 static ssize_t sim_pwrite(int fd, const void *buf, size_t n, off_t off)
@@ -1201,19 +1450,25 @@ EXPORT ssize_t read(int fd, void *buf, size_t n)
 
 EXPORT ssize_t pread(int fd, void *buf, size_t n, off_t off)
 {
+	ssize_t r;
 	if (sysfs_of(fd))
 		return sysfs_read(fd, buf, n, off, 1);
+	if (fast_pread(fd, buf, n, off, &r))
+		return fast_verified(fd, buf, n, off, r);
 	if (is_sim(fd))
-		return sim_data(OP_PREAD, fd, buf, n, off);
+		return sim_pread(fd, buf, n, off);
 	return RESOLVE(pread)(fd, buf, n, off);
 }
 
 EXPORT ssize_t pread64(int fd, void *buf, size_t n, off64_t off)
 {
+	ssize_t r;
 	if (sysfs_of(fd))
 		return sysfs_read(fd, buf, n, off, 1);
+	if (fast_pread(fd, buf, n, off, &r))
+		return fast_verified(fd, buf, n, off, r);
 	if (is_sim(fd))
-		return sim_data(OP_PREAD, fd, buf, n, off);
+		return sim_pread(fd, buf, n, off);
 	return RESOLVE(pread64)(fd, buf, n, off);
 }
 
@@ -1248,7 +1503,7 @@ EXPORT ssize_t pwrite64(int fd, const void *buf, size_t n, off64_t off)
 	return RESOLVE(pwrite64)(fd, buf, n, off);
 }
 
-NEXT(lseek); NEXT(lseek64); NEXT(fsync); NEXT(close); NEXT(dup2); NEXT(dup3);
+NEXT(lseek); NEXT(lseek64); NEXT(fsync); NEXT(dup2); NEXT(dup3);
 EXPORT off_t lseek(int fd, off_t off, int whence)
 {
 	if (!sysfs_of(fd) && is_sim(fd))
@@ -1280,6 +1535,7 @@ EXPORT int close(int fd)
 {
 	if (fd >= 0 && fd < SYSFS_FDS)
 		sysfs_dev[fd] = 0;
+	grant_forget(fd);
 	return RESOLVE(close)(fd);
 }
 
@@ -1306,7 +1562,7 @@ EXPORT int dup3(int old, int new, int flags)
 }
 
 /* ---- mmap ---------------------------------------------------------------------------------- */
-NEXT(mmap); NEXT(mmap64);
+NEXT(mmap64);
 static void *sim_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 {
 	struct reply rep;
@@ -1347,10 +1603,21 @@ EXPORT void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off64_t
 /* ---- fork ------------------------------------------------------------------------------------ */
 /* The child's calls need its own identity: drop the parent's connections and connect at once,
  * before the child can drop privileges (setuid) that connecting needs. */
-static void atfork_prepare(void) { pthread_mutex_lock(&lock); }
-static void atfork_parent(void) { pthread_mutex_unlock(&lock); }
+static void atfork_prepare(void)
+{
+	pthread_mutex_lock(&lock);
+	pthread_mutex_lock(&grant_lock);
+}
+static void atfork_parent(void)
+{
+	pthread_mutex_unlock(&grant_lock);
+	pthread_mutex_unlock(&lock);
+}
+/* A child keeps its parent's grants: its mappings are the same shared memory, its fds the same
+ * open VM files, and the generation counters the same page, so they stay exactly as valid. */
 static void atfork_child(void)
 {
+	pthread_mutex_init(&grant_lock, NULL);
 	pthread_mutex_init(&lock, NULL);
 	if (tconn >= 0)
 		RESOLVE(close)(tconn);
