@@ -21,12 +21,7 @@ from xe_eudebug.igt.runner import call
 SUBTESTS = subtests(online.BINARY)
 
 #: Ported subtests not run here, with the reason (registered all the same, for hardware).
-NOT_RUN_ON_SIMULATOR = {
-    "interrupt-reconnect": "not one of issue 12's targets, and the simulator does not carry it yet: after "
-                           "the debugger reconnects, the replayed metadata CREATE is read while the "
-                           "client, released by the stage, destroys it (READ_METADATA: EINVAL); IGT's own "
-                           "binary fails this subtest on the simulator too (INTERRUPT_ALL: EINVAL)",
-}
+NOT_RUN_ON_SIMULATOR: dict[str, str] = {}
 
 #: Ported subtests run with a thread client too.
 THREAD_VARIANTS = ("basic-breakpoint", "set-breakpoint", "resume-one", "interrupt-all", "tdctl-parameters",
