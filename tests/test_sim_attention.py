@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import struct
 import time
+from types import SimpleNamespace
+
+import pytest
 
 from gpuexec import LR, NSEC, ERR, GpuClient, user_fence
 from kbhelpers import enable_eudebug
@@ -183,3 +186,42 @@ def _run_not_debuggable(c: GpuClient) -> None:
     assert c.read32(target, 0) not in (0, 1)             # the SIP wrote the AIP: it halted
     assert c.read32(target, 4 * WIDTH) == 0             # and never went on
     assert c.exec(q, GPU_BATCH) == ERR["ECANCELED"]
+
+
+def test_the_scan_after_one_that_saw_a_debugger_comes_at_the_attached_interval(monkeypatch):
+    """attention_scan_fn picks its next delay before it scans: 100 ms while a debugger is
+    attached at the start of the scan, 1 s otherwise.  A debugger that reads the EU_ATTENTION
+    and detaches while that scan runs is therefore followed by a scan 100 ms later (the one
+    that resets the GT, IGT's interrupt-reconnect sleeps 1 s for it), not 1 s later."""
+    from test_sim_kernel import Env
+    from xe_eudebug.sim.kernel import xe_eudebug_hw as hw
+
+    k = Env().k
+    dev = k.devices[0]
+    dev.enabled = True
+    dev.conns.append(object())                        # an attached debugger
+    jobs = iter([True, True, False])                  # a job runs for two scans
+    monkeypatch.setattr(k.xe_exec, "running", lambda: [object()] if next(jobs) else [])
+    monkeypatch.setattr(hw, "time", SimpleNamespace(monotonic=lambda: 100.0))
+    seen: list[int] = []
+
+    def scan(d, gt_id=0):
+        if d is dev and gt_id == 0:
+            seen.append(len(d.conns))
+            d.conns.clear()                           # the debugger detaches meanwhile
+
+    monkeypatch.setattr(k, "_attention_scan_device", scan)
+    delays: list[float] = []
+
+    class Wait:
+        def wait(self, timeout: float) -> None:
+            delays.append(timeout)
+            k._scan_flush = True                      # end this wait at once
+
+        def notify_all(self) -> None:
+            pass
+
+    k._scan_cv = Wait()
+    k._attention_scan_loop()
+    assert seen == [1, 0]
+    assert delays == pytest.approx([hw.ATTENTION_INTERVAL_S, hw.ATTENTION_INTERVAL_IDLE_S])

@@ -521,6 +521,38 @@ def test_poll_readiness_follows_the_fifo_and_detach_shows_hup(dev, fake):
     wait_released(dev, serial, "release of a detached debugger")
 
 
+def test_polling_a_debugger_fd_with_events_queued_asks_the_server_nothing(dev, monkeypatch):
+    """While events are queued the readiness byte is the server's answer (the preload's poll()
+    sees nothing else), so the Python side's poll_mask makes no OP_POLL round trip then; with
+    nothing queued, or after a detach, it still asks the server."""
+    dbg = connect_debugger(dev)
+    ops: list[int] = []
+    real = port._Link.call
+
+    def counting(self, op, *args, **kw):
+        ops.append(op)
+        return real(self, op, *args, **kw)
+
+    monkeypatch.setattr(port._Link, "call", counting)
+    try:
+        p = select.poll()
+        p.register(dbg, select.POLLIN)
+        assert port.backend.poll_mask(dbg) == 0
+        assert ops.count(port.OP_POLL) == 1
+        push(dev, 1)
+        assert p.poll(1000) == [(dbg, select.POLLIN)]
+        ops.clear()
+        assert port.backend.poll_mask(dbg) == select.POLLIN
+        assert port.backend.poll_mask(dbg) == select.POLLIN
+        assert port.OP_POLL not in ops
+        call(dbg, FAKE_DETACH)
+        assert dict(p.poll(1000))[dbg] & select.POLLHUP
+        assert port.backend.poll_mask(dbg) == select.POLLIN | select.POLLHUP
+        assert ops.count(port.OP_POLL) == 1
+    finally:
+        os.close(dbg)
+
+
 def test_debugger_release_on_close_and_enable_toggle(dev):
     dbg = connect_debugger(dev)
     serial = file_id(dbg)

@@ -18,6 +18,7 @@ import json
 import logging
 import mmap as _mmap
 import os
+import select
 import stat
 import threading
 import time
@@ -312,6 +313,14 @@ class SimBackend:
             os.close(memfd)
 
     def poll_mask(self, fd: int) -> int:
+        # The server keeps one byte in a debugger fd's receive queue while its event fifo is not
+        # empty, and that alone is what the preload's poll() sees: a queued byte with no hang-up
+        # is the server's POLLIN (its reader drains the byte in the call that empties the
+        # fifo), so no round trip.  Anything else (nothing queued, a detach) is asked for.
+        raw = select.poll()
+        raw.register(fd, select.POLLIN)
+        if raw.poll(0) == [(fd, select.POLLIN)]:
+            return select.POLLIN
         _f, a, _c, _p, fds = self._link(fd).call(OP_POLL, fd)
         _close_fds(fds)
         return a

@@ -6,7 +6,9 @@ attention bitmap of xe_gt_debug.c).
   BREAKPOINT_ENABLE, FORCE_THREAD_BREAKPOINT_ENABLE, FEH_AND_FEE_ENABLE and GLOBAL_DEBUG_ENABLE
   set; 0 clears them (the kernel also resets every GT then; the model does not).
 - The attention scan: a worker that runs every 100 ms while any connection exists on the
-  device and every 1000 ms otherwise; CONNECT and every job start run it at once.  When a
+  device and every 1000 ms otherwise (the interval is chosen when a scan starts, so the scan
+  after one that saw a debugger comes 100 ms later even if it detached meanwhile); CONNECT and
+  every job start run it at once.  When a
   thread of a GT has attention it finds the run-alone queue running on the GT (a debuggable
   queue with a job on its engine): none, not debuggable, no attached connection for its client
   -> the GT is reset (the running jobs stop, their queues are banned with -EIO); discovery still
@@ -127,13 +129,16 @@ class XeEudebugHwMixin:
                     return
                 self._scan_flush = False
                 devices = [d for d in self.devices if d.enabled]
+                # The next scan's delay is chosen before this one runs (attention_scan_fn): a scan
+                # that sends EU_ATTENTION is followed 100 ms later even when the debugger detaches
+                # meanwhile, and that scan resets the GT if the attention is still unhandled.
+                connected = any(d.conns for d in self.devices)
+                delay = ATTENTION_INTERVAL_S if connected else ATTENTION_INTERVAL_IDLE_S
             for dev in devices:
                 for gt_id in range(dev.gt_count):
                     self._attention_scan_device(dev, gt_id)
             with self._lock:
                 self.attention_scans += 1
-                connected = any(d.conns for d in self.devices)
-                delay = ATTENTION_INTERVAL_S if connected else ATTENTION_INTERVAL_IDLE_S
                 deadline = time.monotonic() + delay
                 while not self._scan_flush:
                     left = deadline - time.monotonic()
