@@ -255,6 +255,9 @@ class OnlineData:
         self.last_eu_control_seqno = 0
         self.att_event_counter = 0
         self.debugger_detach_count = 0
+        #: after a reconnect: the metadata types whose replayed CREATE is still to be read
+        #: before the client is released (eu_attention_debugger_detach_trigger)
+        self.stage_after_metadata: set[int] | None = None
 
     @property
     def threads_count(self) -> int:
@@ -488,6 +491,14 @@ def create_metadata_trigger(d: Debugger, e: Event) -> None:
             data.bb_offset, data.bb_size = offset, size
         elif e.payload.type == PROGRAM_MODULE:
             data.target_offset, data.target_size = offset, size
+        release = False
+        if data.stage_after_metadata is not None:
+            data.stage_after_metadata.discard(e.payload.type)
+            release = not data.stage_after_metadata
+            if release:
+                data.stage_after_metadata = None
+    if release:
+        d.signal_stage(DEBUGGER_REATTACHED)
 
 
 def overwrite_immediate_value_in_common_target_write(data: OnlineData, offset: int, old: int, new: int) -> None:
@@ -559,11 +570,16 @@ def eu_attention_debugger_detach_trigger(d: Debugger, e: Event) -> None:
     if not d.flags & SHADER_N_NOOP_BREAKPOINT:
         time.sleep(1)     # let the kernel's attention scan see an attention nobody handles
     reset_debugger_log(d)
+    if not d.flags & SHADER_N_NOOP_BREAKPOINT:
+        # IGT releases the client at the end of this trigger, before the worker has read the
+        # replayed metadata CREATE events; the client's teardown may then destroy that metadata
+        # first and the worker's READ_METADATA fails EINVAL (a race of IGT's test, on hardware
+        # too).  The port releases it once both have been read (create_metadata_trigger).
+        with data.mutex:
+            data.stage_after_metadata = {ELF_BINARY, PROGRAM_MODULE}
     d.attach(pid)         # IGT: xe_eudebug_connect, then d->fd and d->target_pid set by hand
     d.remove_trigger(EventType.VM, vm_open_trigger)
     time.sleep(2)         # discovery replays the resources
-    if not d.flags & SHADER_N_NOOP_BREAKPOINT:
-        d.signal_stage(DEBUGGER_REATTACHED)
 
 
 def eu_attention_debugger_ndetach_trigger(d: Debugger, e: Event) -> None:
