@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import time
 
 from gpuexec import ERR, MI_ARB_CHECK, MI_BATCH_BUFFER_END, NSEC, GpuClient, bbs, pack, sdi, user_fence
 from xe_eudebug import device, ioctl as seam, uapi as U
@@ -20,7 +21,9 @@ from xe_eudebug.sim import port
 from test_sim_kernel import Env
 
 LOOP, STORE, FENCE = 0x1A0000, 0x2A0000, 0xF000   # batch addresses; fence offset in the BO
+STARTED = 0x8000                                  # offset of the loops' started marks in the BO
 WAITING_NS = NSEC // 2                            # a job held back stays unsignalled this long
+START_TIMEOUT_S = 30.0
 
 
 def _debuggable_queue(c: GpuClient, vm: int, cls: int, instance: int = 0, gt: int = 0) -> int:
@@ -36,19 +39,18 @@ def _debuggable_queue(c: GpuClient, vm: int, cls: int, instance: int = 0, gt: in
 
 
 class Gpu:
-    """One client with a looping batch (it jumps to itself) and a batch that stores a dword and
-    ends, in one VM; each exec signals its own user fence."""
+    """One client with looping batches (each marks that it started, then jumps to itself) and a
+    batch that stores a dword and ends, in one VM; each exec signals its own user fence."""
 
     def __init__(self, fd: int) -> None:
         self.c = GpuClient(fd=fd)
         device.enable_eudebug(self.c.fd, True)
         self.vm = self.c.vm()
-        self.loop, self.store = self.c.bo(), self.c.bo()
-        self.c.bind(self.vm, self.loop, LOOP)
+        self.loop_bo, self.store = self.c.bo(), self.c.bo()
+        self.c.bind(self.vm, self.loop_bo, LOOP)
         self.c.bind(self.vm, self.store, STORE)
-        self.c.write(self.loop, 0, pack(MI_ARB_CHECK, bbs(LOOP)))
         self.c.write(self.store, 0, pack(sdi(STORE + 0x100, 7), MI_BATCH_BUFFER_END))
-        self.fences = 0
+        self.fences = self.loops = 0
 
     def queue(self, cls: int = K.CLASS_COMPUTE, *, debuggable: bool = False, gt: int = 0,
               instance: int = 0) -> int:
@@ -62,6 +64,19 @@ class Gpu:
         off = FENCE + 8 * self.fences
         self.c.write(self.store, off, bytes(8))
         assert self.c.exec(q, batch, [user_fence(STORE + off, 1)]) == 0
+        return off
+
+    def loop(self, q: int) -> int:
+        """EXEC a loop of its own on `q` (as `run`) and return once the engine runs it, so that a
+        later job is submitted while this one holds the EUs, not merely queued before it."""
+        self.loops += 1
+        batch, mark = LOOP + 0x40 * self.loops, STARTED + 8 * self.loops
+        self.c.write(self.loop_bo, batch - LOOP, pack(sdi(STORE + mark, 1), MI_ARB_CHECK, bbs(batch + 16)))
+        off = self.run(q, batch)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not self.c.read32(self.store, mark):
+            assert time.monotonic() < deadline, f"the loop on exec queue {q} did not start in {START_TIMEOUT_S} s"
+            time.sleep(0.001)
         return off
 
     def wait(self, q: int, off: int, timeout_ns: int = 30 * NSEC) -> int:
@@ -83,7 +98,7 @@ def test_a_debuggable_job_waits_for_the_gts_other_jobs(sim_server):
     try:
         plain = gpu.queue(instance=0)
         dbg = gpu.queue(debuggable=True, instance=1)
-        looping = gpu.run(plain, LOOP)
+        looping = gpu.loop(plain)
         held = gpu.run(dbg, STORE)
         assert gpu.wait(dbg, held, WAITING_NS) == ERR["ETIME"]
         gpu.c.queue_destroy(plain)                                  # stops the loop
@@ -101,14 +116,14 @@ def test_no_job_starts_beside_a_running_debuggable_job(sim_server):
     try:
         dbg = gpu.queue(debuggable=True)
         plain = gpu.queue(K.CLASS_RENDER)
-        gpu.run(dbg, LOOP)
+        gpu.loop(dbg)
         held = gpu.run(plain, STORE)
         assert gpu.wait(plain, held, WAITING_NS) == ERR["ETIME"]
         gpu.c.queue_destroy(dbg)
         assert gpu.wait(plain, held) == 0
 
         other = gpu.queue(instance=1)
-        gpu.run(other, LOOP)
+        gpu.loop(other)
         shared = gpu.run(plain, STORE)
         assert gpu.wait(plain, shared) == 0                          # beside a plain loop
     finally:
@@ -122,7 +137,7 @@ def test_a_gt_reset_bans_the_running_and_the_waiting_job(sim_server):
     try:
         plain = gpu.queue()
         dbg = gpu.queue(debuggable=True, instance=1)
-        looping = gpu.run(plain, LOOP)
+        looping = gpu.loop(plain)
         held = gpu.run(dbg, STORE)
         assert gpu.wait(dbg, held, WAITING_NS) == ERR["ETIME"]
         assert port.sysfs(0, "debugfs/gt0/force_reset", b"1\n", socket_path=sock) == 2
@@ -142,10 +157,10 @@ def test_each_tile_has_its_own_eus(sim_server):
     gpu, sock = _gpu(sim_server, tiles=2)
     try:
         dbg = gpu.queue(debuggable=True, gt=0)
-        looping = gpu.run(dbg, LOOP)
+        looping = gpu.loop(dbg)
         far = gpu.queue(gt=1)
         assert gpu.wait(far, gpu.run(far, STORE)) == 0
-        far_loop = gpu.run(far, LOOP)
+        far_loop = gpu.loop(far)
         assert port.sysfs(0, "debugfs/gt1/force_reset", b"1\n", socket_path=sock) == 2
         assert gpu.wait(far, far_loop) == ERR["EIO"]
         assert gpu.wait(dbg, looping, WAITING_NS) == ERR["ETIME"]   # GT 0's loop still runs
@@ -173,7 +188,7 @@ def test_force_gt_reset_resets_the_gt_of_the_fd_device(sim_server):
     gpu, _sock = _gpu(sim_server, tiles=2)
     try:
         near, far = gpu.queue(gt=0), gpu.queue(gt=1)
-        near_loop, far_loop = gpu.run(near, LOOP), gpu.run(far, LOOP)
+        near_loop, far_loop = gpu.loop(near), gpu.loop(far)
         device.force_gt_reset(gpu.c.fd, 1)
         assert gpu.wait(far, far_loop) == ERR["EIO"]
         assert gpu.wait(near, near_loop, WAITING_NS) == ERR["ETIME"]
