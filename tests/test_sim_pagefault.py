@@ -100,13 +100,16 @@ def test_fault_mode_threads_stall_on_one_message_until_the_reply():
     cs, t, out = _walker_run(space, write=True)
     try:
         assert space.seen.wait(10), "no fault message"
-        _wait(lambda: len(cs.threads) == 4 and all(th.state is ThreadState.STALLED
-                                                    for th in cs.threads), "threads not stalled")
+        # a thread shows STALLED once its access faulted; the scheduler then adds it to the
+        # page's message when its slice ends: wait for both
+        pf = space.messages[0]
+        _wait(lambda: len(cs.threads) == 4 and len(pf.threads) == 4
+              and all(th.state is ThreadState.STALLED for th in cs.threads),
+              "threads not stalled on the page's message")
         # one message for the page, every thread on it; nothing replied: they stay stalled
         assert len(space.messages) == 1
-        pf = space.messages[0]
         assert (pf.page, pf.address, pf.write, pf.fetch) == (BAD, BAD, True, False)
-        assert len(pf.threads) == 4
+        assert sorted(th.slot for th in pf.threads) == sorted(th.slot for th in cs.threads)
         time.sleep(0.05)
         assert all(th.state is ThreadState.STALLED for th in cs.threads) and t.is_alive()
         space.mapped.add(BAD)
