@@ -789,13 +789,24 @@ def test_first_use_starts_one_shared_instance_that_exits_when_idle(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "XE_EUDEBUG_SIM_SOCKET"}
     env.update(XDG_RUNTIME_DIR=str(tmp_path), XE_EUDEBUG_SIM_KERNEL=FAKE_KERNEL,
                XE_EUDEBUG_SIM_IDLE_EXIT="0.5", PYTHONPATH=root)
+    # each keeps its device open until both have reported: the first's server cannot go idle
+    # (and exit) before the second uses it, however late the second starts
     code = ("from xe_eudebug.sim import port\n"
             "fd = port.open_device(0)\n"
-            "import os\n"
-            "print(port.server_pid_of(fd), oct(os.stat(port.default_socket_path()).st_mode & 0o777))\n")
-    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    outs = [p.communicate(timeout=30) for p in procs]
+            "import os, sys\n"
+            "print(port.server_pid_of(fd), oct(os.stat(port.default_socket_path()).st_mode & 0o777), flush=True)\n"
+            "sys.stdin.read()\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    try:
+        lines = []
+        for p in procs:
+            ready, _, _ = select.select([p.stdout], [], [], WAIT)
+            assert ready, "a process did not report its server in time"
+            lines.append(p.stdout.readline())
+    finally:
+        outs = [p.communicate(timeout=WAIT) for p in procs]  # closes their stdin: they exit
+    outs = [(line + out, err) for line, (out, err) in zip(lines, outs)]
     assert all(p.returncode == 0 for p in procs), outs
     pids = {out.split()[0] for out, _err in outs}
     assert len(pids) == 1
