@@ -29,6 +29,7 @@ from xe_eudebug.sim.run import RunError, preload_library, umockdev_description
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROBE_SOURCE = os.path.join(ROOT, "tests", "data", "preload_probe.c")
 CC = os.environ.get("CC", "cc").split()
+DISCOVERY_WAIT = 30.0  # seconds discovery (a worker thread of its own) may take to start, loaded
 
 
 def _compiler() -> bool:
@@ -86,6 +87,18 @@ def test_reopen_through_proc_self_fd_is_a_new_drm_file(server, probe: str) -> No
     assert "destroy on the first file: 0" in out
 
 
+def _discovered_vms(debugger: Debugger) -> list:
+    """The VM create events of discovery: waits for the first; the others were queued with it (a
+    discovery reports all it finds at once) and are read without a wait for more."""
+    def vm_create(e) -> bool:
+        return e.type == EventType.VM and bool(e.flags & EventFlags.CREATE)
+
+    first = next((e for e in debugger.events(timeout=DISCOVERY_WAIT) if vm_create(e)), None)
+    if first is None:
+        return []
+    return [first] + [e for e in debugger.events(timeout=0.1) if vm_create(e)]
+
+
 def _attach_and_find_vms(server, pid: int) -> list:
     """VM create events a debugger attached to `pid` sees in discovery."""
     fd = port.open_device(0, socket_path=server.socket)
@@ -93,8 +106,7 @@ def _attach_and_find_vms(server, pid: int) -> list:
         debugger = Debugger(fd)
         debugger.attach(pid)
         try:
-            return [e for e in debugger.events(timeout=2.0)
-                    if e.type == EventType.VM and e.flags & EventFlags.CREATE]
+            return _discovered_vms(debugger)
         finally:
             debugger.close()
     finally:
@@ -178,8 +190,7 @@ def test_python_debugger_reads_a_c_clients_bo_through_the_vm_fd(server, probe: s
         debugger = Debugger(fd)
         debugger.attach(pid)
         try:
-            vms = [e for e in debugger.events(timeout=2.0)
-                   if e.type == EventType.VM and e.flags & EventFlags.CREATE]
+            vms = _discovered_vms(debugger)
             assert [e.vm_handle for e in vms] == [vm_id]
             vm = debugger.vm_open(vms[0].client_handle, vm_id)
             try:
