@@ -20,6 +20,7 @@ FAULT = U.DRM_XE_VM_CREATE_FLAG_FAULT_MODE
 RENDER, COPY, COMPUTE = U.DRM_XE_ENGINE_CLASS_RENDER, U.DRM_XE_ENGINE_CLASS_COPY, U.DRM_XE_ENGINE_CLASS_COMPUTE
 BO_SIZE = 0x10000
 NSEC = 1_000_000_000
+START_TIMEOUT_S = 30.0  # seconds a submitted job may take to start on a loaded machine
 
 MI_NOOP = mi.mi(mi.MI_NOOP)
 MI_BATCH_BUFFER_END = mi.mi(mi.MI_BATCH_BUFFER_END)
@@ -51,6 +52,12 @@ def lrr(src: int, dst: int) -> list[int]:
 def bbs(addr: int, second_level: bool = False) -> list[int]:
     flags = mi.MI_BBS_PPGTT | (mi.MI_BBS_SECOND_LEVEL if second_level else 0)
     return [mi.mi(mi.MI_BATCH_BUFFER_START, 3, flags), addr & 0xFFFFFFFF, addr >> 32]
+
+
+def spin(batch: int, mark: int) -> bytes:
+    """A batch for GPU address `batch` that stores 1 at `mark` (so that the test sees it run:
+    EXEC returns once the job is queued) and then jumps to itself forever."""
+    return pack(sdi(mark, 1), MI_ARB_CHECK, bbs(batch + 16))
 
 
 def semaphore_wait(addr: int, value: int, compare: int = mi.SAD_EQUAL_SDD) -> list[int]:
@@ -114,6 +121,13 @@ class GpuClient:
 
     def read64(self, bo: int, offset: int) -> int:
         return struct.unpack("<Q", bytes(self.map(bo)[offset:offset + 8]))[0]
+
+    def wait_started(self, bo: int, offset: int, what: str) -> None:
+        """Wait for the started mark of a `spin` batch, the dword at `offset` of `bo`."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not self.read32(bo, offset):
+            assert time.monotonic() < deadline, f"{what} did not start in {START_TIMEOUT_S} s"
+            time.sleep(0.001)
 
     def bind(self, vm: int, bo: int, addr: int, size: int = BO_SIZE, syncs: list[Any] | None = None,
              *, op: int = U.DRM_XE_VM_BIND_OP_MAP, userptr: int = 0, flags: int = 0) -> None:

@@ -29,6 +29,7 @@ if os.environ.get("XE_EUDEBUG_DEVICE", "").startswith("/"):
     pytest.skip("these tests exercise the simulator's device layer", allow_module_level=True)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WAIT_MS = 30000  # ms an event may take to come on a loaded machine (discovery runs in a thread of its own)
 
 
 @pytest.fixture
@@ -52,6 +53,13 @@ def read_event(dbg: int, size: int = 4096) -> bytes:
     seam.ioctl(dbg, eud.DRM_XE_EUDEBUG_IOCTL_READ_EVENT, buf)
     length = struct.unpack_from("<I", buf, 0)[0]
     return buf.raw[:length]
+
+
+def next_event(dbg: int) -> bytes:
+    """The next event, once there is one: a blocking READ_EVENT alone gives up after the
+    two_devices instance's short read timeout (0.5 s)."""
+    assert seam.poll([(dbg, select.POLLIN)], WAIT_MS) == [(dbg, select.POLLIN)], "no event"
+    return read_event(dbg)
 
 
 def connect_self(fd: int) -> int:
@@ -176,7 +184,7 @@ def test_debugger_fd_flags_blocking_read_event_and_poll(two_devices):
         # Discovery reports our own DRM file.
         p = select.poll()
         p.register(dbg, select.POLLIN)
-        assert p.poll(2000) == [(dbg, select.POLLIN)]
+        assert p.poll(WAIT_MS) == [(dbg, select.POLLIN)]
         ev = read_event(dbg)
         assert struct.unpack_from("<HH", ev, 4) == (eud.DRM_XE_EUDEBUG_EVENT_OPEN, eud.DRM_XE_EUDEBUG_EVENT_CREATE)
         assert p.poll(0) == []
@@ -189,7 +197,7 @@ def test_debugger_fd_flags_blocking_read_event_and_poll(two_devices):
         vm = xe.drm_xe_vm_create()
         vm.flags = xe.DRM_XE_VM_CREATE_FLAG_LR_MODE
         seam.ioctl(fd, xe.DRM_IOCTL_XE_VM_CREATE, vm)
-        assert p.poll(2000) == [(dbg, select.POLLIN)]
+        assert p.poll(WAIT_MS) == [(dbg, select.POLLIN)]
         ev = read_event(dbg)
         assert struct.unpack_from("<HH", ev, 4) == (eud.DRM_XE_EUDEBUG_EVENT_VM, eud.DRM_XE_EUDEBUG_EVENT_CREATE)
         with pytest.raises(OSError) as info:
@@ -230,11 +238,11 @@ def test_closing_the_device_in_a_child_emits_open_destroy(two_devices):
         arg.pid = pid
         dbg = seam.ioctl(fd, eud.DRM_IOCTL_XE_EUDEBUG_CONNECT, arg)
         try:
-            ev = read_event(dbg)
+            ev = next_event(dbg)
             assert struct.unpack_from("<HH", ev, 4) == (eud.DRM_XE_EUDEBUG_EVENT_OPEN, eud.DRM_XE_EUDEBUG_EVENT_CREATE)
             handle = struct.unpack_from("<Q", ev, 24)[0]
             os.write(to_child_w, b"x")
-            ev = read_event(dbg)  # the child's close (last copy) runs the release path
+            ev = next_event(dbg)  # the child's close (last copy) runs the release path
             assert struct.unpack_from("<HH", ev, 4) == (eud.DRM_XE_EUDEBUG_EVENT_OPEN, eud.DRM_XE_EUDEBUG_EVENT_DESTROY)
             assert struct.unpack_from("<Q", ev, 24)[0] == handle
         finally:
@@ -257,12 +265,12 @@ def test_bo_mmap_shares_memory_with_the_debugger_vm_fd(two_devices):
     device.enable_eudebug(fd, True)
     dbg = connect_self(fd)
     try:
-        assert struct.unpack_from("<H", read_event(dbg), 4)[0] == eud.DRM_XE_EUDEBUG_EVENT_OPEN
+        assert struct.unpack_from("<H", next_event(dbg), 4)[0] == eud.DRM_XE_EUDEBUG_EVENT_OPEN
         client_handle = None
         vm = xe.drm_xe_vm_create()
         vm.flags = xe.DRM_XE_VM_CREATE_FLAG_LR_MODE
         seam.ioctl(fd, xe.DRM_IOCTL_XE_VM_CREATE, vm)
-        ev = read_event(dbg)
+        ev = next_event(dbg)
         client_handle, vm_handle = struct.unpack_from("<QQ", ev, 24)
         bo = xe.drm_xe_gem_create()
         bo.size = 8192

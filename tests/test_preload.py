@@ -29,6 +29,7 @@ from xe_eudebug.sim.run import RunError, preload_library, umockdev_description
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROBE_SOURCE = os.path.join(ROOT, "tests", "data", "preload_probe.c")
 CC = os.environ.get("CC", "cc").split()
+DISCOVERY_WAIT = 30.0  # seconds discovery (a worker thread of its own) may take to start, loaded
 
 
 def _compiler() -> bool:
@@ -86,6 +87,18 @@ def test_reopen_through_proc_self_fd_is_a_new_drm_file(server, probe: str) -> No
     assert "destroy on the first file: 0" in out
 
 
+def _discovered_vms(debugger: Debugger) -> list:
+    """The VM create events of discovery: waits for the first; the others were queued with it (a
+    discovery reports all it finds at once) and are read without a wait for more."""
+    def vm_create(e) -> bool:
+        return e.type == EventType.VM and bool(e.flags & EventFlags.CREATE)
+
+    first = next((e for e in debugger.events(timeout=DISCOVERY_WAIT) if vm_create(e)), None)
+    if first is None:
+        return []
+    return [first] + [e for e in debugger.events(timeout=0.1) if vm_create(e)]
+
+
 def _attach_and_find_vms(server, pid: int) -> list:
     """VM create events a debugger attached to `pid` sees in discovery."""
     fd = port.open_device(0, socket_path=server.socket)
@@ -93,8 +106,7 @@ def _attach_and_find_vms(server, pid: int) -> list:
         debugger = Debugger(fd)
         debugger.attach(pid)
         try:
-            return [e for e in debugger.events(timeout=2.0)
-                    if e.type == EventType.VM and e.flags & EventFlags.CREATE]
+            return _discovered_vms(debugger)
         finally:
             debugger.close()
     finally:
@@ -178,8 +190,7 @@ def test_python_debugger_reads_a_c_clients_bo_through_the_vm_fd(server, probe: s
         debugger = Debugger(fd)
         debugger.attach(pid)
         try:
-            vms = [e for e in debugger.events(timeout=2.0)
-                   if e.type == EventType.VM and e.flags & EventFlags.CREATE]
+            vms = _discovered_vms(debugger)
             assert [e.vm_handle for e in vms] == [vm_id]
             vm = debugger.vm_open(vms[0].client_handle, vm_id)
             try:
@@ -263,18 +274,21 @@ def test_run_starts_a_discrete_private_instance(probe: str) -> None:
 def test_c_program_resets_a_gt_through_debugfs(sim_server, probe: str) -> None:
     """IGT's xe_force_gt_reset_async: debugfs looks mounted, dri/<minor>/gtN/force_reset exists, and
     the write resets that GT: its running LR job stops and its queue is banned; GT 0's runs on."""
-    from gpuexec import ERR, GpuClient, MI_ARB_CHECK, bbs, pack
+    from gpuexec import ERR, GpuClient, spin
 
     two = sim_server(devices=1, tiles=2)
-    batch = 0x1A0000
+    batch, batch0 = 0x1A0000, 0x1A0040                                  # GT 1's and GT 0's loops
     with GpuClient(fd=two.open_device(0)) as c:
         vm = c.vm()                                                     # LR: no job timeout
         bo = c.bo()
         c.bind(vm, bo, batch)
-        c.write(bo, 0, pack(MI_ARB_CHECK, bbs(batch)))                 # jumps to itself forever
+        c.write(bo, 0, spin(batch, batch + 0x100))                      # marks its start, then loops
+        c.write(bo, 0x40, spin(batch0, batch + 0x108))
         on_gt1 = c.queue(vm, engine_class=uapi.DRM_XE_ENGINE_CLASS_COMPUTE, gt=1)
         on_gt0 = c.queue(vm, engine_class=uapi.DRM_XE_ENGINE_CLASS_COMPUTE, gt=0)
-        assert c.exec(on_gt1, batch) == 0 and c.exec(on_gt0, batch) == 0
+        assert c.exec(on_gt1, batch) == 0 and c.exec(on_gt0, batch0) == 0
+        c.wait_started(bo, 0x100, "GT 1's loop")                        # a reset stops a running job
+        c.wait_started(bo, 0x108, "GT 0's loop")
         out = run(two, probe, "reset", "/dev/dri/card0", "1").stdout
         assert "mountpoint 1" in out and "reset ok" in out
         deadline = time.monotonic() + 30
@@ -282,5 +296,5 @@ def test_c_program_resets_a_gt_through_debugfs(sim_server, probe: str) -> None:
             assert time.monotonic() < deadline, "GT 1's queue was not banned by the reset"
             time.sleep(0.1)
         assert c.exec(on_gt1, batch) == ERR["ECANCELED"]
-        assert c.exec(on_gt0, batch) == 0                               # GT 0 was not reset
+        assert c.exec(on_gt0, batch0) == 0                              # GT 0 was not reset
         c.queue_destroy(on_gt0)

@@ -154,15 +154,17 @@ def test_blocking_read_events_park_without_a_thread_and_get_the_events_made_late
     """Eight threads block in READ_EVENT on one debugger fd: all eight calls park in the server
     without a server thread each; eight VM_CREATEs made afterwards each wake one of them with
     its VM event (the producer's calls complete while the readers are parked)."""
-    from tests.kbhelpers import U, connect, read_event_raw, seam, set_nonblock, try_read
+    from tests.kbhelpers import U, connect, drain, next_event, read_event_raw, seam, set_nonblock
 
     srv = sim_server(enable_default=True, read_event_timeout=60)
     dev = srv.open_device()
     dfd, _ = connect(dev, os.getpid())
     assert dfd >= 0
     set_nonblock(dfd)
-    while try_read(dfd)[0] == 0:  # discovery of this process's open device
-        pass
+    # discovery (a worker of its own, maybe not started yet) reports this process's one open
+    # device, and nothing else: no reader may get that event instead of parking
+    assert next_event(dfd, WAIT).is_("OPEN", "CREATE")
+    assert drain(dfd) == []
     set_nonblock(dfd, False)
     before = _threads(srv.pid)
     results: list[tuple[int, int]] = []

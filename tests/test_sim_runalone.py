@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import time
 
-from gpuexec import ERR, MI_ARB_CHECK, MI_BATCH_BUFFER_END, NSEC, GpuClient, bbs, pack, sdi, user_fence
+from gpuexec import ERR, MI_BATCH_BUFFER_END, NSEC, GpuClient, pack, sdi, spin, user_fence
 from xe_eudebug import device, ioctl as seam, uapi as U
 from xe_eudebug.sim import kernel as K
 from xe_eudebug.sim import port
@@ -23,7 +22,6 @@ from test_sim_kernel import Env
 LOOP, STORE, FENCE = 0x1A0000, 0x2A0000, 0xF000   # batch addresses; fence offset in the BO
 STARTED = 0x8000                                  # offset of the loops' started marks in the BO
 WAITING_NS = NSEC // 2                            # a job held back stays unsignalled this long
-START_TIMEOUT_S = 30.0
 
 
 def _debuggable_queue(c: GpuClient, vm: int, cls: int, instance: int = 0, gt: int = 0) -> int:
@@ -71,12 +69,9 @@ class Gpu:
         later job is submitted while this one holds the EUs, not merely queued before it."""
         self.loops += 1
         batch, mark = LOOP + 0x40 * self.loops, STARTED + 8 * self.loops
-        self.c.write(self.loop_bo, batch - LOOP, pack(sdi(STORE + mark, 1), MI_ARB_CHECK, bbs(batch + 16)))
+        self.c.write(self.loop_bo, batch - LOOP, spin(batch, STORE + mark))
         off = self.run(q, batch)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not self.c.read32(self.store, mark):
-            assert time.monotonic() < deadline, f"the loop on exec queue {q} did not start in {START_TIMEOUT_S} s"
-            time.sleep(0.001)
+        self.c.wait_started(self.store, mark, f"the loop on exec queue {q}")
         return off
 
     def wait(self, q: int, off: int, timeout_ns: int = 30 * NSEC) -> int:

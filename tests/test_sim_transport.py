@@ -7,6 +7,7 @@ isolation from the kernel model.  Tests against the real model are at the end of
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import mmap
@@ -24,6 +25,7 @@ from xe_eudebug.sim import port
 from xe_eudebug.sim.config import SimConfig
 
 FAKE_KERNEL = "tests.test_sim_transport:FakeKernel"
+WAIT = 30.0  # seconds any step may take on a loaded machine before a test gives up
 
 
 # ------------------------------------------------------------------------------------------------
@@ -42,6 +44,8 @@ FAKE_STATS = _ioc(2, "F", 5, 32)       # IOR: releases of device/debugger/vm fil
 FAKE_SLEEP = _ioc(1, "F", 6, 8)        # IOW: sleep ms; result = caller pid
 FAKE_ID = _ioc(0, "F", 8, 0)           # IO: the file's serial number
 FAKE_LIVE = _ioc(1, "F", 9, 8)         # IOW u64 serial: 1 while that file is not released
+FAKE_BLOCKED = _ioc(0, "F", 10, 0)     # IO: the calls blocked now (SLEEP, MEET, READ_EVENT)
+FAKE_MEET = _ioc(1, "F", 11, 8)        # IOW u64 n: return once n calls are in it at once; result = caller pid
 FAKE_CONNECT = 0xC018644E              # the CONNECT request value: returns a debugger file
 FAKE_VM_OPEN = 0x40286A01              # the VM_OPEN request value: returns a VM file
 FAKE_READ_EVENT = 0x6A00               # READ_EVENT: {len u32, type u16, flags u16, value u64}
@@ -74,6 +78,9 @@ class FakeKernel:
         self.memfd = os.memfd_create("fake-bo")
         os.ftruncate(self.memfd, 2 * mmap.PAGESIZE)
         self.on_poll_change = lambda f: None
+        self.might_sleep = lambda: None  # the server's: a call about to block leaves its event loop
+        self.meetings: dict[int, threading.Barrier] = {}
+        self.blocked = 0
 
     def open_device(self, index, caller):
         f = _File("device", index)
@@ -91,8 +98,22 @@ class FakeKernel:
             with self.cv:
                 return int(any(f.serial == serial for f in self.files)), b""
         if request == FAKE_SLEEP:
-            time.sleep(struct.unpack("<Q", arg)[0] / 1000)
+            with self._blocking():
+                time.sleep(struct.unpack("<Q", arg)[0] / 1000)
             return caller.pid, b""
+        if request == FAKE_MEET:
+            (n,) = struct.unpack("<Q", arg)
+            with self.cv:
+                meeting = self.meetings.setdefault(n, threading.Barrier(n, timeout=WAIT))
+            try:
+                with self._blocking():
+                    meeting.wait()
+            except threading.BrokenBarrierError:
+                raise KernelError(errno.ETIMEDOUT) from None
+            return caller.pid, b""
+        if request == FAKE_BLOCKED:
+            with self.cv:
+                return self.blocked, b""
         if request == FAKE_PEEK:
             addr, n = struct.unpack("<QQ", arg)
             return sum(caller.read(addr, n)), b""
@@ -150,12 +171,26 @@ class FakeKernel:
                         left = deadline - time.monotonic()
                         if left <= 0:
                             raise KernelError(errno.ENOENT)
-                        self.cv.wait(left)
+                        with self._blocking():
+                            self.cv.wait(left)
                     value = file.events.pop(0)
                 self.on_poll_change(file)
                 caller.write(caller.arg_addr, struct.pack("<IHHQ", 16, 2, 0, value))
                 return 0, b""
         raise KernelError(errno.EINVAL if file.kind == "debugger" else errno.ENOTTY)
+
+    @contextlib.contextmanager
+    def _blocking(self):
+        """A step that blocks: the server's event loop is told first (as kernel code calls
+        might_sleep), and FAKE_BLOCKED counts the call meanwhile."""
+        self.might_sleep()
+        with self.cv:
+            self.blocked += 1
+        try:
+            yield
+        finally:
+            with self.cv:
+                self.blocked -= 1
 
     def read(self, file, caller, size):
         raise KernelError(errno.EINVAL)
@@ -436,26 +471,25 @@ def test_fork_inheritance_and_process_exit_release(dev, fake):
 
 
 def test_threads_each_use_their_own_connection(dev):
+    """Six threads' calls are in the server at once: a meeting of six in the kernel model, which
+    calls served one after the other (a shared connection) never complete (ETIMEDOUT)."""
     results: list[int] = []
     errors: list[BaseException] = []
-    arg_ms = struct.pack("<Q", 200)
+    arg_n = struct.pack("<Q", 6)
 
     def worker():
         try:
-            results.append(call(dev, FAKE_SLEEP, ctypes.create_string_buffer(arg_ms, 8)))
+            results.append(call(dev, FAKE_MEET, ctypes.create_string_buffer(arg_n, 8)))
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
     threads = [threading.Thread(target=worker) for _ in range(6)]
-    start = time.monotonic()
     for t in threads:
         t.start()
     for t in threads:
-        t.join(10)
-    elapsed = time.monotonic() - start
-    assert not errors
+        t.join(2 * WAIT)
+    assert not errors, f"calls were serialised: {errors}"
     assert results == [os.getpid()] * 6
-    assert elapsed < 1.0, f"calls were serialised ({elapsed:.2f} s for 6 x 0.2 s)"
 
 
 def test_connect_returns_debugger_fd_with_kernel_flags_and_blocking_read_event(dev):
@@ -474,18 +508,32 @@ def test_connect_returns_debugger_fd_with_kernel_flags_and_blocking_read_event(d
         with pytest.raises(OSError) as info:
             read_event(dbg)
         assert info.value.errno == errno.EAGAIN
-        fcntl.fcntl(dbg, fcntl.F_SETFL, fcntl.fcntl(dbg, fcntl.F_GETFL) & ~os.O_NONBLOCK)
-        # A blocked READ_EVENT is woken by an event from another thread.
-        timer = threading.Timer(0.1, push, (dev, 42))
-        timer.start()
-        assert read_event(dbg) == 42
-        timer.join()
         # read() on the debugger fd is the kernel's answer (EINVAL here).
         with pytest.raises(OSError) as info:
             port.backend.read(dbg, 8)
         assert info.value.errno == errno.EINVAL
     finally:
         os.close(dbg)
+
+
+def test_a_blocked_read_event_is_woken_by_an_event_from_another_thread(sim_server):
+    """An event pushed while a READ_EVENT is blocked (seen in the kernel model) ends that call
+    with the event (a server whose READ_EVENT waits long enough for a loaded machine)."""
+    srv = sim_server(kernel=FAKE_KERNEL, enable_default=True, read_event_timeout=WAIT, idle_exit=0)
+    dev = srv.open_device(0)
+    dbg = connect_debugger(dev)
+    got: list[int] = []
+    reader = threading.Thread(target=lambda: got.append(read_event(dbg)))
+    try:
+        reader.start()
+        wait_for(lambda: call(dev, FAKE_BLOCKED) == 1, WAIT, "the READ_EVENT to block")
+        push(dev, 42)
+        reader.join(WAIT)
+        assert got == [42]
+    finally:
+        os.close(dbg)
+        reader.join(WAIT)
+        os.close(dev)
 
 
 def test_poll_readiness_follows_the_fifo_and_detach_shows_hup(dev, fake):
@@ -624,7 +672,7 @@ def test_killed_simulator_gives_clear_error_not_a_hang(sim_server):
         errors: list[BaseException] = []
         t = threading.Thread(target=lambda: _capture(blocked_call, errors))
         t.start()
-        time.sleep(0.2)
+        wait_for(lambda: call(fd, FAKE_BLOCKED) == 1, WAIT, "the call to block in the server")
         srv.kill()
         t.join(5)
         assert not t.is_alive()
@@ -741,13 +789,24 @@ def test_first_use_starts_one_shared_instance_that_exits_when_idle(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "XE_EUDEBUG_SIM_SOCKET"}
     env.update(XDG_RUNTIME_DIR=str(tmp_path), XE_EUDEBUG_SIM_KERNEL=FAKE_KERNEL,
                XE_EUDEBUG_SIM_IDLE_EXIT="0.5", PYTHONPATH=root)
+    # each keeps its device open until both have reported: the first's server cannot go idle
+    # (and exit) before the second uses it, however late the second starts
     code = ("from xe_eudebug.sim import port\n"
             "fd = port.open_device(0)\n"
-            "import os\n"
-            "print(port.server_pid_of(fd), oct(os.stat(port.default_socket_path()).st_mode & 0o777))\n")
-    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    outs = [p.communicate(timeout=30) for p in procs]
+            "import os, sys\n"
+            "print(port.server_pid_of(fd), oct(os.stat(port.default_socket_path()).st_mode & 0o777), flush=True)\n"
+            "sys.stdin.read()\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    try:
+        lines = []
+        for p in procs:
+            ready, _, _ = select.select([p.stdout], [], [], WAIT)
+            assert ready, "a process did not report its server in time"
+            lines.append(p.stdout.readline())
+    finally:
+        outs = [p.communicate(timeout=WAIT) for p in procs]  # closes their stdin: they exit
+    outs = [(line + out, err) for line, (out, err) in zip(lines, outs)]
     assert all(p.returncode == 0 for p in procs), outs
     pids = {out.split()[0] for out, _err in outs}
     assert len(pids) == 1

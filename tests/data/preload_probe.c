@@ -18,6 +18,7 @@
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "xe_uapi_min.h"
@@ -25,6 +26,8 @@
 #define EVENT_READ 1
 #define EVENT_OPEN 2
 #define EVENT_VM 3
+#define EVENT_CREATE 1
+#define DISCOVERY_WAIT_S 30  /* how long a debugger waits for discovery on a loaded machine */
 #define BIND_ADDR 0x100000ull
 #define BO_SIZE 4096
 
@@ -342,7 +345,9 @@ static int mode_client(void)
 	return 0;
 }
 
-/* A debugger: CONNECT to pid, print the events of discovery (type, flags, VM handles). */
+/* A debugger: CONNECT to pid, print the events of discovery (type, flags, VM handles) up to
+ * the first VM create.  A blocking READ_EVENT gives up (ENOENT) after the read timeout, which
+ * can pass before discovery (a worker of its own) starts: read again, up to DISCOVERY_WAIT_S. */
 static int mode_debugger(const char *pid)
 {
 	int fd = open_node("/dev/dri/card0");
@@ -351,18 +356,17 @@ static int mode_debugger(const char *pid)
 	if (dbg < 0)
 		fail("DRM_IOCTL_XE_EUDEBUG_CONNECT");
 	printf("connected\n");
-	for (int i = 0; i < 16; i++) {
+	time_t deadline = time(NULL) + DISCOVERY_WAIT_S;
+	for (;;) {
 		uint64_t buf[64] = { 0 };
 		struct eudebug_event *e = (void *)buf;
 		e->len = sizeof(buf);
 		e->type = EVENT_READ;
 		if (ioctl(dbg, EUDEBUG_READ_EVENT, e)) {
-			if (errno == EAGAIN || errno == EINTR) {
-				i--;
+			if ((errno == EAGAIN || errno == EINTR || errno == ENOENT) && time(NULL) < deadline)
 				continue;
-			}
 			printf("read_event: %s\n", strerror(errno));
-			break;  /* ENOENT after the read timeout: discovery is over */
+			break;
 		}
 		if (e->type == EVENT_VM)
 			printf("event %u flags %u client %llu vm %llu\n", e->type, e->flags,
@@ -370,6 +374,8 @@ static int mode_debugger(const char *pid)
 		else
 			printf("event %u flags %u\n", e->type, e->flags);
 		fflush(stdout);
+		if (e->type == EVENT_VM && e->flags & EVENT_CREATE)
+			break;
 	}
 	return 0;
 }
