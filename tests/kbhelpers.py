@@ -31,7 +31,7 @@ from xe_eudebug.device import enable_eudebug, open_device, query_engines
 
 __all__ = [
     "U", "seam", "Ev", "decode", "Actions", "track", "tracked_fds", "HDR_SIZE", "connect", "attach",
-    "read_event_raw", "next_event", "try_read",
+    "read_event_raw", "next_event", "try_read", "wait_discovery",
     "drain", "expect_no_event", "poll_mask", "ack", "vm_open", "read_metadata", "eu_control",
     "set_nonblock", "close_fd", "Debuggee", "find_engine", "enable_eudebug", "open_device",
     "LR", "EV", "FL", "dead_pid",
@@ -234,6 +234,16 @@ def ack(dfd: int, seqno: int, *, flags: int = 0, type_: int | None = None) -> in
     arg = U.drm_xe_eudebug_ack_event(type=EV["VM_BIND_UFENCE"] if type_ is None else type_,
                                      flags=flags, seqno=seqno)
     return seam.try_ioctl(dfd, U.DRM_XE_EUDEBUG_IOCTL_ACK_EVENT, arg)
+
+
+def wait_discovery(dfd: int, timeout: float = 5.0) -> None:
+    """Wait (poll) up to `timeout` s for the connection's discovery to complete: until then every
+    debugger ioctl but READ_EVENT fails EBUSY (behaviour 17); then an ACK of no event fails EINVAL."""
+    deadline = time.monotonic() + timeout
+    while (ret := ack(dfd, 0)) == -errno.EBUSY:
+        assert time.monotonic() < deadline, f"discovery not complete within {timeout} s"
+        time.sleep(0.01)
+    assert ret == -errno.EINVAL, f"ACK_EVENT of seqno 0: {errno.errorcode.get(-ret, ret)}"
 
 
 def vm_open(dfd: int, client: int, vm: int, *, flags: int = 0, timeout_ns: int = 0,
