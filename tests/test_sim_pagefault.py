@@ -245,6 +245,9 @@ def _pagefault_then_attention(fd, child, write: bool, gt: int = 0):
     ret, _ = eu_control(dfd, ch, U.DRM_XE_EUDEBUG_EU_CONTROL_CMD_RESUME, bitmask=resolved,
                         **args)
     assert ret == 0, errno.errorcode.get(-ret, ret)
+    # The scan resent EU_ATTENTION every 100 ms while the threads stayed halted; a scan holds
+    # the kernel lock as RESUME does, so every repeat is queued by now and none comes after.
+    assert all(e.is_("EU_ATTENTION") and e.raw[HDR_SIZE + 32:] == resolved for e in drain(dfd))
     _wait(lambda: all(v == SHADER_CANARY for v in _canaries(child, c, bo)),
           "the threads did not go on", timeout=30)
     assert child.do("exec", c, eq, BB_END) == 0          # not banned
