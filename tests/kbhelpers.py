@@ -33,7 +33,7 @@ __all__ = [
     "U", "seam", "Ev", "decode", "Actions", "track", "tracked_fds", "HDR_SIZE", "connect", "attach",
     "read_event_raw", "next_event", "try_read", "wait_discovery",
     "drain", "expect_no_event", "poll_mask", "ack", "vm_open", "read_metadata", "eu_control",
-    "set_nonblock", "close_fd", "Debuggee", "find_engine", "enable_eudebug", "open_device",
+    "set_nonblock", "close_fd", "Debuggee", "find_engine", "enable_eudebug", "set_eudebug", "open_device",
     "LR", "EV", "FL", "dead_pid",
 ]
 
@@ -147,6 +147,19 @@ def close_fd(fd: int) -> None:
 def set_nonblock(fd: int, on: bool = True) -> None:
     fl = fcntl.fcntl(fd, fcntl.F_GETFL)
     fcntl.fcntl(fd, fcntl.F_SETFL, (fl | os.O_NONBLOCK) if on else (fl & ~os.O_NONBLOCK))
+
+
+def set_eudebug(fd: int, enable: bool, timeout: float = 5.0) -> bool:
+    """`enable_eudebug`, retrying EBUSY for up to `timeout` s (a debugger fd closed just before
+    may still be in its release path); returns the previous state."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return enable_eudebug(fd, enable)
+        except OSError as exc:
+            if exc.errno != errno.EBUSY or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
 
 
 # --- debugger-side ioctls ----------------------------------------------------------------------

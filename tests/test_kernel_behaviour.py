@@ -43,6 +43,10 @@ ON_HARDWARE = os.environ.get("XE_EUDEBUG_DEVICE", "").startswith("/")
 
 # --- fixtures ----------------------------------------------------------------------------------
 
+# `fd` and a few tests enable eudebug on the device; the files after this one must not inherit that
+pytestmark = pytest.mark.usefixtures("eudebug_as_found")
+
+
 @pytest.fixture(autouse=True)
 def _close_leftovers():
     """Close every device/debugger/vm fd a test left open (a failed test must not leave a

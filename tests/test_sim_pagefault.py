@@ -29,6 +29,8 @@ from xe_eudebug.sim.gpu import CommandStreamer, Context, EngineInfo
 from xe_eudebug.sim.gpu.compute import PageFault, ThreadState
 from xe_eudebug.sim.gpu.eu import FlatMemory, Stop, EuThread, CR0_MASTER_EXCEPTION
 
+pytestmark = pytest.mark.usefixtures("eudebug_as_found")   # `fd` and a test enable eudebug
+
 FAULT = U.DRM_XE_VM_CREATE_FLAG_FAULT_MODE
 BAD = 0x12345678 << 12                  # IGT's BAD_OFFSET: never bound
 BAD_CANARY = 0x0F1F1F1F
