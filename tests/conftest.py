@@ -68,3 +68,25 @@ def sim_server() -> Iterator[Callable[..., object]]:
             handle.proc.terminate()
     for handle in handles:
         handle.stop()
+
+
+@pytest.fixture(scope="module")
+def eudebug_as_found() -> Iterator[None]:
+    """Leave the device's `enable_eudebug` as the module found it, for a module whose fixtures or
+    tests enable it (``pytestmark = pytest.mark.usefixtures("eudebug_as_found")``): the test files
+    after it must not run with what it left.  Restored once, after the module's last test, when
+    no test's debugger is attached any more."""
+    from kbhelpers import set_eudebug
+    from xe_eudebug.device import eudebug_enabled, open_device
+
+    dev = open_device()
+    try:
+        was = eudebug_enabled(dev)
+    finally:
+        os.close(dev)
+    yield
+    dev = open_device()
+    try:
+        set_eudebug(dev, was)
+    finally:
+        os.close(dev)

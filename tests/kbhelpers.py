@@ -31,9 +31,9 @@ from xe_eudebug.device import enable_eudebug, open_device, query_engines
 
 __all__ = [
     "U", "seam", "Ev", "decode", "Actions", "track", "tracked_fds", "HDR_SIZE", "connect", "attach",
-    "read_event_raw", "next_event", "try_read",
+    "read_event_raw", "next_event", "try_read", "wait_discovery",
     "drain", "expect_no_event", "poll_mask", "ack", "vm_open", "read_metadata", "eu_control",
-    "set_nonblock", "close_fd", "Debuggee", "find_engine", "enable_eudebug", "open_device",
+    "set_nonblock", "close_fd", "Debuggee", "find_engine", "enable_eudebug", "set_eudebug", "open_device",
     "LR", "EV", "FL", "dead_pid",
 ]
 
@@ -149,6 +149,19 @@ def set_nonblock(fd: int, on: bool = True) -> None:
     fcntl.fcntl(fd, fcntl.F_SETFL, (fl | os.O_NONBLOCK) if on else (fl & ~os.O_NONBLOCK))
 
 
+def set_eudebug(fd: int, enable: bool, timeout: float = 5.0) -> bool:
+    """`enable_eudebug`, retrying EBUSY for up to `timeout` s (a debugger fd closed just before
+    may still be in its release path); returns the previous state."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return enable_eudebug(fd, enable)
+        except OSError as exc:
+            if exc.errno != errno.EBUSY or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+
+
 # --- debugger-side ioctls ----------------------------------------------------------------------
 
 def connect(fd: int, pid: int, *, extensions: int = 0, flags: int = 0, version: int = 0
@@ -234,6 +247,16 @@ def ack(dfd: int, seqno: int, *, flags: int = 0, type_: int | None = None) -> in
     arg = U.drm_xe_eudebug_ack_event(type=EV["VM_BIND_UFENCE"] if type_ is None else type_,
                                      flags=flags, seqno=seqno)
     return seam.try_ioctl(dfd, U.DRM_XE_EUDEBUG_IOCTL_ACK_EVENT, arg)
+
+
+def wait_discovery(dfd: int, timeout: float = 5.0) -> None:
+    """Wait (poll) up to `timeout` s for the connection's discovery to complete: until then every
+    debugger ioctl but READ_EVENT fails EBUSY (behaviour 17); then an ACK of no event fails EINVAL."""
+    deadline = time.monotonic() + timeout
+    while (ret := ack(dfd, 0)) == -errno.EBUSY:
+        assert time.monotonic() < deadline, f"discovery not complete within {timeout} s"
+        time.sleep(0.01)
+    assert ret == -errno.EINVAL, f"ACK_EVENT of seqno 0: {errno.errorcode.get(-ret, ret)}"
 
 
 def vm_open(dfd: int, client: int, vm: int, *, flags: int = 0, timeout_ns: int = 0,

@@ -16,15 +16,17 @@ import time
 
 import pytest
 
-from gpuexec import (CS_GPR, ERR, LR, MI_ARB_CHECK, MI_BATCH_BUFFER_END, MI_NOOP,
+from gpuexec import (COMPUTE, CS_GPR, ERR, LR, MI_ARB_CHECK, MI_BATCH_BUFFER_END, MI_NOOP,
                      NSEC, GpuClient, U, bbs, lri, lrm, lrr, pack, sdi, semaphore_wait, srm, syncobj_sync,
                      user_fence)
+from xe_eudebug.device import set_engine_class_property
 from xe_eudebug.isa import mi
 
 SIM = not os.environ.get("XE_EUDEBUG_DEVICE", "").startswith("/")
 BATCH = 0x1A0000            # GPU VA of the batch BO
 DATA = BATCH + 0x8000       # a data area inside the same BO
 DATA_OFF = 0x8000
+GATE_TIMEOUT_MS = 10_000    # job_timeout_max: a job the test holds back does not time out
 
 
 @pytest.fixture
@@ -277,12 +279,19 @@ def test_looping_batch_is_reset_after_the_job_timeout(sim_server):
     handle = sim_server(job_timeout_ms=300)
     with GpuClient(fd=handle.open_device(0)) as c:
         vm, bo, q = setup(c, 0)
-        s = c.syncobj()
+        s, gate = c.syncobj(), c.syncobj()
         c.write(bo, 0, pack(MI_ARB_CHECK, bbs(BATCH)))          # jumps to itself forever
-        c.write(bo, DATA_OFF, bytes(8))
-        start = time.monotonic()
-        assert c.exec(q, BATCH, [syncobj_sync(s), user_fence(DATA, 9)]) == 0
+        c.write(bo, 0x300, pack(semaphore_wait(DATA + 0x40, 1), MI_BATCH_BUFFER_END))
+        c.write(bo, DATA_OFF, bytes(0x48))
+        # The looping job waits for `gate`, the fence of a job that ends when the test says so
+        # (on a queue made with the longest job timeout): its 300 ms only start once the second
+        # job is queued behind it.
+        set_engine_class_property(c.fd, 0, COMPUTE, "job_timeout_ms", GATE_TIMEOUT_MS)
+        assert c.exec(c.queue(vm, COMPUTE), BATCH + 0x300, [syncobj_sync(gate)]) == 0
+        assert c.exec(q, BATCH, [syncobj_sync(gate, signal=False), syncobj_sync(s), user_fence(DATA, 9)]) == 0
         assert c.exec(q, BATCH + 0x100, [user_fence(DATA + 8, 9)]) == 0   # queued behind it
+        start = time.monotonic()
+        c.write(bo, DATA_OFF + 0x40, (1).to_bytes(4, "little"))          # the gate opens
         assert c.syncobj_wait([s], 10 * NSEC) == (0, 0)
         assert time.monotonic() - start >= 0.3
         assert c.wait_ufence(c.bo_addr(bo, DATA_OFF), 9, 10 * NSEC, q) == ERR["EIO"]

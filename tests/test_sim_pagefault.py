@@ -29,6 +29,8 @@ from xe_eudebug.sim.gpu import CommandStreamer, Context, EngineInfo
 from xe_eudebug.sim.gpu.compute import PageFault, ThreadState
 from xe_eudebug.sim.gpu.eu import FlatMemory, Stop, EuThread, CR0_MASTER_EXCEPTION
 
+pytestmark = pytest.mark.usefixtures("eudebug_as_found")   # `fd` and a test enable eudebug
+
 FAULT = U.DRM_XE_VM_CREATE_FLAG_FAULT_MODE
 BAD = 0x12345678 << 12                  # IGT's BAD_OFFSET: never bound
 BAD_CANARY = 0x0F1F1F1F
@@ -248,6 +250,9 @@ def _pagefault_then_attention(fd, child, write: bool, gt: int = 0):
     ret, _ = eu_control(dfd, ch, U.DRM_XE_EUDEBUG_EU_CONTROL_CMD_RESUME, bitmask=resolved,
                         **args)
     assert ret == 0, errno.errorcode.get(-ret, ret)
+    # The scan resent EU_ATTENTION every 100 ms while the threads stayed halted; a scan holds
+    # the kernel lock as RESUME does, so every repeat is queued by now and none comes after.
+    assert all(e.is_("EU_ATTENTION") and e.raw[HDR_SIZE + 32:] == resolved for e in drain(dfd))
     _wait(lambda: all(v == SHADER_CANARY for v in _canaries(child, c, bo)),
           "the threads did not go on", timeout=30)
     assert child.do("exec", c, eq, BB_END) == 0          # not banned

@@ -13,6 +13,7 @@ import time
 import pytest
 
 from gpuexec import LR, NSEC, ERR, GpuClient, syncobj_sync, user_fence
+from kbhelpers import set_eudebug
 from test_sim_gpu import Space, ring_for
 from xe_eudebug.gpgpu import STATE_OFFSET, Target, gpgpu_batch
 from xe_eudebug.isa.gpgpu import GpgpuShader
@@ -297,17 +298,24 @@ def test_destroying_a_queue_ends_its_halted_threads():
     fill.write_dword(0x600D, 0)
     fill.eot()
     with GpuClient() as c:
-        vm, bo, target, q = _exec_setup(c)
-        c.write(bo, 0, gpgpu_batch(GPU_BATCH, Target(GPU_TARGET, WIDTH, HEIGHT), 2, 1, halt))
-        assert c.exec(q, GPU_BATCH) == 0
-        time.sleep(0.2)
-        c.queue_destroy(q)
-        q2 = c.queue(vm, U.DRM_XE_ENGINE_CLASS_COMPUTE)
-        c.write(bo, 0, gpgpu_batch(GPU_BATCH, Target(GPU_TARGET, WIDTH, HEIGHT), 2, 1, fill))
-        c.write(bo, FENCE_OFF, bytes(8))
-        assert c.exec(q2, GPU_BATCH, [user_fence(GPU_BATCH + FENCE_OFF, 1)]) == 0
-        assert c.wait_ufence(c.bo_addr(bo, FENCE_OFF), 1, 30 * NSEC, q2) == 0
-        assert [c.read32(target, 4 * x) for x in range(3)] == [0x600D, 0x600D, CANARY]
+        # With eudebug enabled the halted threads raise attention that no debugger takes: an
+        # attention scan run at q2's job start, while q's threads are still on the GT (its runner
+        # releases them at its next poll), would reset the GT and ban q2 too.
+        was = set_eudebug(c.fd, False)
+        try:
+            vm, bo, target, q = _exec_setup(c)
+            c.write(bo, 0, gpgpu_batch(GPU_BATCH, Target(GPU_TARGET, WIDTH, HEIGHT), 2, 1, halt))
+            assert c.exec(q, GPU_BATCH) == 0
+            time.sleep(0.2)
+            c.queue_destroy(q)
+            q2 = c.queue(vm, U.DRM_XE_ENGINE_CLASS_COMPUTE)
+            c.write(bo, 0, gpgpu_batch(GPU_BATCH, Target(GPU_TARGET, WIDTH, HEIGHT), 2, 1, fill))
+            c.write(bo, FENCE_OFF, bytes(8))
+            assert c.exec(q2, GPU_BATCH, [user_fence(GPU_BATCH + FENCE_OFF, 1)]) == 0
+            assert c.wait_ufence(c.bo_addr(bo, FENCE_OFF), 1, 30 * NSEC, q2) == 0
+            assert [c.read32(target, 4 * x) for x in range(3)] == [0x600D, 0x600D, CANARY]
+        finally:
+            set_eudebug(c.fd, was)
 
 
 def test_a_shader_that_never_ends_hits_the_job_timeout(sim_server):
