@@ -28,6 +28,8 @@ from xe_eudebug import debugger as debugger_mod
 from xe_eudebug.debugger import Debugger, TriggerError, WorkerState
 from xe_eudebug.events import HEADER, EventFlags, EventType, make
 
+from waiting import wait_for
+
 
 class FakeFile:
     """An fd served by `FakeBackend`: ``handler(request, addr) -> int`` answers ioctls; an event
@@ -128,15 +130,6 @@ def attached(fake: FakeBackend) -> tuple[Debugger, FakeFile]:
     d.target_pid = os.getpid()
     fake.files[os.fstat(f.fd).st_ino] = f
     return d, f
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.005)
-    return cond()
 
 
 def close(d: Debugger) -> None:
