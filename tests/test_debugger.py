@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import ctypes
 import errno
+import itertools
 import os
 import select
 import signal
@@ -431,9 +432,20 @@ def test_events_iterator_follows_running_worker(fake: FakeBackend) -> None:
     d, f = attached(fake)
     try:
         d.start_worker()
-        threading.Timer(0.05, lambda: f.push(vm_event(1), vm_event(2, vm=2))).start()
-        got = [e.seqno for e in d.events(timeout=0.5)]
-        assert got == [1, 2]
+        events = d.events(timeout=5.0)
+
+        def push() -> None:
+            # the iterator subscribes to the worker on its first next(): push after that
+            if wait_for(lambda: d._subscribers):
+                f.push(vm_event(1), vm_event(2, vm=2))
+
+        pusher = threading.Thread(target=push)
+        pusher.start()
+        got = [e.seqno for e in itertools.islice(events, 2)]
+        events.close()
+        pusher.join()
+        assert got == [1, 2] and not d._subscribers
+        assert list(d.events(timeout=0.2)) == []  # ends once nothing came for `timeout`
         d.stop_worker()
     finally:
         close(d)
