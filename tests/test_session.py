@@ -24,11 +24,15 @@ from xe_eudebug.events import EventFlags, EventType
 from xe_eudebug.log import EventLog, EventLogMismatch
 from xe_eudebug.session import Session
 
+from waiting import wait_for
+
 if not os.environ.get("XE_EUDEBUG_DEVICE", "").startswith("/"):
     pytest.importorskip("xe_eudebug.sim.kernel", reason="the simulator's kernel model is not available")
 
 MODES = [pytest.param(False, id="fork"), pytest.param(True, id="thread")]
 TIMEOUT = 20.0
+#: Seconds to wait for the debugger's worker to read an event and run its triggers.
+EVENT_WAIT = 10.0
 METADATA = b"\x01" * 8192
 BO_ADDR = 0x1A0000
 
@@ -257,6 +261,8 @@ def test_ufence_held_until_acked() -> None:
         d.start_worker()
         c.start()
         d.wait_stage(1)
+        # the client's 200 ms wait does not tell that the worker has run the trigger yet
+        assert wait_for(lambda: held, EVENT_WAIT), "no VM_BIND_UFENCE event"
         assert len(held) == 1 and held[0].flags == EventFlags.CREATE | EventFlags.NEED_ACK
         d.ack_ufence(held[0])
         c.wait_done()
