@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from xe_eudebug import client as client_mod
+from xe_eudebug import session as session_mod
 from xe_eudebug import uapi
 from xe_eudebug.client import Client, ClientError, eudebug_engines, exec_queue_args, user_fence_sync
 from xe_eudebug.debugger import Debugger, TriggerError, WorkerState
@@ -176,6 +178,40 @@ def test_trigger_failure_surfaces_promptly() -> None:
             s.run()
     assert time.monotonic() - t0 < 8  # not the client's 20 s stage timeout
     assert "debugger disagrees" in str(info.value) and "metadata(9):create" in str(info.value)
+
+
+def test_trigger_failure_is_raised_once_the_client_finished(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed trigger that released its stage lets the client run to its end: run() raises
+    the TriggerError with the client's log read and every event of the run in the debugger's
+    log, also when poll slices of the wait for the client's FINI pass after the failure."""
+
+    def bad(d: Debugger, e: Any) -> None:
+        if e.flags & EventFlags.CREATE:
+            try:
+                raise AssertionError("debugger disagrees")
+            finally:
+                d.signal_stage(1)
+
+    def work(c: Client) -> None:
+        fd = c.open_driver()
+        vm = c.vm_create(fd, uapi.DRM_XE_VM_CREATE_FLAG_LR_MODE)
+        mid = c.metadata_create(fd, type=1, data=METADATA)
+        c.wait_stage(1)
+        time.sleep(client_mod.POLL_SLICE * 1.5)  # at least one empty slice after the failure
+        c.metadata_destroy(fd, mid, type=1, length=len(METADATA))
+        c.vm_destroy(fd, vm)
+        c.close_driver(fd)
+
+    # far beyond the client's run, so that only its end can end the wait
+    monkeypatch.setattr(session_mod, "TRIGGER_FAILURE_GRACE", 60.0)
+    with Session(work, timeout=TIMEOUT) as s:
+        s.debugger.add_trigger(EventType.METADATA, bad)
+        with pytest.raises(TriggerError) as info:
+            s.run()
+        assert "debugger disagrees" in str(info.value) and len(info.value.failures) == 1
+        assert len(s.client.log) == 6 and s.client.seqno == 7
+        assert [(e.type, e.flags) for e in s.debugger.log] == [(e.type, e.flags) for e in s.client.log]
+        s.check(match_opposite=True)
 
 
 def test_client_crash_reported() -> None:
