@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import ctypes
 import errno
+import itertools
 import os
 import select
 import signal
@@ -27,6 +28,8 @@ from xe_eudebug import uapi
 from xe_eudebug import debugger as debugger_mod
 from xe_eudebug.debugger import Debugger, TriggerError, WorkerState
 from xe_eudebug.events import HEADER, EventFlags, EventType, make
+
+from waiting import wait_for
 
 
 class FakeFile:
@@ -128,15 +131,6 @@ def attached(fake: FakeBackend) -> tuple[Debugger, FakeFile]:
     d.target_pid = os.getpid()
     fake.files[os.fstat(f.fd).st_ino] = f
     return d, f
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.005)
-    return cond()
 
 
 def close(d: Debugger) -> None:
@@ -337,42 +331,63 @@ def test_sigterm_interrupts_poll_and_worker_continues(fake: FakeBackend) -> None
         close(d)
 
 
+def _syscall_of(tid: int) -> list[int] | None:
+    """The system call thread ``tid`` of this process is blocked in, as /proc shows it: the
+    number and the six arguments (``[-1]`` when blocked outside one, ``[]`` while it runs); None
+    when the file cannot be read (a kernel without it, a sandbox)."""
+    try:
+        with open(f"/proc/self/task/{tid}/syscall") as fh:
+            fields = fh.read().split()
+    except OSError:
+        return None
+    if not fields or fields[0] == "running":
+        return []
+    return [int(x, 0) for x in fields[:7]]
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_kill_interrupts_the_system_call_the_worker_is_in(fake: FakeBackend, sig: int) -> None:
     """IGT's pthread_sigqueue (lib L:1433) interrupts the worker's blocking system call, not
     only its poll: a trigger blocked in read(2) on a silent pipe returns with EINTR."""
     if not debugger_mod.KILL_SIGNAL:
         pytest.skip("no real-time signal handler could be installed (module imported off the main thread)")
+    if _syscall_of(threading.get_native_id()) is None:
+        pytest.skip("/proc/<pid>/task/<tid>/syscall is not readable: cannot tell when the worker blocks")
     libc = ctypes.CDLL(None, use_errno=True)
     libc.read.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t]
     libc.read.restype = ctypes.c_ssize_t
     r, w = os.pipe()
-    entered = threading.Event()
+    buf = ctypes.create_string_buffer(1)
+    worker: list[int] = []
     result: list[tuple[int, int]] = []
 
     def blocking(dbg: Debugger, e: Any) -> None:
         if e.seqno != 1:
             return
-        buf = ctypes.create_string_buffer(1)
-        entered.set()
+        worker.append(threading.get_native_id())
         ret = libc.read(r, buf, 1)
         result.append((ret, ctypes.get_errno()))
+
+    def in_read() -> bool:
+        # blocked in a system call with read's arguments: (r, buf, 1), whatever the number
+        call = _syscall_of(worker[0]) if worker else None
+        return call is not None and call[1:4] == [r, ctypes.addressof(buf), 1]
 
     d, f = attached(fake)
     d.add_trigger(EventType.VM, blocking)
     try:
         d.start_worker()
         f.push(vm_event(1))
-        assert entered.wait(5), "the trigger never ran"
-        time.sleep(0.05)  # let it block in read(2)
+        # A signal sent before the worker is in read(2) would interrupt nothing.
+        assert wait_for(in_read), "the trigger never blocked in read(2)"
         d.kill(sig)
-        interrupted = wait_for(lambda: bool(result), timeout=3.0)
+        interrupted = wait_for(lambda: bool(result))
         if not interrupted:
             os.write(w, b"x")  # release it, so the worker can stop
         assert interrupted, "kill() left the worker blocked in its system call"
         assert result == [(-1, errno.EINTR)]
         if sig == signal.SIGINT:
-            assert wait_for(lambda: not d.worker_running, timeout=2.0) and d.handled_sigint
+            assert wait_for(lambda: not d.worker_running) and d.handled_sigint
         else:
             f.push(vm_event(2, vm=2))
             assert wait_for(lambda: d.event_count == 2) and d.worker_running
@@ -417,9 +432,20 @@ def test_events_iterator_follows_running_worker(fake: FakeBackend) -> None:
     d, f = attached(fake)
     try:
         d.start_worker()
-        threading.Timer(0.05, lambda: f.push(vm_event(1), vm_event(2, vm=2))).start()
-        got = [e.seqno for e in d.events(timeout=0.5)]
-        assert got == [1, 2]
+        events = d.events(timeout=5.0)
+
+        def push() -> None:
+            # the iterator subscribes to the worker on its first next(): push after that
+            if wait_for(lambda: d._subscribers):
+                f.push(vm_event(1), vm_event(2, vm=2))
+
+        pusher = threading.Thread(target=push)
+        pusher.start()
+        got = [e.seqno for e in itertools.islice(events, 2)]
+        events.close()
+        pusher.join()
+        assert got == [1, 2] and not d._subscribers
+        assert list(d.events(timeout=0.2)) == []  # ends once nothing came for `timeout`
         d.stop_worker()
     finally:
         close(d)

@@ -25,6 +25,11 @@ from xe_eudebug.igt.registry import ONLINE_ORDER, select, subtests
 from xe_eudebug.isa.gpgpu import BREAKPOINT_BIT, GpgpuShader
 from xe_eudebug.session import Session
 
+from waiting import wait_for
+
+#: Seconds to wait for the debugger to see an event (generous: a loaded machine).
+EVENT_WAIT = 10.0
+
 
 def _topo_record(gt: int, kind: int, mask: int, size: int) -> bytes:
     return struct.pack("<HHI", gt, kind, size) + mask.to_bytes(size, "little")
@@ -125,6 +130,11 @@ def test_eu_control_errors_name_the_ioctl_command_and_errno() -> None:
         d.start_worker()
         c.start()
         try:
+            # Until discovery (the kernel's own thread) has finished, every debugger ioctl but
+            # READ_EVENT is EBUSY.  The client opens its DRM file only after the attach, so its
+            # OPEN is queued live, which happens once discovery is done.
+            assert wait_for(lambda: any(e.type == EventType.OPEN for e in d.log), EVENT_WAIT), \
+                "the client's OPEN event never reached the debugger"
             # no client with handle 12345: EINVAL, as the kernel's EU_CONTROL checks
             r = d.try_eu_control(12345, 1, 1, INTERRUPT_ALL)
             assert r.ret == -errno.EINVAL

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import gc
 import os
 import signal
 import threading
@@ -16,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from xe_eudebug import client as client_mod
+from xe_eudebug import session as session_mod
 from xe_eudebug import uapi
 from xe_eudebug.client import Client, ClientError, eudebug_engines, exec_queue_args, user_fence_sync
 from xe_eudebug.debugger import Debugger, TriggerError, WorkerState
@@ -24,11 +27,15 @@ from xe_eudebug.events import EventFlags, EventType
 from xe_eudebug.log import EventLog, EventLogMismatch
 from xe_eudebug.session import Session
 
+from waiting import wait_for
+
 if not os.environ.get("XE_EUDEBUG_DEVICE", "").startswith("/"):
     pytest.importorskip("xe_eudebug.sim.kernel", reason="the simulator's kernel model is not available")
 
 MODES = [pytest.param(False, id="fork"), pytest.param(True, id="thread")]
 TIMEOUT = 20.0
+#: Seconds to wait for the debugger's worker to read an event and run its triggers.
+EVENT_WAIT = 10.0
 METADATA = b"\x01" * 8192
 BO_ADDR = 0x1A0000
 
@@ -68,8 +75,11 @@ def on_metadata(d: Debugger, e: Any) -> None:
 
 def baseline() -> tuple[set[int], int, set[int]]:
     """The process state to return to; the first device open of a process sets up its link to the
-    simulator (kept for the process's life), so open one before taking the snapshot."""
+    simulator (kept for the process's life), so open one before taking the snapshot.  Garbage
+    left by earlier tests is collected first: an fd it holds would otherwise be closed by a
+    collection during the test and count as a difference."""
     os.close(open_device())
+    gc.collect()
     return process_state()
 
 
@@ -174,6 +184,40 @@ def test_trigger_failure_surfaces_promptly() -> None:
     assert "debugger disagrees" in str(info.value) and "metadata(9):create" in str(info.value)
 
 
+def test_trigger_failure_is_raised_once_the_client_finished(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed trigger that released its stage lets the client run to its end: run() raises
+    the TriggerError with the client's log read and every event of the run in the debugger's
+    log, also when poll slices of the wait for the client's FINI pass after the failure."""
+
+    def bad(d: Debugger, e: Any) -> None:
+        if e.flags & EventFlags.CREATE:
+            try:
+                raise AssertionError("debugger disagrees")
+            finally:
+                d.signal_stage(1)
+
+    def work(c: Client) -> None:
+        fd = c.open_driver()
+        vm = c.vm_create(fd, uapi.DRM_XE_VM_CREATE_FLAG_LR_MODE)
+        mid = c.metadata_create(fd, type=1, data=METADATA)
+        c.wait_stage(1)
+        time.sleep(client_mod.POLL_SLICE * 1.5)  # at least one empty slice after the failure
+        c.metadata_destroy(fd, mid, type=1, length=len(METADATA))
+        c.vm_destroy(fd, vm)
+        c.close_driver(fd)
+
+    # far beyond the client's run, so that only its end can end the wait
+    monkeypatch.setattr(session_mod, "TRIGGER_FAILURE_GRACE", 60.0)
+    with Session(work, timeout=TIMEOUT) as s:
+        s.debugger.add_trigger(EventType.METADATA, bad)
+        with pytest.raises(TriggerError) as info:
+            s.run()
+        assert "debugger disagrees" in str(info.value) and len(info.value.failures) == 1
+        assert len(s.client.log) == 6 and s.client.seqno == 7
+        assert [(e.type, e.flags) for e in s.debugger.log] == [(e.type, e.flags) for e in s.client.log]
+        s.check(match_opposite=True)
+
+
 def test_client_crash_reported() -> None:
     def work(c: Client) -> None:
         fd = c.open_driver()
@@ -257,6 +301,8 @@ def test_ufence_held_until_acked() -> None:
         d.start_worker()
         c.start()
         d.wait_stage(1)
+        # the client's 200 ms wait does not tell that the worker has run the trigger yet
+        assert wait_for(lambda: held, EVENT_WAIT), "no VM_BIND_UFENCE event"
         assert len(held) == 1 and held[0].flags == EventFlags.CREATE | EventFlags.NEED_ACK
         d.ack_ufence(held[0])
         c.wait_done()

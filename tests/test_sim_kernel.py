@@ -408,13 +408,18 @@ def test_read_event_checks_and_emsgsize():
     t0 = time.monotonic()
     assert env.read_event(d, nonblock=False) == -errno.ENOENT
     assert 0.15 < time.monotonic() - t0 < 2
-    # blocking reader woken by a live event
+    # blocking reader woken by a live event: the event comes once the reader sleeps (it
+    # announces the sleep holding the kernel lock, which vm_create needs), long before its
+    # timeout (read at call time)
+    env.k.config.read_event_timeout = 5.0
     out = []
+    sleeping = threading.Event()
     th = threading.Thread(target=lambda: out.append(env.read_event(d, nonblock=False)))
+    env.k.might_sleep = lambda: sleeping.set() if threading.current_thread() is th else None
     th.start()
-    time.sleep(0.05)
+    assert sleeping.wait(10)
     env.vm_create(f)
-    th.join(5)
+    th.join(10)
     assert hdr(out[0])[1] == K.EV_VM
     env.vm_create(f)
     detach(env, d, 0)

@@ -37,7 +37,7 @@ import signal
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, Callable, Iterator
 
@@ -117,13 +117,14 @@ class WorkerState(IntEnum):
 
 @dataclass
 class TriggerFailure:
-    """One exception raised by a trigger: the trigger, the event it ran for, the exception and
-    its formatted traceback."""
+    """One exception raised by a trigger: the trigger, the event it ran for, the exception, its
+    formatted traceback and when it was recorded (``time.monotonic()``)."""
 
     trigger: Trigger
     event: Event
     exception: BaseException
     traceback: str
+    when: float = field(default_factory=time.monotonic)
 
 
 class TriggerError(AssertionError):

@@ -30,9 +30,14 @@ from .client import DEFAULT_TIMEOUT, Client
 from .debugger import STOP_TIMEOUT, Debugger, TriggerError
 from .device import device_name, enable_eudebug, open_device
 
-__all__ = ["Session", "enable_eudebug_for", "restore_eudebug", "open_device_elsewhere"]
+__all__ = ["Session", "enable_eudebug_for", "restore_eudebug", "open_device_elsewhere",
+           "TRIGGER_FAILURE_GRACE"]
 
 log = logging.getLogger(__name__)
+
+#: Seconds :meth:`Session.run` keeps waiting for its client to finish after a trigger failed,
+#: so that the failure comes with the client's log and every event of the run (see run()).
+TRIGGER_FAILURE_GRACE = 2.0
 
 _enable_lock = threading.Lock()
 _enable_users: dict[str, tuple[int, bool]] = {}
@@ -156,25 +161,46 @@ class Session:
             self.fd = open_device(device)  # type: ignore[arg-type]
         self._enable_key: str | None = None
         self._closed = False
+        self._finishing = False  # run() waits for the client to finish
         try:
             if enable:
                 self._enable_key = enable_eudebug_for(self.fd)
             self.client = Client(self.fd, work, flags, data, thread=client_thread, timeout=timeout)
             self.debugger = Debugger(self.fd, flags, data)
             self.debugger.client = self.client
-            self.client.idle_hooks.append(self.debugger.raise_trigger_failures)
+            self.client.idle_hooks.append(self._raise_trigger_failures)
         except BaseException:
             self.close()
             raise
 
+    def _raise_trigger_failures(self) -> None:
+        """The client's idle hook: raise the trigger failures recorded so far, so that a wait
+        for a stage a failed trigger never released ends within a second.  While :meth:`run`
+        waits for the client to finish, the client first gets TRIGGER_FAILURE_GRACE seconds from
+        the first failure to do so."""
+        d = self.debugger
+        assert d is not None
+        failures = d.trigger_failures
+        if self._finishing and failures and time.monotonic() - failures[0].when < TRIGGER_FAILURE_GRACE:
+            return
+        d.raise_trigger_failures()
+
     def run(self) -> None:
         """Attach, start the worker, start the client, wait for it to finish, stop the worker
-        (1 s, drain + sort), print both logs at debug level (IGT ``xe_eudebug_session_run``)."""
+        (1 s, drain + sort), print both logs at debug level (IGT ``xe_eudebug_session_run``).
+
+        A failed trigger raises :class:`TriggerError` here.  The client gets
+        TRIGGER_FAILURE_GRACE seconds from the failure to finish first (its stages released in
+        the triggers' ``finally:``): then the client's log has been read and the worker has
+        read every event of the run, for the report.  A client still busy after that (one
+        waiting for a stage the failed trigger never released) is not waited for: the worker
+        stops with what has been queued, and the client's log is not read."""
         c, d = self.client, self.debugger
         assert c is not None and d is not None
         d.attach(c)
         d.start_worker()
         c.start()
+        self._finishing = True
         try:
             c.wait_done()
         except TriggerError as first:
@@ -188,7 +214,9 @@ class Session:
         except BaseException:
             d.stop_worker(STOP_TIMEOUT)
             raise
-        d.stop_worker(STOP_TIMEOUT)
+        finally:
+            self._finishing = False
+        d.stop_worker(STOP_TIMEOUT)            # raises the failures of a client that finished
         d.log.print(debug=True)
         c.log.print(debug=True)
 
