@@ -15,6 +15,8 @@ from xe_eudebug import uapi as U
 from xe_eudebug.device import open_device
 from xe_eudebug.isa import mi
 
+from waiting import wait_for
+
 LR = U.DRM_XE_VM_CREATE_FLAG_LR_MODE
 FAULT = U.DRM_XE_VM_CREATE_FLAG_FAULT_MODE
 RENDER, COPY, COMPUTE = U.DRM_XE_ENGINE_CLASS_RENDER, U.DRM_XE_ENGINE_CLASS_COPY, U.DRM_XE_ENGINE_CLASS_COMPUTE
@@ -124,10 +126,8 @@ class GpuClient:
 
     def wait_started(self, bo: int, offset: int, what: str) -> None:
         """Wait for the started mark of a `spin` batch, the dword at `offset` of `bo`."""
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not self.read32(bo, offset):
-            assert time.monotonic() < deadline, f"{what} did not start in {START_TIMEOUT_S} s"
-            time.sleep(0.001)
+        assert wait_for(lambda: self.read32(bo, offset), START_TIMEOUT_S), \
+            f"{what} did not start in {START_TIMEOUT_S} s"
 
     def bind(self, vm: int, bo: int, addr: int, size: int = BO_SIZE, syncs: list[Any] | None = None,
              *, op: int = U.DRM_XE_VM_BIND_OP_MAP, userptr: int = 0, flags: int = 0) -> None:

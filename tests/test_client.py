@@ -32,6 +32,7 @@ from xe_eudebug.client import (
 from xe_eudebug.events import EventFlags, EventType, VM_BIND_FLAG_UFENCE
 
 from test_debugger import FakeBackend, fake  # noqa: F401  (fixture)
+from waiting import wait_for
 
 MODES = [pytest.param(False, id="fork"), pytest.param(True, id="thread")]
 
@@ -179,15 +180,8 @@ def test_no_leaks_after_close(thread: bool) -> None:
                 c.wait_debugger_stage(1)
                 c.wait_done()
     assert open_fds() == fds
-    assert wait_until(lambda: threading.active_count() == threads)
+    assert wait_for(lambda: threading.active_count() == threads)
     assert children() == kids
-
-
-def wait_until(cond: Any, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not cond() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return bool(cond())
 
 
 def test_fork_mode_data_is_a_copy_shared_memory_is_shared() -> None:

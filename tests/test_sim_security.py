@@ -24,6 +24,7 @@ from xe_eudebug.sim import port, procmem
 from xe_eudebug.sim import kernel as K
 from tests.test_sim_kernel import Env, FakeCaller, op, ufence_sync, types
 from tests.test_sim_transport import FAKE_ECHO, FAKE_KERNEL, FAKE_POKE, run_child
+from waiting import wait_for
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges and recycling pids need root")
 NOBODY = 65534
@@ -465,14 +466,6 @@ def _blocked_child(body) -> int:
     return pid
 
 
-def _wait_until(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
-
 
 def test_a_debugger_killed_in_read_event_is_detached_at_once(sim_server):
     from tests.kbhelpers import connect, read_event_raw
@@ -497,7 +490,7 @@ def test_a_debugger_killed_in_read_event_is_detached_at_once(sim_server):
                 os.close(dfd)
             return dfd >= 0
 
-        assert _wait_until(attachable), "the killed debugger stayed attached (EBUSY)"
+        assert wait_for(attachable, 10.0), "the killed debugger stayed attached (EBUSY)"
     finally:
         os.close(dev)
         os.close(stop)
@@ -531,10 +524,10 @@ def test_a_caller_interrupted_in_an_endless_wait_user_fence_frees_its_server_thr
 
         child = _blocked_child(waiter)
         try:
-            parks = _wait_until(lambda: parked() == 1)
+            parks = wait_for(lambda: parked() == 1, 10.0)
             os.kill(child, signal.SIGINT if parks else signal.SIGKILL)
             assert parks, "the call did not park in the server"
-            assert _wait_until(lambda: parked() == 0), "the server still waits in the abandoned call"
+            assert wait_for(lambda: parked() == 0, 10.0), "the server still waits in the abandoned call"
         finally:
             os.close(stop_w)
             stop_w = -1
@@ -578,8 +571,8 @@ def test_a_full_server_fd_table_fails_connect_with_emfile_and_leaves_nothing_beh
 
             # no ghost attachment: a CONNECT works (at once after a failure, after the release
             # of the closed fd after a success), and debugging can be switched off after it
-            assert attachable() if ret < 0 else _wait_until(attachable, 5.0), f"room for {room} fds"
-            assert _wait_until(lambda: _disable_enable(dev), 5.0)
+            assert attachable() if ret < 0 else wait_for(attachable, 5.0), f"room for {room} fds"
+            assert wait_for(lambda: _disable_enable(dev), 5.0)
     finally:
         resource.prlimit(srv.pid, resource.RLIMIT_NOFILE, saved)
         os.close(dev)
@@ -628,7 +621,7 @@ def test_an_idle_server_closes_the_memory_of_freed_buffer_objects(sim_server):
         assert seam.try_ioctl(dev, U.DRM_IOCTL_GEM_CLOSE, U.drm_gem_close(handle=h)) == 0
     try:
         # no further call: the server frees them on its own
-        assert _wait_until(lambda: fds() <= baseline, 10.0), f"{fds() - baseline} memfds still open"
+        assert wait_for(lambda: fds() <= baseline, 10.0), f"{fds() - baseline} memfds still open"
     finally:
         os.close(dev)
 
@@ -646,7 +639,7 @@ def test_an_exited_but_unreaped_process_keeps_its_task():
     pid, stop = _sleeper()
     task = procmem.task_of(pid)
     os.close(stop)                                 # it exits; not reaped yet: a zombie
-    assert _wait_until(lambda: not task.alive(), 5.0)
+    assert wait_for(lambda: not task.alive(), 5.0)
     assert procmem.task_of(pid) is task            # same process: its pid cannot be reused yet
     os.waitpid(pid, 0)
     gone = procmem.task_of(pid)
